@@ -1,0 +1,3 @@
+"""Lightning callbacks of lit_optim."""
+
+__all__: list[str] = []

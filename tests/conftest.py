@@ -1,0 +1,42 @@
+"""Shared fixtures: a CPU Trainer factory and deterministic, single-threaded torch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> Iterator[None]:
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CI machine has 2 cores; tests run Trainer loops, not matmuls
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def make_trainer(tmp_path: Path) -> Callable[..., L.Trainer]:
+    """Return ``make_trainer(**overrides) -> Trainer``: a quiet CPU Trainer writing under ``tmp_path``."""
+
+    def make(**overrides: Any) -> L.Trainer:
+        kwargs: dict[str, Any] = {
+            "accelerator": "cpu",
+            "devices": 1,
+            "default_root_dir": tmp_path,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "max_epochs": 1,
+        }
+        kwargs.update(overrides)
+        return L.Trainer(**kwargs)
+
+    return make
