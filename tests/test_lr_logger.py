@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BaseFinetuning, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
@@ -20,7 +20,7 @@ from lit_optim import LearningRateLogger
 from lit_optim.callbacks.lr_logger import _group_names, _mismatch_message, _optimizer_names
 from tests.models import TinyModule
 
-MakeTrainer = Callable[..., L.Trainer]
+MakeTrainer = Callable[..., Trainer]
 
 
 def named_groups(module: TinyModule) -> list[dict[str, Any]]:
@@ -184,10 +184,10 @@ def test_two_optimizers_are_qualified_and_logged_at_their_own_steps(make_trainer
 class Unfreeze(BaseFinetuning):
     """Freeze the first layer; at epoch 1 add it as a new, unnamed group with lr = head lr / 10."""
 
-    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+    def freeze_before_training(self, pl_module: LightningModule) -> None:
         self.freeze(pl_module.net[0])
 
-    def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: Any) -> None:
+    def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Any) -> None:
         if epoch == 1:
             self.unfreeze_and_add_param_group(pl_module.net[0], optimizer, initial_denom_lr=10.0)
 
