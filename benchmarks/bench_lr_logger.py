@@ -24,9 +24,9 @@ from lightning.pytorch.loggers import Logger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._timing import interleaved_medians, print_json, print_table  # noqa: E402
-from lit_optim import LearningRateLogger  # noqa: E402
-from tests.models import TinyModule  # noqa: E402
+from benchmarks._timing import interleaved_medians, print_json, print_table
+from lit_optim import LearningRateLogger
+from tests.models import TinyModule
 
 GROUPS = 8
 
@@ -53,7 +53,7 @@ class ManyGroups(TinyModule):
     def configure_optimizers(self) -> Any:
         params = list(self.parameters())
         groups = [
-            {"params": params[i :: GROUPS], "name": f"layer_{i:02d}/decay", "weight_decay": 0.01 * i}
+            {"params": params[i::GROUPS], "name": f"layer_{i:02d}/decay", "weight_decay": 0.01 * i}
             for i in range(GROUPS)
             if params[i::GROUPS]
         ]
