@@ -19,6 +19,7 @@ __all__ = ["LearningRateLogger"]
 
 _INTERVALS = ("epoch", "step")
 _ON_MISMATCH = ("raise", "warn")
+_Keys = tuple[str, str, str, str]  # lr, momentum, beta2, weight_decay keys of one group
 
 
 class LearningRateLogger(Callback):
@@ -126,7 +127,8 @@ class LearningRateLogger(Callback):
         self._check_window: dict[int, int] = {}  # optimizer index -> last window checked
         self._optimizer_index: dict[int, int] = {}  # id(optimizer) -> index in trainer.optimizers
         self._optimizer_prefix: list[str] = []  # "" with one optimizer, "SGD/" with several
-        self._group_keys: dict[int, list[tuple[str, str, str, str]]] = {}  # per optimizer, per group
+        self._group_names: dict[int, list[str]] = {}  # per optimizer: the name of each group, kept for the run
+        self._group_keys: dict[int, list[_Keys]] = {}  # per optimizer: the keys of each group
         self._step_every = 0  # resolved logging period; 0 = no step logging
         self._has_logger = False
         self._mismatch_warned = False
@@ -205,7 +207,8 @@ class LearningRateLogger(Callback):
             optimizer: Any torch optimizer.
             prefix: The optimizer qualifier, ``""`` for the short form or e.g. ``"SGD/"``.
         """
-        return _read(optimizer.param_groups, _group_keys(optimizer.param_groups, prefix), self._flags)
+        names = _group_names(optimizer.param_groups)
+        return _read(optimizer.param_groups, [_keys(prefix, name) for name in names], self._flags)
 
     @property
     def _flags(self) -> tuple[bool, bool]:
@@ -232,15 +235,16 @@ class LearningRateLogger(Callback):
             self._optimizer_index.setdefault(id(optimizer), i)
         names = _optimizer_names(raw)
         self._optimizer_prefix = [f"{name}/" for name in names] if len(names) > 1 else [""] * len(names)
-        self._group_keys = {}
+        self._group_names, self._group_keys = {}, {}
 
     def _metrics(self, index: int, optimizer: Optimizer) -> dict[str, float]:
         groups = optimizer.param_groups
         keys = self._group_keys.get(index)
-        if keys is None or len(keys) != len(groups):
-            prefix = self._optimizer_prefix[index] if 0 <= index < len(self._optimizer_prefix) else ""
-            keys = _group_keys(groups, prefix, keys)
-            self._group_keys[index] = keys
+        if keys is None or len(keys) != len(groups):  # first read, or groups were added
+            prefix = self._optimizer_prefix[index] if index < len(self._optimizer_prefix) else ""
+            names = _group_names(groups, known=self._group_names.get(index, ()))
+            keys = [_keys(prefix, name) for name in names]
+            self._group_names[index], self._group_keys[index] = names, keys
         return _read(groups, keys, self._flags)
 
     def _write(self, trainer: Trainer, metrics: dict[str, float]) -> None:
@@ -307,20 +311,12 @@ def _group_names(groups: Sequence[Mapping[str, Any]], known: Sequence[str] = ())
     return names
 
 
-def _group_keys(
-    groups: Sequence[Mapping[str, Any]], prefix: str, known: Sequence[tuple[str, str, str, str]] | None = None
-) -> list[tuple[str, str, str, str]]:
-    keys = list(known or ())[: len(groups)]
-    names = _group_names(groups, [k[0].removeprefix(f"lr/{prefix}") for k in keys])
-    for name in names[len(keys) :]:
-        qualified = f"{prefix}{name}"
-        keys.append((f"lr/{qualified}", f"momentum/{qualified}", f"beta2/{qualified}", f"weight_decay/{qualified}"))
-    return keys
+def _keys(prefix: str, name: str) -> _Keys:
+    qualified = f"{prefix}{name}"
+    return f"lr/{qualified}", f"momentum/{qualified}", f"beta2/{qualified}", f"weight_decay/{qualified}"
 
 
-def _read(
-    groups: Sequence[Mapping[str, Any]], keys: Sequence[tuple[str, str, str, str]], flags: tuple[bool, bool]
-) -> dict[str, float]:
+def _read(groups: Sequence[Mapping[str, Any]], keys: Sequence[_Keys], flags: tuple[bool, bool]) -> dict[str, float]:
     log_momentum, log_weight_decay = flags
     metrics: dict[str, float] = {}
     for group, (lr_key, momentum_key, beta2_key, weight_decay_key) in zip(groups, keys, strict=False):
