@@ -173,23 +173,8 @@ class LearningRateLogger(Callback):
 
     @override
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
-        if not self._step_every and self.check_consistency_every_n_steps is None:
-            return
-        index = self._optimizer_index.get(id(optimizer))
-        if index is None:
-            self._index_optimizers(trainer.optimizers)
-            index = self._optimizer_index.get(id(optimizer))
-            if index is None:  # not one of the Trainer's optimizers
-                return
-        step = trainer.global_step
-        if self._step_every and self._log_window.get(index, -1) != step // self._step_every:
-            self._log_window[index] = step // self._step_every
-            if self._has_logger and trainer.is_global_zero:
-                self._write(trainer, self._metrics(index, optimizer))
-        every = self.check_consistency_every_n_steps
-        if every is not None and is_distributed(trainer) and self._check_window.get(index, -1) != step // every:
-            self._check_window[index] = step // every
-            self._check_consistency(trainer, self._metrics(index, optimizer))
+        if self._step_every or self.check_consistency_every_n_steps is not None:
+            self._on_step(trainer, optimizer)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -236,6 +221,25 @@ class LearningRateLogger(Callback):
         names = _optimizer_names(raw)
         self._optimizer_prefix = [f"{name}/" for name in names] if len(names) > 1 else [""] * len(names)
         self._group_names, self._group_keys = {}, {}
+
+    def _on_step(self, trainer: Trainer, optimizer: Optimizer) -> None:
+        index = self._optimizer_index.get(id(optimizer))
+        if index is None:
+            self._index_optimizers(trainer.optimizers)
+            index = self._optimizer_index.get(id(optimizer))
+            if index is None:  # not one of the Trainer's optimizers
+                return
+        step = trainer.global_step
+        metrics: dict[str, float] | None = None
+        if self._step_every and self._log_window.get(index, -1) != step // self._step_every:
+            self._log_window[index] = step // self._step_every
+            if self._has_logger and trainer.is_global_zero:
+                metrics = self._metrics(index, optimizer)
+                self._write(trainer, metrics)
+        every = self.check_consistency_every_n_steps
+        if every is not None and is_distributed(trainer) and self._check_window.get(index, -1) != step // every:
+            self._check_window[index] = step // every
+            self._check_consistency(trainer, metrics if metrics is not None else self._metrics(index, optimizer))
 
     def _metrics(self, index: int, optimizer: Optimizer) -> dict[str, float]:
         groups = optimizer.param_groups
