@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lit_optim import LearningRateLogger
 from tests.models import TinyModule
 
-MODE = {mode!r}  # "same": every rank builds lr=0.1; otherwise rank r builds lr=0.1 * (1 + r) for "body"
+MODE = {mode!r}  # "same": identical ranks; "groups": rank 1 splits "head"; else rank r has lr=0.1 * (1 + r) on "body"
 
 
 class Recorder(Logger):
@@ -48,11 +48,16 @@ class Recorder(Logger):
 
 class Model(TinyModule):
     def configure_optimizers(self):
-        lr = 0.1 if MODE == "same" else 0.1 * (1 + self.global_rank)
+        lr = 0.1 if MODE in ("same", "groups") else 0.1 * (1 + self.global_rank)
         groups = [
             {{"params": self.net[0].parameters(), "name": "body"}},
             {{"params": self.net[2].parameters(), "name": "head", "lr": 0.01}},
         ]
+        if MODE == "groups" and self.global_rank == 1:
+            groups[1:] = [
+                {{"params": [self.net[2].weight], "name": "head", "lr": 0.01}},
+                {{"params": [self.net[2].bias], "name": "head_bias", "lr": 0.01}},
+            ]
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
 
 
@@ -120,3 +125,13 @@ def test_different_lrs_warn_once_on_rank_zero_and_training_goes_on(tmp_path: Pat
     assert [step for step, _ in rank0["calls"]] == [0, 2]
     assert rank0["calls"][0][1]["lr/body"] == 0.1  # rank 0's own value is what gets logged
     assert rank1["calls"] == []
+
+
+@pytest.mark.ddp
+def test_different_group_counts_raise_naming_the_counts(tmp_path: Path) -> None:
+    rank0, rank1 = run_ddp(SCRIPT.format(mode="groups"), tmp_path)
+    for rank in (rank0, rank1):
+        assert rank["error"] == (
+            "LearningRateLogger: ranks hold different numbers of logged values at global step 0: rank 0: 4, rank 1: 6."
+            " Every rank must build the same optimizer, param groups and schedule."
+        )
