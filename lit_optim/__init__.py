@@ -1,5 +1,23 @@
 """lit_optim: optimizers, parameter groups, schedules, clipping and LR logging for PyTorch Lightning."""
 
+from lit_optim._durations import Duration, TrainingLength, parse_duration, resolve_training_length
+from lit_optim.scheduler import ScheduleLR, lightning_scheduler_config
+from lit_optim.schedules import Constant, Cosine, Linear, Schedule, Warmup, build_schedule
+
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "Constant",
+    "Cosine",
+    "Duration",
+    "Linear",
+    "Schedule",
+    "ScheduleLR",
+    "TrainingLength",
+    "Warmup",
+    "__version__",
+    "build_schedule",
+    "lightning_scheduler_config",
+    "parse_duration",
+    "resolve_training_length",
+]
