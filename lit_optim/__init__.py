@@ -2,19 +2,42 @@
 
 from lit_optim._durations import Duration, TrainingLength, parse_duration, resolve_training_length
 from lit_optim.scheduler import ScheduleLR, lightning_scheduler_config
-from lit_optim.schedules import Constant, Cosine, Linear, Schedule, Warmup, build_schedule
+from lit_optim.schedules import (
+    Constant,
+    Cosine,
+    CosineRestarts,
+    Exponential,
+    InverseSqrt,
+    Linear,
+    MultiStep,
+    OneCycle,
+    Polynomial,
+    Schedule,
+    Step,
+    Warmup,
+    WarmupStableDecay,
+    build_schedule,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Constant",
     "Cosine",
+    "CosineRestarts",
     "Duration",
+    "Exponential",
+    "InverseSqrt",
     "Linear",
+    "MultiStep",
+    "OneCycle",
+    "Polynomial",
     "Schedule",
     "ScheduleLR",
+    "Step",
     "TrainingLength",
     "Warmup",
+    "WarmupStableDecay",
     "__version__",
     "build_schedule",
     "lightning_scheduler_config",

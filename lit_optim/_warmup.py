@@ -158,15 +158,18 @@ class WarmedSchedule(Schedule):
 
     def factor(self, step: int, total_steps: int) -> float:
         """Multiplier of each group's initial lr after ``step`` optimizer steps of a ``total_steps`` run."""
+        if step > total_steps:
+            step = total_steps  # past the end of the run: hold the final value
         warmup = cast("Warmup | None", self.warmup)
-        if warmup is not None:
-            w = steps_of(cast(Duration, warmup.duration), total_steps)
-            if step < w:
-                return warmup.factor(step, w)
-            return self._main(step - w, total_steps - w)
-        return self._main(step, total_steps)
+        if warmup is None:
+            return self._main(step, total_steps, total_steps)
+        w = steps_of(cast(Duration, warmup.duration), total_steps)
+        if step < w:
+            return warmup.factor(step, w)
+        return self._main(step - w, total_steps - w, total_steps)
 
-    def _main(self, step: int, total_steps: int) -> float:
+    def _main(self, step: int, steps: int, run_steps: int) -> float:
+        """The schedule after the warmup: ``step`` of its ``steps``; ``run_steps`` resolves fractions."""
         raise NotImplementedError
 
     def _resolved_fields(self, length: TrainingLength) -> dict[str, Any]:
