@@ -1,6 +1,7 @@
 """lit_optim: optimizers, parameter groups, schedules, clipping and LR logging for PyTorch Lightning."""
 
 from lit_optim._durations import Duration, TrainingLength, parse_duration, resolve_training_length
+from lit_optim.preview import LRCurve, preview_schedule
 from lit_optim.scheduler import ScheduleLR, lightning_scheduler_config
 from lit_optim.schedules import (
     Constant,
@@ -28,6 +29,7 @@ __all__ = [
     "Duration",
     "Exponential",
     "InverseSqrt",
+    "LRCurve",
     "Linear",
     "MultiStep",
     "OneCycle",
@@ -42,5 +44,6 @@ __all__ = [
     "build_schedule",
     "lightning_scheduler_config",
     "parse_duration",
+    "preview_schedule",
     "resolve_training_length",
 ]

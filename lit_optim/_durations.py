@@ -55,6 +55,31 @@ class TrainingLength:
         if self.steps_per_epoch is not None:
             check_positive_int("steps_per_epoch", self.steps_per_epoch)
 
+    @classmethod
+    def from_loop(
+        cls, *, max_epochs: int, batches_per_epoch: int, accumulate_grad_batches: int = 1, max_steps: int = -1
+    ) -> TrainingLength:
+        """The length of a Lightning fit loop, counted as :func:`resolve_training_length` does, without a Trainer.
+
+        Args:
+            max_epochs: epochs to train.
+            batches_per_epoch: training batches per epoch and rank, after ``limit_train_batches``.
+            accumulate_grad_batches: batches per optimizer step.
+            max_steps: a cap on the optimizer steps, ``-1`` for none.
+
+        Example:
+            >>> TrainingLength.from_loop(max_epochs=3, batches_per_epoch=10, accumulate_grad_batches=4)
+            TrainingLength(total_steps=9, steps_per_epoch=3)
+        """
+        check_positive_int("max_epochs", max_epochs)
+        check_positive_int("batches_per_epoch", batches_per_epoch)
+        check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
+        per_epoch = math.ceil(batches_per_epoch / accumulate_grad_batches)
+        total = per_epoch * max_epochs
+        if max_steps != -1:
+            total = min(total, check_positive_int("max_steps", max_steps))
+        return cls(total_steps=total, steps_per_epoch=per_epoch)
+
 
 @dataclass(frozen=True)
 class Duration:
