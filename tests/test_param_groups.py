@@ -412,3 +412,41 @@ def test_no_trainable_parameters(model: nn.Module, match: str) -> None:
 def test_layer_decay_without_module_list_asks_for_layer_id_fn() -> None:
     with pytest.raises(ValueError, match=r"Sequential has no nn.ModuleList of blocks\. HINT: pass `layer_id_fn"):
         param_groups(nn.Sequential(nn.Linear(2, 2)), layer_decay=0.5)
+
+
+def test_format_groups_of_an_optimizer_shows_only_non_default_settings() -> None:
+    model = CNN()
+    groups = param_groups(model, lr=0.1, overrides={"fc.*": {"betas": (0.8, 0.9)}}, optimizer="adam")
+    opt = torch.optim.Adam(groups, lr=0.1, betas=(0.9, 0.99))
+    assert format_groups(opt).splitlines() == [
+        "name         tensors  parameters  lr   lr_scale  weight_decay  other",
+        "-----------  -------  ----------  ---  --------  ------------  ----------------",
+        "decay        2        252         0.1  1         0.01",
+        "no_decay     5        20          0.1  1         0",
+        "fc/decay     1        8           0.1  1         0.01          betas=(0.8, 0.9)",
+        "fc/no_decay  1        2           0.1  1         0             betas=(0.8, 0.9)",
+    ]
+
+
+def test_include_frozen_with_layer_decay_keeps_ids() -> None:
+    model = FrozenBackbone()
+    groups = param_groups(model, layer_decay=0.5, include_frozen=True)
+    assert [(g["name"], g["lr_scale"]) for g in groups] == [
+        ("layer_00/decay", 0.125), ("layer_00/no_decay", 0.125), ("layer_01/decay", 0.25),
+        ("layer_01/no_decay", 0.25), ("layer_02/decay", 0.5), ("layer_02/no_decay", 0.5),
+        ("layer_03/decay", 1.0), ("layer_03/no_decay", 1.0),
+    ]  # fmt: skip
+    assert_partition(model, groups, include_frozen=True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [
+        ([("blocks.*", {"lr": 0.1})], TypeError, r"`overrides` must be a mapping pattern -> settings, got list"),
+        ({"blocks.*": {"name": 3}}, TypeError, r"`overrides\['blocks.\*'\]\['name'\]` must be a string, got 3"),
+        ({"blocks.*": {"lr_scale": -2.0}}, ValueError, r"`overrides\['blocks.\*'\]\['lr_scale'\]` must be >= 0"),
+    ],
+)
+def test_bad_overrides(overrides: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        param_groups(GPT(), overrides=overrides)
