@@ -450,3 +450,23 @@ def test_include_frozen_with_layer_decay_keeps_ids() -> None:
 def test_bad_overrides(overrides: Any, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         param_groups(GPT(), overrides=overrides)
+
+
+@pytest.mark.parametrize("model_cls", [GPT, CNN, FrozenBackbone, WithEncoder, GPTModule])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"decay_embeddings": False, "include_frozen": True},
+        {"layer_decay": 0.7, "layer_id_fn": lambda name: name.count(".")},
+        {"overrides": {"*.weight": {"lr_scale": 0.5}, "*.bias": {"lr": 0.2}}, "no_decay": ["*.0.*"]},
+    ],
+    ids=["defaults", "frozen-embeddings", "layer-fn", "overrides"],
+)
+def test_every_parameter_in_exactly_one_group(model_cls: type[nn.Module], kwargs: dict[str, Any]) -> None:
+    model = model_cls()
+    groups = param_groups(model, **kwargs)
+    assert_partition(model, groups, include_frozen=kwargs.get("include_frozen", False))
+    for g in groups:
+        assert g["lr"] == pytest.approx(g["lr_scale"] * (0.2 if "bias" in g["name"] else 1e-3))
+        assert (g["weight_decay"] == 0.0) == g["name"].endswith("no_decay")
