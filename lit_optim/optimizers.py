@@ -8,6 +8,7 @@ at the top level and inside every group, against the optimizer's own ``__init__`
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -25,6 +26,17 @@ GROUP_KEYS = frozenset({"params", "name", "lr_scale"})
 OptimizerLike = str | type[Optimizer]
 
 
+def _import_optimizer(path: str) -> type[Optimizer]:
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"Cannot import optimizer {path!r}: {error}. HINT: use 'package.module.ClassName'.") from None
+    if not (isinstance(found, type) and issubclass(found, Optimizer)):
+        raise TypeError(f"{path!r} is not a torch.optim.Optimizer subclass, got {found!r}.")
+    return found
+
+
 @functools.cache
 def _torch_optimizers() -> dict[str, type[Optimizer]]:
     """Every concrete ``torch.optim.Optimizer`` subclass exported by ``torch.optim``, by lower-case name."""
@@ -39,7 +51,8 @@ def resolve_optimizer(optimizer: OptimizerLike) -> type[Optimizer]:
     """Return the optimizer class for a case-insensitive ``torch.optim`` name, or check a class.
 
     Args:
-        optimizer: a name such as ``"adamw"``, ``"AdamW"``, ``"sgd"`` (any optimizer in ``torch.optim``), or a
+        optimizer: a name such as ``"adamw"``, ``"AdamW"``, ``"sgd"`` (any optimizer in ``torch.optim``), a
+            dotted import path such as ``"my_package.Lion"`` (handy in YAML/LightningCLI configs), or a
             ``torch.optim.Optimizer`` subclass (third-party classes too).
 
     Raises:
@@ -50,6 +63,8 @@ def resolve_optimizer(optimizer: OptimizerLike) -> type[Optimizer]:
         >>> resolve_optimizer("adamw")
         <class 'torch.optim.adamw.AdamW'>
     """
+    if isinstance(optimizer, str) and "." in optimizer:
+        return _import_optimizer(optimizer)
     if isinstance(optimizer, str):
         classes = _torch_optimizers()
         found = classes.get(optimizer.lower())

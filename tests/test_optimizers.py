@@ -188,3 +188,12 @@ def test_group_names_travel_into_state_dict() -> None:
     saved = opt.state_dict()["param_groups"]
     assert [g["name"] for g in saved] == [g["name"] for g in opt.param_groups]
     assert [g["lr_scale"] for g in saved] == [0.125, 0.25, 0.25, 0.5, 0.5, 1.0]
+
+
+def test_dotted_import_path() -> None:
+    assert resolve_optimizer("torch.optim.SGD") is torch.optim.SGD
+    assert resolve_optimizer("tests.test_optimizers.Lion") is Lion
+    with pytest.raises(ValueError, match=r"Cannot import optimizer 'tests.test_optimizers.Lino': .*'package.module"):
+        resolve_optimizer("tests.test_optimizers.Lino")
+    with pytest.raises(TypeError, match=r"'torch.nn.Linear' is not a torch.optim.Optimizer subclass"):
+        resolve_optimizer("torch.nn.Linear")

@@ -470,3 +470,14 @@ def test_every_parameter_in_exactly_one_group(model_cls: type[nn.Module], kwargs
     for g in groups:
         assert g["lr"] == pytest.approx(g["lr_scale"] * (0.2 if "bias" in g["name"] else 1e-3))
         assert (g["weight_decay"] == 0.0) == g["name"].endswith("no_decay")
+
+
+def test_readme_table_is_the_real_output() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Parameter groups and optimizers") :]
+    table = section[section.index("```text\n") + 8 :].split("```")[0].rstrip("\n")
+    model = GPT()
+    overrides = {model.ln_f: {"lr_scale": 2.0}, "blocks.*.mlp.*": {"betas": (0.9, 0.95)}}
+    assert table == format_groups(param_groups(model, lr=3e-4, weight_decay=0.1, layer_decay=0.8, overrides=overrides))
