@@ -66,6 +66,11 @@ class _Walk:
             for leaf, param in own.items():
                 if param is None:
                     continue
+                if type(param) is not nn.Parameter and isinstance(param, nn.parameter.UninitializedParameter):
+                    raise ValueError(
+                        f"Parameter {prefix + leaf!r} of {type(mod).__name__} is not initialized yet (a lazy module), "
+                        "so its shape and decay rule are unknown. HINT: run one forward pass before grouping."
+                    )
                 flag = module_flag or param.ndim <= 1 or leaf.endswith("bias")
                 index = seen.get(id(param))
                 if index is not None:  # tied: keep the first name; no decay if any occurrence says so

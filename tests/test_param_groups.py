@@ -481,3 +481,11 @@ def test_readme_table_is_the_real_output() -> None:
     model = GPT()
     overrides = {model.ln_f: {"lr_scale": 2.0}, "blocks.*.mlp.*": {"betas": (0.9, 0.95)}}
     assert table == format_groups(param_groups(model, lr=3e-4, weight_decay=0.1, layer_decay=0.8, overrides=overrides))
+
+
+def test_lazy_parameters_must_be_materialized_first() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.LazyLinear(3))
+    with pytest.raises(ValueError, match=r"Parameter '1.weight' of LazyLinear is not initialized yet .*forward pass"):
+        param_groups(model)
+    model(torch.ones(1, 2))
+    assert named(model, param_groups(model)) == {"decay": ["0.weight", "1.weight"], "no_decay": ["0.bias", "1.bias"]}
