@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L  # noqa: N812  (Lightning's documented alias)
+import lightning as L
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset

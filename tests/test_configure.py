@@ -4,7 +4,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lightning as L  # noqa: N812  (Lightning's documented alias)
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
