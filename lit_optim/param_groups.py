@@ -50,7 +50,8 @@ class _Walk:
         self.aliases: dict[int, list[str]] = {}  # index -> later names of a tied parameter
         self.declared: list[str] = []  # full names/globs from `no_weight_decay()` methods
         seen: dict[int, int] = {}
-        for module_name, mod in module.named_modules():
+        # Every path of a shared module instance, so globs and declared names can use any of them.
+        for module_name, mod in module.named_modules(remove_duplicate=False):
             own = mod._parameters
             is_norm, declares = _type_flags(type(mod))
             prefix = module_name + "." if module_name else ""

@@ -489,3 +489,27 @@ def test_lazy_parameters_must_be_materialized_first() -> None:
         param_groups(model)
     model(torch.ones(1, 2))
     assert named(model, param_groups(model)) == {"decay": ["0.weight", "1.weight"], "no_decay": ["0.bias", "1.bias"]}
+
+
+class SharedModule(nn.Module):
+    """One module instance reachable under two names (`out` is `emb`), as in weight-shared heads or ALBERT."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(4, 2)
+        self.mid = nn.Linear(2, 2)
+        self.out = self.emb
+
+    def no_weight_decay(self) -> set[str]:
+        return {"out.weight"}
+
+
+def test_shared_module_second_path_matches_globs_rules_and_declared_names() -> None:
+    model = SharedModule()
+    groups = param_groups(model, lr=1.0, overrides={"out.*": {"lr": 0.5}})
+    assert named(model, groups) == {"out/no_decay": ["emb.weight"], "decay": ["mid.weight"], "no_decay": ["mid.bias"]}
+    assert [g["lr"] for g in groups] == [0.5, 1.0, 1.0]
+    plain = nn.Module()
+    plain.emb = nn.Embedding(4, 2)
+    plain.out = plain.emb
+    assert named(plain, param_groups(plain, no_decay=["out.*"])) == {"no_decay": ["emb.weight"]}
