@@ -71,8 +71,14 @@ def configure_optimizers(
         lightning_scheduler_config,
     )
 
-    # `LightningModule.trainer` raises outside a fit; hand the schedules part `None` there (and for plain modules).
+    # `LightningModule.trainer` raises outside a fit, so read the private attribute and explain instead.
     trainer = module._trainer if isinstance(module, LightningModule) else None
+    if trainer is None:
+        raise ValueError(
+            f"`scheduler={scheduler!r}` needs the Trainer to resolve its durations, but {type(module).__name__} is "
+            "not attached to one. HINT: call configure_optimizers from your LightningModule's "
+            "`configure_optimizers` (the Trainer calls it when fitting starts), or pass scheduler=None."
+        )
     return {"optimizer": built, "lr_scheduler": lightning_scheduler_config(built, scheduler, trainer)}
 
 

@@ -111,12 +111,34 @@ def test_resume_restores_grouped_optimizer_exactly(make_trainer: Callable[..., L
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
-def test_scheduler_is_wired_to_the_schedules_part() -> None:
+def test_scheduler_outside_a_fit_raises_naming_the_fix() -> None:
+    schedules = pytest.importorskip("lit_optim.schedules")
+    with pytest.raises(ValueError, match=r"needs the Trainer to resolve its durations, but Sequential is not attached"):
+        configure_optimizers(nn.Sequential(nn.Linear(2, 2)), scheduler=schedules.Linear())
+
+
+def test_scheduler_is_wired_to_the_schedules_part(make_trainer: Callable[..., L.Trainer]) -> None:
     scheduler = pytest.importorskip("lit_optim.scheduler")
     schedules = pytest.importorskip("lit_optim.schedules")
-    config = configure_optimizers(nn.Linear(2, 2), scheduler=schedules.Constant())
-    assert set(config) == {"optimizer", "lr_scheduler"}
-    assert isinstance(config["lr_scheduler"]["scheduler"], scheduler.ScheduleLR)
+
+    class Scheduled(TinyModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen_lrs: list[float] = []
+            self.config: dict[str, Any] = {}
+
+        def configure_optimizers(self) -> Any:
+            self.config = configure_optimizers(self, "sgd", lr=0.1, scheduler=schedules.Linear())
+            return self.config
+
+        def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+            self.seen_lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    model = Scheduled()
+    make_trainer(max_steps=4).fit(model)
+    assert set(model.config) == {"optimizer", "lr_scheduler"}
+    assert isinstance(model.config["lr_scheduler"]["scheduler"], scheduler.ScheduleLR)
+    assert model.seen_lrs == pytest.approx([0.1, 0.075, 0.05, 0.025], rel=1e-12)
 
 
 class MixinModel(OptimizerMixin, TinyModule):
