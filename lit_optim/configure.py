@@ -12,7 +12,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_optim._validation import closest_match
-from lit_optim.optimizers import build_optimizer, resolve_optimizer
+from lit_optim.optimizers import build_optimizer, hyperparameter_names, resolve_optimizer
 from lit_optim.param_groups import param_groups
 
 __all__ = ["OPTIMIZER_HPARAMS", "OptimizerMixin", "configure_optimizers"]
@@ -28,7 +28,7 @@ def configure_optimizers(
     module: nn.Module,
     optimizer: str | type[Optimizer] = "adamw",
     lr: float = 1e-3,
-    weight_decay: float = 0.01,
+    weight_decay: float | None = None,
     overrides: Mapping[str | nn.Module, Mapping[str, Any]] | None = None,
     layer_decay: float | None = None,
     scheduler: Any = None,
@@ -45,7 +45,8 @@ def configure_optimizers(
         module: the LightningModule (or any module) whose parameters to optimize.
         optimizer: a case-insensitive ``torch.optim`` name or an ``Optimizer`` subclass.
         lr: base learning rate (each group's ``lr`` is this times its ``lr_scale``).
-        weight_decay: weight decay of the decayed parameters.
+        weight_decay: weight decay of the decayed parameters; ``None`` means 0.01, or 0 for an optimizer without
+            weight decay (``Rprop``, ``LBFGS``, ``SparseAdam``).
         overrides: ordered mapping pattern (glob or submodule) -> settings; see :func:`lit_optim.param_groups`.
         layer_decay: layer-wise learning-rate decay in (0, 1], or ``None``.
         scheduler: a schedule spec from :mod:`lit_optim.schedules`, or ``None`` for a constant LR.
@@ -61,6 +62,9 @@ def configure_optimizers(
         [('decay', 0.1, 0.01, 0.9), ('no_decay', 0.1, 0.0, 0.9)]
     """
     cls = resolve_optimizer(optimizer)
+    if weight_decay is None:
+        names = hyperparameter_names(cls)
+        weight_decay = 0.01 if names is None or "weight_decay" in names else 0.0
     groups = param_groups(
         module, lr=lr, weight_decay=weight_decay, overrides=overrides, layer_decay=layer_decay, optimizer=cls
     )

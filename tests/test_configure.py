@@ -261,3 +261,21 @@ def test_unrelated_hparams_are_left_alone() -> None:
         "scheduler",
         "optimizer_kwargs",
     }
+
+
+@pytest.mark.parametrize(("name", "cls"), [("rprop", torch.optim.Rprop), ("lbfgs", torch.optim.LBFGS)])
+def test_default_weight_decay_fits_optimizers_without_weight_decay(name: str, cls: type[torch.optim.Optimizer]) -> None:
+    model = nn.Linear(2, 2)
+    opt = configure_optimizers(model, name, lr=0.1)["optimizer"]
+    assert type(opt) is cls
+    # no weight decay to apply: decay and no_decay are identical and merge into the single group LBFGS needs
+    assert [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups] == [
+        ("decay", 0.1, 0.0, 2)
+    ]
+    with pytest.raises(ValueError, match=r"Rprop has no weight decay, but the parameter group .decay. \(index 0\)"):
+        configure_optimizers(model, "rprop", weight_decay=0.1)
+
+
+def test_default_weight_decay_is_0_01_for_optimizers_with_it() -> None:
+    groups = configure_optimizers(nn.Linear(2, 2), "sgd", lr=0.1)["optimizer"].param_groups
+    assert [(g["name"], g["weight_decay"]) for g in groups] == [("decay", 0.01), ("no_decay", 0.0)]
