@@ -27,6 +27,7 @@ NoDecayRule = type[nn.Module] | str | re.Pattern[str] | Callable[[str, nn.Parame
 
 _NORM_NAME = re.compile(r"Norm(\d+d)?$")
 _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+_COMPILED = "_orig_mod."  # the attribute torch.compile's OptimizedModule keeps the original module under
 _type_cache: dict[type[nn.Module], tuple[bool, bool]] = {}
 
 
@@ -77,11 +78,13 @@ class _Walk:
                 if index is not None:  # tied: keep the first name; no decay if any occurrence says so
                     self.aliases.setdefault(index, []).append(prefix + leaf)
                     self.no_decay[index] = self.no_decay[index] or flag
-                    continue
-                seen[id(param)] = len(self.params)
-                self.params.append(param)
-                self.names.append(prefix + leaf)
-                self.no_decay.append(flag)
+                else:
+                    index = seen[id(param)] = len(self.params)
+                    self.params.append(param)
+                    self.names.append(prefix + leaf)
+                    self.no_decay.append(flag)
+                if _COMPILED in prefix:  # a torch.compile'd submodule: patterns may leave out `_orig_mod.`
+                    self.aliases.setdefault(index, []).append((prefix + leaf).replace(_COMPILED, ""))
 
     def all_names(self, index: int) -> list[str]:
         return [self.names[index], *self.aliases.get(index, ())]
@@ -167,6 +170,7 @@ def param_groups(
 
     **Tied parameters** appear once, under their first name (module order); they get no decay if any of
     their occurrences would (e.g. a ``lm_head`` tied to an excluded embedding). Globs match any of their names.
+    Inside a ``torch.compile`` d submodule, globs match the names with and without its ``_orig_mod.`` part.
 
     **Overrides** map a pattern (an fnmatch glob on full parameter names, or a submodule) to settings: ``lr``,
     ``lr_scale``, ``weight_decay``, ``name`` (the group-name label) or any hyper-parameter of the optimizer.

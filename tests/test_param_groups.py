@@ -513,3 +513,25 @@ def test_shared_module_second_path_matches_globs_rules_and_declared_names() -> N
     plain.emb = nn.Embedding(4, 2)
     plain.out = plain.emb
     assert named(plain, param_groups(plain, no_decay=["out.*"])) == {"no_decay": ["emb.weight"]}
+
+
+# torch.compile's first use imports torch internals that still call the deprecated torch.jit.script_method
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compiled_submodule_patterns_may_leave_out_orig_mod() -> None:
+    model = nn.Module()
+    model.backbone = torch.compile(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
+    model.head = nn.Linear(2, 1)
+    groups = param_groups(model, lr=1.0, overrides={"backbone.0.*": {"lr": 0.5}}, no_decay=["backbone.0.weight"])
+    assert named(model, groups) == {
+        "backbone.0/no_decay": ["backbone._orig_mod.0.weight", "backbone._orig_mod.0.bias"],
+        "no_decay": ["backbone._orig_mod.1.weight", "backbone._orig_mod.1.bias", "head.bias"],
+        "decay": ["head.weight"],
+    }
+    assert [g["lr"] for g in groups] == [0.5, 1.0, 1.0]
+    same = param_groups(
+        model,
+        lr=1.0,
+        overrides={"backbone._orig_mod.0.*": {"lr": 0.5, "name": "backbone.0"}},
+        no_decay=["backbone._orig_mod.0.weight"],
+    )
+    assert named(model, same) == named(model, groups)
