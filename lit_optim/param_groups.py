@@ -73,7 +73,7 @@ class _Walk:
                         f"Parameter {prefix + leaf!r} of {type(mod).__name__} is not initialized yet (a lazy module), "
                         "so its shape and decay rule are unknown. HINT: run one forward pass before grouping."
                     )
-                flag = module_flag or param.ndim <= 1 or leaf.endswith("bias")
+                flag = module_flag or param.ndim <= 1 or leaf.endswith("bias") or leaf.startswith("bias_")
                 index = seen.get(id(param))
                 if index is not None:  # tied: keep the first name; no decay if any occurrence says so
                     self.aliases.setdefault(index, []).append(prefix + leaf)
@@ -162,7 +162,8 @@ def param_groups(
     hyper-parameters. Groups with identical hyper-parameters are merged (the merged group keeps the first
     name); groups come in module order.
 
-    **No weight decay** for: every bias (leaf name ending in ``bias``); every parameter of a normalization layer
+    **No weight decay** for: every bias (leaf name ending in ``bias`` or starting with ``bias_``, as attention's
+    ``bias_k``); every parameter of a normalization layer
     (any class, or base class, whose name ends in ``Norm`` or ``Norm<k>d``: all torch norms and custom
     ``RMSNorm`` s); every parameter with ``ndim <= 1``; names a submodule lists in ``no_weight_decay()`` (the
     timm convention), resolved with that submodule's prefix (names that do not exist are ignored, as timm

@@ -535,3 +535,12 @@ def test_compiled_submodule_patterns_may_leave_out_orig_mod() -> None:
         no_decay=["backbone._orig_mod.0.weight"],
     )
     assert named(model, same) == named(model, groups)
+
+
+def test_attention_key_value_biases_are_biases() -> None:
+    model = nn.MultiheadAttention(4, 2, add_bias_kv=True)
+    assert model.bias_k.ndim == 3  # neither the ndim rule nor "ends in bias" catches it
+    assert named(model, param_groups(model)) == {
+        "decay": ["in_proj_weight", "out_proj.weight"],
+        "no_decay": ["in_proj_bias", "bias_k", "bias_v", "out_proj.bias"],
+    }
