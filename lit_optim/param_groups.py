@@ -159,8 +159,8 @@ def param_groups(
 
     Every trainable parameter lands in exactly one group. Each group has ``params``, a unique ``name``, the
     effective ``lr`` (``lr * lr_scale``), ``lr_scale``, ``weight_decay`` and the overrides' other
-    hyper-parameters. Groups with identical hyper-parameters are merged (the merged group keeps the first
-    name); groups come in module order.
+    hyper-parameters. Groups with identical hyper-parameters are merged (the merged group takes the name of
+    its part with the fewest override labels, the first of those); groups come in module order.
 
     **No weight decay** for: every bias (leaf name ending in ``bias`` or starting with ``bias_``, as attention's
     ``bias_k``); every parameter of a normalization layer
@@ -250,6 +250,7 @@ def param_groups(
         bucket.append(walk.params[i])
 
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    label_counts: dict[tuple[Any, ...], int] = {}
     for (layer_id, combo, no_dec), params in buckets.items():
         settings: dict[str, Any] = {}
         labels = []
@@ -276,8 +277,11 @@ def param_groups(
         existing = merged.get(identity)
         if existing is None:
             merged[identity] = group
+            label_counts[identity] = len(labels)
         else:
             existing["params"] = existing["params"] + params
+            if len(labels) < label_counts[identity]:  # name a merged group after its least-overridden part
+                existing["name"], label_counts[identity] = group["name"], len(labels)
     groups = list(merged.values())
     _order_params(groups, walk.params)
     return groups

@@ -544,3 +544,14 @@ def test_attention_key_value_biases_are_biases() -> None:
         "decay": ["in_proj_weight", "out_proj.weight"],
         "no_decay": ["in_proj_bias", "bias_k", "bias_v", "out_proj.bias"],
     }
+
+
+def test_merged_group_takes_the_plain_name_not_a_no_op_override_label() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    groups = param_groups(model, lr=0.1, overrides={"0.*": {"lr": 0.1}, "1.weight": {"lr": 0.2}})
+    # 0.bias (override "0", a no-op) and 1.bias (no override) merge under the plainer name
+    assert named(model, groups) == {
+        "0/decay": ["0.weight"],
+        "no_decay": ["0.bias", "1.bias"],
+        "1.weight/decay": ["1.weight"],
+    }
