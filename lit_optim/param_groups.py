@@ -182,10 +182,11 @@ def param_groups(
     An override's ``lr`` replaces the base ``lr``; ``lr_scale`` and the layer scale multiply it.
 
     **Layer-wise decay**: ``lr_scale = layer_decay ** (num_layers - layer_id)``. Automatic ids: parameters in
-    block ``i`` of the largest ``nn.ModuleList`` get ``i + 1``; other embeddings (``nn.Embedding`` or a name part
-    containing ``embed``, or ``cls_token``) get 0; the rest (the head) ``num_layers = N + 1``, scale 1. A
-    ``layer_id_fn(name) -> int`` replaces this, with ``num_layers`` its largest id. Ids are computed over all
-    parameters, frozen ones included, so freezing never shifts them.
+    block ``i`` of the largest ``nn.ModuleList`` get ``i + 1``; parameters registered before the first block (a
+    stem) and other embeddings (``nn.Embedding`` or a name part containing ``embed``, or ``cls_token``) get 0; the
+    rest (the head) ``num_layers = N + 1``, scale 1. A ``layer_id_fn(name) -> int`` replaces this, with
+    ``num_layers`` its largest id. Ids are computed over all parameters, frozen ones included, so freezing never
+    shifts them.
 
     Args:
         module: the module to group (a LightningModule too).

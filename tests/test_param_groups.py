@@ -555,3 +555,21 @@ def test_merged_group_takes_the_plain_name_not_a_no_op_override_label() -> None:
         "no_decay": ["0.bias", "1.bias"],
         "1.weight/decay": ["1.weight"],
     }
+
+
+def test_layer_decay_puts_a_stem_before_the_blocks_at_layer_0() -> None:
+    class ConvNeXtLike(nn.Module):  # timm's ConvNeXt shape: stem, stages, final norm, head
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 2, bias=False)
+            self.stages = nn.ModuleList([nn.Conv2d(4, 4, 1, bias=False), nn.Conv2d(4, 4, 1, bias=False)])
+            self.head = nn.Linear(4, 2, bias=False)
+
+    model = ConvNeXtLike()
+    groups = param_groups(model, lr=1.0, layer_decay=0.5)
+    assert [(g["name"], g["lr"], named(model, [g])[g["name"]]) for g in groups] == [
+        ("layer_00/decay", 0.125, ["stem.weight"]),
+        ("layer_01/decay", 0.25, ["stages.0.weight"]),
+        ("layer_02/decay", 0.5, ["stages.1.weight"]),
+        ("layer_03/decay", 1.0, ["head.weight"]),
+    ]
