@@ -193,7 +193,7 @@ def param_groups(
         lr: base learning rate.
         weight_decay: weight decay of the decayed parameters.
         overrides: ordered mapping pattern -> settings (see above).
-        layer_decay: layer-wise LR decay factor in (0, 1], or ``None`` for none.
+        layer_decay: layer-wise LR decay factor in (0, 1], or ``None`` for none (as is 1).
         layer_id_fn: maps a parameter name to its layer id (needs ``layer_decay``).
         decay_embeddings: decay ``nn.Embedding``/``nn.EmbeddingBag`` weights (default ``True``).
         no_decay: extra no-decay rules (module classes, globs, compiled regexes, predicates).
@@ -219,6 +219,8 @@ def param_groups(
     check_non_negative("weight_decay", weight_decay)
     if layer_decay is not None:
         check_ratio("layer_decay", layer_decay)
+        if layer_decay == 1:  # every scale is 1: plain groups, not one merged group mislabelled "layer_00"
+            layer_decay = None
     elif layer_id_fn is not None:
         raise ValueError("`layer_id_fn` is only used with `layer_decay`; pass e.g. layer_decay=0.75 as well.")
     module_rules, predicates = _split_rules(no_decay)

@@ -573,3 +573,14 @@ def test_layer_decay_puts_a_stem_before_the_blocks_at_layer_0() -> None:
         ("layer_02/decay", 0.5, ["stages.1.weight"]),
         ("layer_03/decay", 1.0, ["head.weight"]),
     ]
+
+
+def test_layer_decay_of_one_is_no_layer_decay() -> None:
+    # every layer scale is 1, so all layers merge: naming them all "layer_00" would mislabel the LR logs
+    model = GPT()
+    groups = param_groups(model, lr=0.1, layer_decay=1.0)
+    assert named(model, groups) == named(model, param_groups(model, lr=0.1)) == {
+        "decay": GPT_DECAY,
+        "no_decay": GPT_NO_DECAY,
+    }
+    assert [(g["lr"], g["lr_scale"]) for g in groups] == [(0.1, 1.0), (0.1, 1.0)]
