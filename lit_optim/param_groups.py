@@ -170,7 +170,8 @@ def param_groups(
     does); embeddings when ``decay_embeddings=False``; and the extra ``no_decay`` rules.
 
     **Tied parameters** appear once, under their first name (module order); they get no decay if any of
-    their occurrences would (e.g. a ``lm_head`` tied to an excluded embedding). Globs match any of their names.
+    their occurrences would (e.g. a ``lm_head`` tied to an excluded embedding). Globs match any of their names;
+    two overrides that reach one only by different names (``tok_emb.*``, ``lm_head.*``) must agree, or raise.
     Inside a ``torch.compile`` d submodule, globs match the names with and without its ``_orig_mod.`` part.
 
     **Overrides** map a pattern (an fnmatch glob on full parameter names, or a submodule) to settings: ``lr``,
@@ -235,7 +236,7 @@ def param_groups(
         raise ValueError(f"{type(module).__name__} has no trainable parameters to optimize ({detail}).")
 
     parsed: list[Override] = parse_overrides(module, overrides or {}, walk.params, walk.names, walk.aliases, optimizer)
-    combos = combine_overrides(parsed, len(walk.params), walk.names)
+    combos = combine_overrides(parsed, len(walk.params), walk.names, walk.aliases)
 
     layer_ids: list[int] | None = None
     num_layers = 0

@@ -584,3 +584,24 @@ def test_layer_decay_of_one_is_no_layer_decay() -> None:
         "no_decay": GPT_NO_DECAY,
     }
     assert [(g["lr"], g["lr_scale"]) for g in groups] == [(0.1, 1.0), (0.1, 1.0)]
+
+
+def test_tied_parameter_named_differently_by_two_overrides_is_ambiguous() -> None:
+    model = GPT()  # lm_head.weight is tok_emb.weight
+    with pytest.raises(
+        ValueError,
+        match=r"Parameter 'tok_emb\.weight' is tied \(also named \['lm_head\.weight'\]\); overrides 'tok_emb\.\*' "
+        r"\(lr=0\.1\) and 'lm_head\.\*' \(lr=0\.5\) reach it by different names and disagree\. HINT: a tied "
+        r"parameter has one 'lr'",
+    ):
+        param_groups(model, overrides={"tok_emb.*": {"lr": 0.1}, "lm_head.*": {"lr": 0.5}})
+    tied = GPT()
+    tied.ln_f.weight = nn.Parameter(torch.ones(11, 8))
+    tied.lm_head.weight = tied.ln_f.weight
+    with pytest.raises(ValueError, match=r"overrides LayerNorm \(lr=0\.1\) and 'lm_head\.\*'"):
+        param_groups(tied, overrides={tied.ln_f: {"lr": 0.1}, "lm_head.*": {"lr": 0.5}})
+    # agreeing values, or an override naming the parameter by both names, are fine
+    agree = param_groups(model, lr=1.0, overrides={"tok_emb.*": {"lr": 0.5}, "lm_head.*": {"lr": 0.5}})
+    assert named(model, agree)["tok_emb+lm_head/decay"] == ["tok_emb.weight"]
+    specific = param_groups(model, lr=1.0, overrides={"*.weight": {"lr": 0.1}, "lm_head.*": {"lr": 0.5}})
+    assert [g["lr"] for g in specific if "tok_emb.weight" in named(model, [g])[g["name"]]] == [0.5]
