@@ -28,6 +28,7 @@ NoDecayRule = type[nn.Module] | str | re.Pattern[str] | Callable[[str, nn.Parame
 _NORM_NAME = re.compile(r"Norm(\d+d)?$")
 _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 _COMPILED = "_orig_mod."  # the attribute torch.compile's OptimizedModule keeps the original module under
+_DATA_PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 _type_cache: dict[type[nn.Module], tuple[bool, bool]] = {}
 
 
@@ -51,6 +52,7 @@ class _Walk:
         self.aliases: dict[int, list[str]] = {}  # index -> later names of a tied parameter
         self.declared: list[str] = []  # full names/globs from `no_weight_decay()` methods
         seen: dict[int, int] = {}
+        wrapped = isinstance(module, _DATA_PARALLEL)  # its parameters are all named `module.<name>`
         # Every path of a shared module instance, so globs and declared names can use any of them.
         for module_name, mod in module.named_modules(remove_duplicate=False):
             own = mod._parameters
@@ -83,8 +85,9 @@ class _Walk:
                     self.params.append(param)
                     self.names.append(prefix + leaf)
                     self.no_decay.append(flag)
-                if _COMPILED in prefix:  # a torch.compile'd submodule: patterns may leave out `_orig_mod.`
-                    self.aliases.setdefault(index, []).append((prefix + leaf).replace(_COMPILED, ""))
+                if wrapped or _COMPILED in prefix:  # patterns may leave out the wrappers' `module.`/`_orig_mod.`
+                    bare = (prefix + leaf).replace(_COMPILED, "")
+                    self.aliases.setdefault(index, []).append(bare[len("module.") :] if wrapped else bare)
 
     def all_names(self, index: int) -> list[str]:
         return [self.names[index], *self.aliases.get(index, ())]
@@ -172,7 +175,8 @@ def param_groups(
     **Tied parameters** appear once, under their first name (module order); they get no decay if any of
     their occurrences would (e.g. a ``lm_head`` tied to an excluded embedding). Globs match any of their names;
     two overrides that reach one only by different names (``tok_emb.*``, ``lm_head.*``) must agree, or raise.
-    Inside a ``torch.compile`` d submodule, globs match the names with and without its ``_orig_mod.`` part.
+    Inside a ``torch.compile`` d submodule, globs match the names with and without its ``_orig_mod.`` part; in a
+    ``DataParallel``/``DistributedDataParallel`` wrapper, with and without the leading ``module.``.
 
     **Overrides** map a pattern (an fnmatch glob on full parameter names, or a submodule) to settings: ``lr``,
     ``lr_scale``, ``weight_decay``, ``name`` (the group-name label) or any hyper-parameter of the optimizer.

@@ -605,3 +605,19 @@ def test_tied_parameter_named_differently_by_two_overrides_is_ambiguous() -> Non
     assert named(model, agree)["tok_emb+lm_head/decay"] == ["tok_emb.weight"]
     specific = param_groups(model, lr=1.0, overrides={"*.weight": {"lr": 0.1}, "lm_head.*": {"lr": 0.5}})
     assert [g["lr"] for g in specific if "tok_emb.weight" in named(model, [g])[g["name"]]] == [0.5]
+
+
+def test_data_parallel_wrapper_patterns_may_leave_out_module() -> None:
+    inner = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    wrapped = nn.DataParallel(inner)  # DistributedDataParallel names its parameters the same way
+    groups = param_groups(wrapped, lr=1.0, overrides={"1.*": {"lr": 0.5}})
+    assert named(wrapped, groups) == {
+        "decay": ["module.0.weight"],
+        "no_decay": ["module.0.bias"],
+        "1/decay": ["module.1.weight"],
+        "1/no_decay": ["module.1.bias"],
+    }
+    assert [g["lr"] for g in groups] == [1.0, 1.0, 0.5, 0.5]
+    assert named(wrapped, param_groups(wrapped, lr=1.0, overrides={"module.1.*": {"lr": 0.5, "name": "1"}})) == (
+        named(wrapped, groups)
+    )
