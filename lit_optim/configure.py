@@ -160,13 +160,12 @@ class OptimizerMixin(LightningModule):
     """A LightningModule whose ``configure_optimizers`` is configured by its saved hyper-parameters.
 
     Give your ``__init__`` any of the arguments of :func:`configure_optimizers` (``optimizer``, ``lr``,
-    ``weight_decay``, ``overrides``, ``layer_decay``, ``scheduler``, ``decay_embeddings``, ``include_frozen``)
-    and ``optimizer_kwargs`` (a dict of other
-    optimizer hyper-parameters), call ``self.save_hyperparameters()``, and the optimizer follows them, so
-    LightningCLI (``--model.lr 0.01``), a YAML config and a checkpoint all configure it. Missing keys take
-    :func:`configure_optimizers`' defaults. Other hparams are yours and ignored, except a close misspelling of
-    one of these keys (``weight_decy``, ``learning_rate``, ``wd``), which raises at ``configure_optimizers``;
-    list a genuine own key of that kind in ``ignored_hparams``.
+    ``weight_decay``, ``overrides``, ``layer_decay``, ``scheduler``, ``decay_embeddings``, ``include_frozen``) and
+    ``optimizer_kwargs`` (a dict of other optimizer hyper-parameters), call ``self.save_hyperparameters()``, and the
+    optimizer follows them, so LightningCLI (``--model.lr 0.01``), a YAML config and a checkpoint all configure it.
+    Missing keys take :func:`configure_optimizers`' defaults. Other hparams are yours and ignored, except a close
+    misspelling of one of these keys (``weight_decy``, ``learning_rate``, ``wd``), which raises at
+    ``configure_optimizers``; list a genuine own key of that kind in ``ignored_hparams``.
 
     Example:
         >>> from torch import nn
