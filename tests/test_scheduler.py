@@ -2,14 +2,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler
 
+from lit_optim._durations import TrainingLength
 from lit_optim.scheduler import ScheduleLR, lightning_scheduler_config
 from lit_optim.schedules import Constant, Cosine, Linear, Schedule, Warmup
+from tests.models import TinyModule
 
 BASE_LRS = (0.1, 0.03, 1e-4)
 
@@ -177,8 +181,6 @@ def test_state_dict_is_plain() -> None:
 
 
 def test_lightning_scheduler_config(make_trainer: Callable[..., Any]) -> None:
-    from tests.models import TinyModule
-
     captured: dict[str, Any] = {}
 
     class Model(TinyModule):
@@ -196,3 +198,86 @@ def test_lightning_scheduler_config(make_trainer: Callable[..., Any]) -> None:
     assert sched.schedule == Cosine(warmup=Warmup(duration=4))
     assert trainer.lr_scheduler_configs[0].scheduler is sched
     assert sched.last_epoch == 12  # Lightning stepped it once per optimizer step
+
+
+# --------------------------------------------- through Lightning's checkpoint (Lightning's own step interval)
+
+
+class _Recorder(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        self.lrs.append([float(g["lr"]) for g in optimizer.param_groups])
+
+
+class _Scheduled(TinyModule):
+    def __init__(self, schedule: Schedule) -> None:
+        super().__init__()
+        self.schedule = schedule
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(
+            [{"params": self.net[0].parameters(), "lr": 0.1}, {"params": self.net[2].parameters(), "lr": 0.02}]
+        )
+        return {"optimizer": opt, "lr_scheduler": lightning_scheduler_config(opt, self.schedule, self.trainer)}
+
+
+class _SaveEveryStep(Callback):
+    """Saves ``step=N.ckpt`` after each optimizer step (stateless, unlike ModelCheckpoint, so resuming needs
+    no matching callback)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        trainer.save_checkpoint(self.folder / f"step={trainer.global_step}.ckpt")
+
+
+# Lightning notes that a mid-epoch resume with a plain DataLoader replays the epoch's batches from its start;
+# the lr trajectory (what these tests check) is a function of the optimizer step and is unaffected.
+MID_EPOCH = pytest.mark.filterwarnings("ignore:.*resuming from a checkpoint that ended before the epoch ended.*")
+
+RUN: dict[str, Any] = {"max_epochs": 3, "limit_train_batches": 4, "limit_val_batches": 0}
+
+
+@pytest.fixture
+def straight_run(make_trainer: Callable[..., Trainer], tmp_path: Path) -> tuple[list[list[float]], Path]:
+    """An uninterrupted run of 12 steps saving a checkpoint after every optimizer step."""
+    recorder = _Recorder()
+    make_trainer(callbacks=[recorder, _SaveEveryStep(tmp_path / "ckpt")], **RUN).fit(_Scheduled(SCHEDULE))
+    assert len(recorder.lrs) == 12
+    return recorder.lrs, tmp_path / "ckpt"
+
+
+SCHEDULE = Cosine(warmup=3, min_lr=0.1)
+
+
+@MID_EPOCH
+@pytest.mark.parametrize("stop", [2, 4, 7, 11])  # mid-warmup, at an epoch boundary, mid-epoch, last step
+def test_resume_from_lightning_checkpoint(
+    make_trainer: Callable[..., Trainer], straight_run: tuple[list[list[float]], Path], stop: int
+) -> None:
+    lrs, folder = straight_run
+    ckpt = folder / f"step={stop}.ckpt"
+    # the scheduler's state is plain values, so the checkpoint loads with weights_only=True
+    state = torch.load(ckpt, weights_only=True)["lr_schedulers"][0]
+    assert (state["last_epoch"], state["total_steps"], state["schedule"]) == (stop, 12, repr(SCHEDULE.resolve(
+        TrainingLength(12, 4))))
+    resumed = _Recorder()
+    make_trainer(callbacks=[resumed], **RUN).fit(_Scheduled(SCHEDULE), ckpt_path=ckpt)  # no warning: same schedule
+    assert resumed.lrs == lrs[stop:]
+
+
+@MID_EPOCH
+def test_resume_with_longer_run_continues_new_schedule(
+    make_trainer: Callable[..., Trainer], straight_run: tuple[list[list[float]], Path]
+) -> None:
+    _, folder = straight_run
+    resumed = _Recorder()
+    trainer = make_trainer(callbacks=[resumed], **{**RUN, "max_epochs": 5})
+    with pytest.warns(UserWarning, match=r"saved Cosine\(.*\) over 12 steps, now Cosine\(.*\) over 20 steps\. The new "
+                      r"schedule continues from the saved progress \(step 6\)"):
+        trainer.fit(_Scheduled(SCHEDULE), ckpt_path=folder / "step=6.ckpt")
+    expected = [[0.1 * SCHEDULE.factor(s, 20), 0.02 * SCHEDULE.factor(s, 20)] for s in range(6, 20)]
+    assert resumed.lrs == expected
