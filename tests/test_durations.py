@@ -152,6 +152,12 @@ def test_unknown_total_names_max_steps(make_trainer: Callable[..., Trainer]) -> 
         trainer.fit(_StreamProbe())
 
 
+def test_endless_run_names_max_steps(make_trainer: Callable[..., Trainer]) -> None:
+    trainer = make_trainer(limit_val_batches=0, max_epochs=-1)
+    with pytest.raises(ValueError, match=r"unknown \(max_steps=-1, max_epochs=-1, .*Set `max_steps` on the Trainer"):
+        trainer.fit(_Probe())
+
+
 def test_iterable_with_max_steps(make_trainer: Callable[..., Trainer]) -> None:
     model = _StreamProbe()
     trainer = make_trainer(limit_val_batches=0, max_epochs=-1, max_steps=3)

@@ -281,3 +281,16 @@ def test_resume_with_longer_run_continues_new_schedule(
         trainer.fit(_Scheduled(SCHEDULE), ckpt_path=folder / "step=6.ckpt")
     expected = [[0.1 * SCHEDULE.factor(s, 20), 0.02 * SCHEDULE.factor(s, 20)] for s in range(6, 20)]
     assert resumed.lrs == expected
+
+
+def test_tensor_lrs_are_filled_in_place() -> None:
+    lr = torch.tensor(0.1)
+    opt = torch.optim.AdamW([{"params": [torch.zeros(2, requires_grad=True)], "lr": lr}])
+    sched = ScheduleLR(opt, Linear(warmup=2), total_steps=6)
+    got = [float(v[0]) for v in drive(sched, 6)]
+    assert got == pytest.approx([0.0, 0.05, 0.1, 0.075, 0.05, 0.025], rel=1e-6)
+    assert opt.param_groups[0]["lr"] is lr  # same tensor, updated in place (capturable optimizers rely on it)
+    fresh = torch.optim.AdamW([{"params": [torch.zeros(2)], "lr": torch.tensor(0.1)}])
+    restored = ScheduleLR(fresh, Linear(warmup=2), 6)
+    restored.load_state_dict(sched.state_dict())
+    assert float(restored.optimizer.param_groups[0]["lr"]) == 0.0  # step 6 of 6: the end of the decay
