@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -294,3 +295,30 @@ def test_tensor_lrs_are_filled_in_place() -> None:
     restored = ScheduleLR(fresh, Linear(warmup=2), 6)
     restored.load_state_dict(sched.state_dict())
     assert float(restored.optimizer.param_groups[0]["lr"]) == 0.0  # step 6 of 6: the end of the decay
+
+
+def test_learning_rate_monitor_logs_named_groups(make_trainer: Callable[..., Trainer], tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    class Named(TinyModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(
+                [
+                    {"params": self.net[0].parameters(), "lr": 0.1, "name": "body"},
+                    {"params": self.net[2].parameters(), "lr": 0.5, "name": "head"},
+                ]
+            )
+            config = lightning_scheduler_config(opt, Cosine(warmup=2), self.trainer, name="lr")
+            return {"optimizer": opt, "lr_scheduler": config}
+
+    logger = CSVLogger(tmp_path / "logs", name="", version="")
+    trainer = make_trainer(max_steps=5, logger=logger, log_every_n_steps=1, limit_val_batches=0,
+                           callbacks=[LearningRateMonitor(logging_interval="step")])
+    trainer.fit(Named())
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["lr/body"]]
+    f_ = [Cosine(warmup=2).factor(s, 5) for s in range(5)]
+    assert [(int(r["step"]), float(r["lr/body"]), float(r["lr/head"])) for r in rows] == [
+        (s, 0.1 * f_[s], 0.5 * f_[s]) for s in range(5)
+    ]
