@@ -33,7 +33,7 @@ def steps_of(duration: Duration, total_steps: int) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class Warmup:
-    r"""A warmup from ``start_factor`` up to the schedule's starting value over ``duration``.
+    r"""A warmup from ``start_factor`` up to the base lr (where every schedule starts) over ``duration``.
 
     With :math:`W` warmup steps, :math:`s < W` and start factor :math:`a`:
 
