@@ -1,3 +1,5 @@
 """Lightning callbacks of lit_optim."""
 
-__all__: list[str] = []
+from lit_optim.callbacks.clipping import ClipResult, GradientClipping, clip_gradients
+
+__all__: list[str] = ["ClipResult", "GradientClipping", "clip_gradients"]
