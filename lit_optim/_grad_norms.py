@@ -43,20 +43,25 @@ def has_dtensor(tensors: Sequence[Tensor]) -> bool:
     return any(isinstance(t, DTensor) for t in tensors)
 
 
-def _buckets(tensors: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+def _buckets(tensors: Sequence[Tensor | None]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
     buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, t in enumerate(tensors):
-        buckets.setdefault((t.device, t.dtype), []).append(i)
+        if t is not None:
+            buckets.setdefault((t.device, t.dtype), []).append(i)
     return buckets
 
 
 def _per_tensor_norms(tensors: Sequence[Tensor], norm_type: float, foreach: bool | None) -> list[Tensor]:
     """Norm of each tensor, in input order, batched per (device, dtype)."""
     norms: list[Tensor | None] = [None] * len(tensors)
-    for (device, _), idx in _buckets(tensors).items():
+    for i, t in enumerate(tensors):
+        if t.numel() == 0:  # an empty shard (uneven FSDP2 sharding): inf-norm has no identity, use 0
+            norms[i] = torch.zeros((), dtype=t.dtype, device=t.device)
+    nonempty = [t if norms[i] is None else None for i, t in enumerate(tensors)]
+    for (device, _), idx in _buckets(nonempty).items():
         bucket = [tensors[i] for i in idx]
         use_foreach = foreach if foreach is not None else device.type in ("cpu", "cuda")
-        results = (
+        results: Sequence[Tensor] = (
             torch._foreach_norm(bucket, norm_type)
             if use_foreach
             else [torch.linalg.vector_norm(t, norm_type) for t in bucket]
