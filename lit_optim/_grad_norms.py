@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 __all__ = [
     "agc_",
@@ -43,37 +45,38 @@ def has_dtensor(tensors: Sequence[Tensor]) -> bool:
     return any(isinstance(t, DTensor) for t in tensors)
 
 
-def _buckets(tensors: Sequence[Tensor | None]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
-    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, t in enumerate(tensors):
-        if t is not None:
-            buckets.setdefault((t.device, t.dtype), []).append(i)
-    return buckets
+def _buckets(tensors: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[int]]]:
+    """Tensors grouped by (device, dtype) with their input positions, first-seen order (torch's C++ grouping)."""
+    grouped = _group_tensors_by_device_and_dtype([list(tensors)], with_indices=True)
+    return {key: (cast(list[Tensor], lists[0]), list(idx)) for key, (lists, idx) in grouped.items()}
 
 
-def _per_tensor_norms(tensors: Sequence[Tensor], norm_type: float, foreach: bool | None) -> list[Tensor]:
-    """Norm of each tensor, in input order, batched per (device, dtype)."""
-    norms: list[Tensor | None] = [None] * len(tensors)
-    for i, t in enumerate(tensors):
-        if t.numel() == 0:  # an empty shard (uneven FSDP2 sharding): inf-norm has no identity, use 0
-            norms[i] = torch.zeros((), dtype=t.dtype, device=t.device)
-    nonempty = [t if norms[i] is None else None for i, t in enumerate(tensors)]
-    for (device, _), idx in _buckets(nonempty).items():
-        bucket = [tensors[i] for i in idx]
-        use_foreach = foreach if foreach is not None else device.type in ("cpu", "cuda")
-        results: Sequence[Tensor] = (
-            torch._foreach_norm(bucket, norm_type)
-            if use_foreach
-            else [torch.linalg.vector_norm(t, norm_type) for t in bucket]
-        )
-        for i, n in zip(idx, results, strict=True):
-            norms[i] = n
-    return [n for n in norms if n is not None]
+def _use_foreach(foreach: bool | None, device: torch.device) -> bool:
+    return foreach if foreach is not None else device.type in ("cpu", "cuda")
 
 
-def _order_like_torch(tensors: Sequence[Tensor]) -> list[int]:
-    """The order in which ``torch.nn.utils.get_total_norm`` stacks the per-tensor norms."""
-    return [i for idx in _buckets(tensors).values() for i in idx]
+def _per_tensor_norms(
+    tensors: Sequence[Tensor], norm_type: float, foreach: bool | None
+) -> tuple[Tensor, list[int]]:
+    """Norms of the tensors stacked on the first tensor's device, in torch's order, and that order.
+
+    The order is the one ``torch.nn.utils.get_total_norm`` stacks its norms in (by device/dtype bucket), so
+    the vector norm of the result is bit-identical to torch's.
+    """
+    first_device = tensors[0].device
+    norms: list[Tensor] = []
+    order: list[int] = []
+    for (device, _), (bucket, idx) in _buckets(tensors).items():
+        if math.isinf(norm_type) and any(t.numel() == 0 for t in bucket):
+            # an empty shard (uneven FSDP2 sharding): the inf-norm has no identity on it, its norm is 0
+            results = [torch.linalg.vector_norm(t, norm_type) if t.numel() else t.new_zeros(()) for t in bucket]
+        elif _use_foreach(foreach, device):
+            results = list(torch._foreach_norm(bucket, norm_type))
+        else:
+            results = [torch.linalg.vector_norm(t, norm_type) for t in bucket]
+        norms.extend(results if device == first_device else [n.to(first_device) for n in results])
+        order.extend(idx)
+    return torch.stack(norms), order
 
 
 @torch.no_grad()
@@ -92,22 +95,20 @@ def grouped_norms(
         (5.0, [3.0, 4.0])
     """
     flat = [t for g in groups for t in g]
-    sizes = [len(g) for g in groups]
     if not flat:
-        zero = torch.tensor(0.0)
-        return zero, torch.zeros(len(groups))
+        return torch.tensor(0.0), torch.zeros(len(groups))
     if has_dtensor(flat):
         return _grouped_norms_distributed(groups, norm_type, foreach)
-    first_device = flat[0].device
-    norms = [n.to(first_device) for n in _per_tensor_norms(flat, norm_type, foreach)]
-    order = _order_like_torch(flat)
-    total = torch.linalg.vector_norm(torch.stack([norms[i] for i in order]), norm_type)
-    stacked = torch.stack(norms)
+    stacked, order = _per_tensor_norms(flat, norm_type, foreach)
+    total = torch.linalg.vector_norm(stacked, norm_type)
+    if order != sorted(order):  # several devices/dtypes: back to input order for the group slices
+        stacked = stacked[torch.tensor(order, device=stacked.device).argsort()]
     group_norms: list[Tensor] = []
     start = 0
-    for size in sizes:
+    for group in groups:
+        size = len(group)
         if size == 0:
-            group_norms.append(torch.zeros((), dtype=stacked.dtype, device=first_device))
+            group_norms.append(stacked.new_zeros(()))
         else:
             group_norms.append(torch.linalg.vector_norm(stacked[start : start + size], norm_type))
         start += size
@@ -130,7 +131,9 @@ def _grouped_norms_distributed(
     owner = [gi for gi, g in enumerate(groups) for _ in g]
     locals_ = [local_tensor(t) for t in flat]
     device = locals_[0].device
-    norms = [n.to(device=device, dtype=torch.float32) for n in _per_tensor_norms(locals_, norm_type, foreach)]
+    stacked, order = _per_tensor_norms(locals_, norm_type, foreach)
+    by_input = stacked.float()[torch.tensor(order, device=stacked.device).argsort()].to(device)
+    norms = list(by_input.unbind())
     # one partial vector per kind of sharding, reduced once
     kinds: dict[tuple[dist.ProcessGroup, ...], list[int]] = {}
     for i, t in enumerate(flat):
@@ -165,12 +168,12 @@ def clip_coef(threshold: Tensor | float, total_norm: Tensor) -> Tensor:
 @torch.no_grad()
 def clip_by_coef_(tensors: Sequence[Tensor], coef: Tensor, foreach: bool | None = None) -> None:
     """Multiply every tensor (local shards of DTensors) in place by ``coef``."""
-    locals_ = [local_tensor(t) for t in tensors]
-    for (device, _), idx in _buckets(locals_).items():
-        bucket = [locals_[i] for i in idx]
-        use_foreach = foreach if foreach is not None else device.type in ("cpu", "cuda")
+    locals_ = [local_tensor(t) for t in tensors] if has_dtensor(tensors) else list(tensors)
+    if not locals_:
+        return
+    for (device, _), (bucket, _) in _buckets(locals_).items():
         scale = coef.to(device)
-        if use_foreach:
+        if _use_foreach(foreach, device):
             torch._foreach_mul_(bucket, scale)
         else:
             for t in bucket:
@@ -180,11 +183,11 @@ def clip_by_coef_(tensors: Sequence[Tensor], coef: Tensor, foreach: bool | None 
 @torch.no_grad()
 def clip_value_(tensors: Sequence[Tensor], clip_value: float, foreach: bool | None = None) -> None:
     """Clamp every element to ``[-clip_value, clip_value]`` in place (``torch.nn.utils.clip_grad_value_``)."""
-    locals_ = [local_tensor(t) for t in tensors]
-    for (device, _), idx in _buckets(locals_).items():
-        bucket = [locals_[i] for i in idx]
-        use_foreach = foreach if foreach is not None else device.type in ("cpu", "cuda")
-        if use_foreach:
+    locals_ = [local_tensor(t) for t in tensors] if has_dtensor(tensors) else list(tensors)
+    if not locals_:
+        return
+    for (device, _), (bucket, _) in _buckets(locals_).items():
+        if _use_foreach(foreach, device):
             torch._foreach_clamp_min_(bucket, -clip_value)
             torch._foreach_clamp_max_(bucket, clip_value)
         else:

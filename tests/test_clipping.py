@@ -498,3 +498,18 @@ def test_state_key_names_settings_and_instances_coexist() -> None:
     restored = pickle.loads(pickle.dumps(b))
     assert restored.state_key == b.state_key
     assert restored.state_dict() == {"skipped_steps": 0, "consecutive_skips": 0, "rules": {}}
+
+
+@pytest.mark.parametrize("norm_type", NORM_TYPES)
+def test_mixed_dtypes_and_empty_tensors(norm_type: float) -> None:
+    torch.manual_seed(0)
+    a, b, c = torch.randn(4, 3), torch.randn(5, dtype=torch.float64), torch.randn(2, 2)
+    empty = torch.zeros(0)
+    total, per_group = grouped_norms([[a, b], [empty, c], []], norm_type)
+    assert torch.equal(total, torch.nn.utils.get_total_norm([a, b, c], norm_type))  # same buckets, same order
+    expected = [
+        torch.nn.utils.get_total_norm([a, b], norm_type),
+        torch.nn.utils.get_total_norm([c], norm_type).double(),
+        torch.tensor(0.0, dtype=torch.float64),
+    ]
+    torch.testing.assert_close(per_group.double(), torch.stack(expected))
