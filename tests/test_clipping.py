@@ -513,3 +513,82 @@ def test_mixed_dtypes_and_empty_tensors(norm_type: float) -> None:
         torch.tensor(0.0, dtype=torch.float64),
     ]
     torch.testing.assert_close(per_group.double(), torch.stack(expected))
+
+
+def _raise_sync(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("host-device sync on a step that logs nothing")
+
+
+class SyncGuardedClipping(GradientClipping):
+    """Fails if the clipper reads a tensor value on the host (`.item()`, `.tolist()`, `bool()`, `float()`)."""
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        saved = {name: getattr(torch.Tensor, name) for name in ("item", "tolist", "__bool__", "__float__")}
+        try:
+            for name in saved:
+                setattr(torch.Tensor, name, _raise_sync)
+            super().on_before_optimizer_step(trainer, pl_module, optimizer)
+        finally:
+            for name, fn in saved.items():
+                setattr(torch.Tensor, name, fn)
+
+
+@pytest.mark.parametrize("mode", ["norm", "value", "agc", "percentile", "zscore"])
+def test_no_host_sync_when_nothing_is_logged(mode: str, make_trainer: Callable[..., Trainer]) -> None:
+    clip = SyncGuardedClipping(mode=mode, log_every_n_steps=100, warmup_steps=1)  # type: ignore[arg-type]
+    make_trainer(max_steps=3, logger=RecordingLogger(), callbacks=[clip]).fit(TinyModule())
+
+
+def test_sync_guard_catches_the_documented_syncs(make_trainer: Callable[..., Trainer]) -> None:
+    logging = SyncGuardedClipping(log_every_n_steps=1)
+    with pytest.raises(AssertionError, match="host-device sync"):
+        make_trainer(max_steps=1, logger=RecordingLogger(), callbacks=[logging]).fit(TinyModule())
+    skipping = SyncGuardedClipping(skip_nonfinite=True, log_every_n_steps=100)
+    with pytest.raises(AssertionError, match="host-device sync"):
+        make_trainer(max_steps=1, logger=RecordingLogger(), callbacks=[skipping]).fit(TinyModule())
+
+
+class TwoOptimizers(TinyModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        first, second = self.optimizers()
+        loss = nn.functional.mse_loss(self(batch[0]), batch[1])
+        first.zero_grad()
+        second.zero_grad()
+        self.manual_backward(loss)
+        first.step()
+        second.step()
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return [torch.optim.SGD(self.net[0].parameters(), lr=0.1), torch.optim.SGD(self.net[2].parameters(), lr=0.1)]
+
+
+class OptimizerGradRecorder(Callback):
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        self.norms.append(torch.nn.utils.get_total_norm(grads).item())
+
+
+def test_manual_optimization_two_optimizers_prefixes(make_trainer: Callable[..., Trainer]) -> None:
+    logger, before, after = RecordingLogger(), OptimizerGradRecorder(), OptimizerGradRecorder()
+    clip = GradientClipping(max_norm=0.01, log_every_n_steps=1)
+    make_trainer(max_steps=4, logger=logger, callbacks=[before, clip, after]).fit(TwoOptimizers())
+    opt0, opt1 = logger.series("grad_clip/opt0/norm"), logger.series("grad_clip/opt1/norm")
+    assert len(opt0) == len(opt1) == 2  # 4 optimizer steps, alternating
+    assert opt0 == pytest.approx(before.norms[0::2], rel=1e-6)
+    assert opt1 == pytest.approx(before.norms[1::2], rel=1e-6)
+    assert {k for _, m in logger.logged for k in m if k.startswith("grad_clip/opt1/")} == {
+        "grad_clip/opt1/norm",
+        "grad_clip/opt1/norm/group0",
+        "grad_clip/opt1/threshold",
+        "grad_clip/opt1/clip_coef",
+        "grad_clip/opt1/clipped",
+    }
+    assert after.norms == pytest.approx([min(n, 0.01) for n in before.norms], rel=1e-4)
