@@ -592,3 +592,18 @@ def test_manual_optimization_two_optimizers_prefixes(make_trainer: Callable[...,
         "grad_clip/opt1/clipped",
     }
     assert after.norms == pytest.approx([min(n, 0.01) for n in before.norms], rel=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:`training_step` returned `None`:UserWarning")  # on purpose, below
+def test_step_without_gradients_leaves_history_alone(make_trainer: Callable[..., Trainer]) -> None:
+    class SkipsBatch(TinyModule):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return None if batch_idx == 1 else super().training_step(batch, batch_idx)
+
+    logger = RecordingLogger()
+    clip = GradientClipping(mode="percentile", window=10, log_every_n_steps=1)
+    make_trainer(max_steps=4, logger=logger, callbacks=[clip]).fit(SkipsBatch())
+    rule = clip.threshold_rule()
+    assert isinstance(rule, PercentileThreshold)
+    assert len(rule.history) == 3
+    assert len(logger.series("grad_clip/norm")) == 3

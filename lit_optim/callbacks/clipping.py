@@ -266,6 +266,8 @@ class GradientClipping(Callback):
         names = group_names(optimizer)
         grads = optimizer_grads(optimizer)
         flat = [g for gs in grads for g in gs]
+        if not flat:  # `training_step` returned None (or an earlier callback skipped): nothing to measure
+            return
         if isinstance(trainer.strategy, FSDPStrategy):
             model: Any = trainer.strategy.model
             total = model.clip_grad_norm_(math.inf, self.norm_type)  # measures only: the factor is 1
