@@ -102,7 +102,7 @@ def grouped_norms(
     stacked, order = _per_tensor_norms(flat, norm_type, foreach)
     total = torch.linalg.vector_norm(stacked, norm_type)
     if order != sorted(order):  # several devices/dtypes: back to input order for the group slices
-        stacked = stacked[torch.tensor(order, device=stacked.device).argsort()]
+        stacked = torch.stack(_input_order(stacked, order))
     group_norms: list[Tensor] = []
     start = 0
     for group in groups:
@@ -113,6 +113,15 @@ def grouped_norms(
             group_norms.append(torch.linalg.vector_norm(stacked[start : start + size], norm_type))
         start += size
     return total, torch.stack(group_norms)
+
+
+def _input_order(stacked: Tensor, order: list[int]) -> list[Tensor]:
+    """Undo the bucket order: ``result[i]`` is the norm of input tensor ``i``."""
+    unbound = stacked.unbind()
+    result: list[Tensor] = list(unbound)
+    for pos, i in enumerate(order):
+        result[i] = unbound[pos]
+    return result
 
 
 def _reduce_groups(tensor: Tensor) -> tuple[dist.ProcessGroup, ...]:
@@ -132,21 +141,19 @@ def _grouped_norms_distributed(
     locals_ = [local_tensor(t) for t in flat]
     device = locals_[0].device
     stacked, order = _per_tensor_norms(locals_, norm_type, foreach)
-    by_input = stacked.float()[torch.tensor(order, device=stacked.device).argsort()].to(device)
-    norms = list(by_input.unbind())
-    # one partial vector per kind of sharding, reduced once
-    kinds: dict[tuple[dist.ProcessGroup, ...], list[int]] = {}
+    norms = _input_order(stacked.to(device=device, dtype=torch.float32), order)
+    # one partial vector per kind of sharding (the process groups to reduce over), reduced once
+    kinds: dict[tuple[dist.ProcessGroup, ...], list[list[Tensor]]] = {}
     for i, t in enumerate(flat):
-        kinds.setdefault(_reduce_groups(t), []).append(i)
-    combined = torch.zeros(len(groups), dtype=torch.float32, device=device)
-    for pgs, idx in kinds.items():
-        values = torch.stack([norms[i] for i in idx])
-        index = torch.tensor([owner[i] for i in idx], device=device)
-        partial = torch.zeros(len(groups), dtype=torch.float32, device=device)
-        if is_inf:
-            partial = partial.scatter_reduce(0, index, values, reduce="amax")
-        else:
-            partial = partial.index_add(0, index, values.pow(norm_type))
+        kinds.setdefault(_reduce_groups(t), [[] for _ in groups])[owner[i]].append(norms[i])
+    zero = torch.zeros((), dtype=torch.float32, device=device)
+    combined = torch.zeros(len(groups), dtype=torch.float32, device=device)  # norms are >= 0: 0 is neutral
+    for pgs, members in kinds.items():
+        parts = [
+            zero if not m else (torch.stack(m).max() if is_inf else torch.stack(m).pow(norm_type).sum())
+            for m in members
+        ]
+        partial = torch.stack(parts)
         for pg in pgs:
             dist.all_reduce(partial, op=dist.ReduceOp.MAX if is_inf else dist.ReduceOp.SUM, group=pg)
         combined = torch.maximum(combined, partial) if is_inf else combined + partial
@@ -214,9 +221,9 @@ def agc_(params: Sequence[Tensor], clipping: float, eps: float = 1e-3) -> Tensor
         >>> w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))
         >>> w.grad = torch.tensor([[0.6, 0.8]])  # ||G|| / ||W|| = 1 / 5 > 0.1
         >>> agc_([w], clipping=0.1).item(), w.grad.tolist()
-        (1.0, [[0.30000001192092896, 0.4000000059604645]])
+        (1, [[0.30000001192092896, 0.4000000059604645]])
     """
-    clipped = torch.zeros(())
+    clipped: Tensor | None = None
     for p in params:
         g = p.grad
         if g is None:
@@ -230,5 +237,5 @@ def agc_(params: Sequence[Tensor], clipping: float, eps: float = 1e-3) -> Tensor
         grad_norm = _unitwise_norm(g)
         trigger = grad_norm > max_norm
         g.copy_(torch.where(trigger, g * (max_norm / grad_norm.clamp(min=_EPS)), g))
-        clipped = clipped.to(g.device) + trigger.sum()
-    return clipped
+        clipped = trigger.sum() if clipped is None else clipped + trigger.sum().to(clipped.device)
+    return clipped if clipped is not None else torch.zeros((), dtype=torch.long)

@@ -123,7 +123,7 @@ def clip_gradients(
     if mode == "value":
         clip_value_(flat, clip_value * scale, foreach)
         return ClipResult(total, group_norms)
-    threshold = torch.tensor(max_norm, device=total.device)
+    threshold = torch.full((), max_norm, device=total.device)  # a fill kernel, no host-to-device copy
     coef = clip_coef(threshold, total)
     clip_by_coef_(flat, coef, foreach)
     return ClipResult(total, group_norms, threshold, coef)

@@ -263,47 +263,46 @@ class GradientClipping(Callback):
 
     def _clip(self, trainer: pl.Trainer, optimizer: Optimizer) -> None:
         idx = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), 0)
-        names = group_names(optimizer)
         grads = optimizer_grads(optimizer)
         flat = [g for gs in grads for g in gs]
         if not flat:  # `training_step` returned None (or an earlier callback skipped): nothing to measure
             return
+        log = self._should_log(trainer)
         if isinstance(trainer.strategy, FSDPStrategy):
             model: Any = trainer.strategy.model
             total = model.clip_grad_norm_(math.inf, self.norm_type)  # measures only: the factor is 1
             group_norms: dict[str, Tensor] = {}
         else:
             total, per_group = grouped_norms(grads, self.norm_type, self.foreach)
-            group_norms = dict(zip(names, per_group.unbind(), strict=True))
-        metrics: dict[str, Tensor] = {"norm": total}
+            group_norms = dict(zip(group_names(optimizer), per_group.unbind(), strict=True))
+        metrics: dict[str, Tensor | float] = {"norm": total}  # only read on logging steps
         metrics.update({f"norm/{name}": value for name, value in group_norms.items()})
         fp16 = getattr(trainer.precision_plugin, "scaler", None) is not None
         if self.skip_nonfinite and not fp16:
             if not bool(torch.isfinite(total)):  # the documented host sync of skip_nonfinite
                 self._skip(optimizer)
-                metrics["skipped_steps"] = torch.tensor(float(self._skipped_steps))
-                self._log(trainer, idx, metrics)
+                if log:
+                    self._log(trainer, idx, metrics)
                 return
             self._consecutive_skips = 0
         if self.mode in _NORM_MODES:
-            threshold = torch.tensor(self.max_norm, device=total.device) if self.mode == "norm" else None
-            if threshold is None:
-                threshold = self._rule(idx).update(total)
+            threshold = self.max_norm if self.mode == "norm" else self._rule(idx).update(total)
             coef = clip_coef(threshold, total)
             clip_by_coef_(flat, coef, self.foreach)
-            metrics.update(threshold=threshold, clip_coef=coef, clipped=(coef < 1).float())
+            if log:
+                metrics.update(threshold=threshold, clip_coef=coef, clipped=(coef < 1).float())
         elif self.mode == "value":
-            if self._should_log(trainer):
+            if log:
                 amax = grouped_norms([flat], math.inf, self.foreach)[0]
                 metrics["clipped"] = (amax > self.clip_value).float()
             clip_value_(flat, self.clip_value, self.foreach)
         else:
             params = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in self._agc_excluded]
             units = agc_(params, self.agc_clipping, self.agc_eps)
-            metrics.update(clipped_units=units.float(), clipped=(units > 0).float())
-        if self.skip_nonfinite:
-            metrics["skipped_steps"] = torch.tensor(float(self._skipped_steps))
-        self._log(trainer, idx, metrics)
+            if log:
+                metrics.update(clipped_units=units.float(), clipped=(units > 0).float())
+        if log:
+            self._log(trainer, idx, metrics)
 
     def _skip(self, optimizer: Optimizer) -> None:
         for group in optimizer.param_groups:
@@ -322,14 +321,15 @@ class GradientClipping(Callback):
         every = int(self.log_every_n_steps or getattr(trainer, "log_every_n_steps", 50) or 0)
         return bool(trainer.loggers) and every > 0 and (trainer.global_step + 1) % every == 0
 
-    def _log(self, trainer: pl.Trainer, idx: int, metrics: dict[str, Tensor]) -> None:
-        if not self._should_log(trainer):
-            return
+    def _log(self, trainer: pl.Trainer, idx: int, metrics: dict[str, Tensor | float]) -> None:
+        if self.skip_nonfinite:
+            metrics["skipped_steps"] = float(self._skipped_steps)
         prefix = "grad_clip/" if len(trainer.optimizers) <= 1 else f"grad_clip/opt{idx}/"
-        keys = list(metrics)
-        device = metrics["norm"].device
-        values = torch.stack([metrics[k].detach().to(device=device, dtype=torch.float32) for k in keys]).tolist()
-        logged = {f"{prefix}{k}": float(v) for k, v in zip(keys, values, strict=True)}
+        tensors = {k: v for k, v in metrics.items() if isinstance(v, Tensor)}
+        device = next(iter(tensors.values())).device
+        values = torch.stack([v.detach().to(device=device, dtype=torch.float32) for v in tensors.values()]).tolist()
+        host = dict(zip(tensors, values, strict=True))  # one host sync for all tensors
+        logged = {f"{prefix}{k}": float(host[k] if isinstance(v, Tensor) else v) for k, v in metrics.items()}
         for logger in trainer.loggers:
             logger.log_metrics(logged, step=trainer.global_step)
 
