@@ -607,3 +607,64 @@ def test_step_without_gradients_leaves_history_alone(make_trainer: Callable[...,
     assert isinstance(rule, PercentileThreshold)
     assert len(rule.history) == 3
     assert len(logger.series("grad_clip/norm")) == 3
+
+
+@pytest.mark.parametrize(
+    ("mode", "keys"),
+    [
+        ("value", {"grad_clip/norm", "grad_clip/norm/group0", "grad_clip/clipped"}),
+        ("agc", {"grad_clip/norm", "grad_clip/norm/group0", "grad_clip/clipped_units", "grad_clip/clipped"}),
+    ],
+)
+def test_value_and_agc_modes_log_their_keys(
+    mode: str, keys: set[str], make_trainer: Callable[..., Trainer]
+) -> None:
+    class WeightRecorder(GradRecorder):
+        def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+            self.grads.append([p.detach().clone() for p in pl_module.parameters()])
+
+    logger, before, after, weights = RecordingLogger(), GradRecorder(), GradRecorder(), WeightRecorder()
+    units_seen: list[int] = []
+    clip = GradientClipping(mode=mode, clip_value=0.05, agc_clipping=1e-4, log_every_n_steps=1)  # type: ignore[arg-type]
+    make_trainer(max_steps=2, logger=logger, callbacks=[weights, before, clip, after]).fit(TinyModule())
+    logged = [m for _, m in logger.logged if "grad_clip/norm" in m]
+    assert len(logged) == 2
+    for metrics, grads, clipped in zip(logged, before.grads, after.grads, strict=True):
+        assert set(metrics) == keys
+        assert metrics["grad_clip/clipped"] == 1.0
+        assert metrics["grad_clip/norm"] == pytest.approx(torch.nn.utils.get_total_norm(grads).item(), rel=1e-6)
+        if mode == "value":
+            for g, c in zip(grads, clipped, strict=True):
+                assert torch.equal(c, g.clamp(-0.05, 0.05))
+        else:
+            units = 0
+            for w, g in zip(weights.grads[len(units_seen)], grads, strict=True):
+                dims = tuple(range(1, w.ndim)) or None
+                limit = 1e-4 * torch.linalg.vector_norm(w, dim=dims).clamp(min=1e-3)
+                units += int((torch.linalg.vector_norm(g, dim=dims) > limit).sum())
+            units_seen.append(units)
+            assert metrics["grad_clip/clipped_units"] == units > 0
+
+
+def _fake_trainer(strategy: Any, optimizers: int = 1) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(gradient_clip_val=None, strategy=strategy, optimizers=[object()] * optimizers)
+
+
+def test_refuses_deepspeed_with_a_pointer_to_its_config() -> None:
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    strategy = DeepSpeedStrategy.__new__(DeepSpeedStrategy)  # deepspeed is not installed here
+    with pytest.raises(ValueError, match=r"DeepSpeed clips inside its engine.*'gradient_clipping'"):
+        GradientClipping().on_fit_start(_fake_trainer(strategy), TinyModule())
+
+
+def test_fsdp1_refuses_agc_and_several_optimizers() -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    strategy = FSDPStrategy.__new__(FSDPStrategy)
+    with pytest.raises(ValueError, match=r"`mode='agc'` needs whole parameters; FSDP1 shards them"):
+        GradientClipping(mode="agc").on_fit_start(_fake_trainer(strategy), TinyModule())
+    with pytest.raises(ValueError, match=r"covers all parameters, but there are 2 optimizers"):
+        GradientClipping().on_fit_start(_fake_trainer(strategy, optimizers=2), TinyModule())

@@ -127,6 +127,39 @@ out = {"logged": [m for m in logger.logged if "grad_clip/norm" in m], "ref": bef
     )
 
 
+_DDP_SKIP_SCRIPT = (
+    "NORM_TYPE = 2.0\n"
+    + _PRELUDE
+    + """
+class InfOnRank1(TinyModule):
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.trainer.global_step == 2 and self.global_rank == 1:
+            loss = loss * math.inf  # only rank 1 diverges; DDP's all-reduce spreads it to rank 0
+        return loss
+    def on_train_batch_start(self, batch, batch_idx):
+        if batch_idx == 2:
+            self.before_skip = [p.detach().clone() for p in self.parameters()]
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if batch_idx == 2:
+            self.unchanged = all(torch.equal(a, p) for a, p in zip(self.before_skip, self.parameters()))
+
+torch.manual_seed(0)
+logger = Rec()
+clip = GradientClipping(mode="percentile", window=8, skip_nonfinite=True, log_every_n_steps=1)
+trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=5, logger=logger, callbacks=[clip],
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    num_sanity_val_steps=0, limit_val_batches=0)
+model = InfOnRank1()
+trainer.fit(model)
+out = {"logged": [m for m in logger.logged if "grad_clip/norm" in m], "unchanged": model.unchanged,
+       "skipped": clip.skipped_steps, "history": clip.threshold_rule().history,
+       "weights": [p.detach().flatten().tolist() for p in model.parameters()]}
+(Path(sys.argv[1]) / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
+"""
+)
+
+
 def _check_norms_and_thresholds(ranks: list[dict[str, Any]], group_keys: list[str]) -> None:
     r0, r1 = ranks
     assert r0["logged"] == r1["logged"]  # same norms, thresholds, coefficients on both ranks, exactly
@@ -161,6 +194,19 @@ def test_fsdp2_norm_is_global_on_both_ranks(norm_type: float, tmp_path: Path) ->
         # the full gradients were scaled by exactly the logged coefficient, to norm min(norm, threshold)
         assert ratios == pytest.approx([m["grad_clip/clip_coef"]] * 2, rel=1e-5)
         assert after == pytest.approx(min(m["grad_clip/norm"], m["grad_clip/threshold"]), rel=1e-4)
+
+
+@pytest.mark.ddp
+def test_ddp_skip_decision_is_the_same_on_both_ranks(tmp_path: Path) -> None:
+    r0, r1 = run_ddp(_DDP_SKIP_SCRIPT, tmp_path)
+    for r in (r0, r1):
+        assert r["skipped"] == 1
+        assert r["unchanged"] is True  # the skipped step left the weights alone on both ranks
+        assert [m["grad_clip/skipped_steps"] for m in r["logged"]] == [0.0, 0.0, 1.0, 1.0, 1.0]
+        assert not math.isfinite(r["logged"][2]["grad_clip/norm"])
+        assert len(r["history"]) == 4  # the non-finite norm never entered the percentile window
+    assert r0["history"] == r1["history"]
+    assert r0["weights"] == r1["weights"]
 
 
 # -- GPU: fp16 AMP and FSDP1 (skipped without CUDA) ------------------------------------------------------------
