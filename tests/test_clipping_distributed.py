@@ -220,7 +220,7 @@ def test_fp16_amp_clips_unscaled_gradients(make_trainer: Callable[..., Trainer])
     logger, before, after = RecordingLogger(), GradRecorder(), GradRecorder()
     clip = GradientClipping(max_norm=0.05, log_every_n_steps=1, skip_nonfinite=True)
     trainer = make_trainer(
-        accelerator="gpu", max_steps=4, precision="16-mixed", logger=logger, callbacks=[before, clip, after]
+        accelerator="gpu", max_steps=6, precision="16-mixed", logger=logger, callbacks=[before, clip, after]
     )
     model = TinyModule()
     trainer.fit(model)
@@ -228,11 +228,18 @@ def test_fp16_amp_clips_unscaled_gradients(make_trainer: Callable[..., Trainer])
     assert scaler is not None
     assert scaler.get_scale() > 1.0  # gradients really were scaled during backward
     norms = logger.series("grad_clip/norm")
-    assert len(norms) == 4
+    assert len(norms) == 6
+    finite = 0
     for norm, grads, clipped in zip(norms, before.grads, after.grads, strict=True):
-        assert norm == pytest.approx(torch.nn.utils.get_total_norm(grads).item(), rel=1e-5)
+        reference = torch.nn.utils.get_total_norm(grads).item()
+        if not math.isfinite(reference):  # an fp16 overflow step: the GradScaler skips it
+            assert not math.isfinite(norm)
+            continue
+        finite += 1
+        assert norm == pytest.approx(reference, rel=1e-5)
         assert torch.nn.utils.get_total_norm(clipped).item() == pytest.approx(min(norm, 0.05), rel=1e-3)
-    assert clip.skipped_steps == 0  # fp16 overflow steps are left to the GradScaler
+    assert finite >= 2
+    assert clip.skipped_steps == 0  # fp16 overflow steps are left to the GradScaler, not counted
 
 
 class _FullGradNorms(Callback):
