@@ -114,11 +114,11 @@ def test_guard_catches_a_sync(make_trainer: Any, tmp_path: Any) -> None:
 
 @pytest.mark.gpu
 def test_stack_is_sync_free_on_cuda(make_trainer: Any, tmp_path: Any) -> None:
-    on, trainer = _fit_guarded("cuda", make_trainer, root=tmp_path)
+    on, _ = _fit_guarded("cuda", make_trainer, root=tmp_path)
     assert on.guarded_steps == 7
 
 
 @pytest.mark.gpu
 def test_stack_is_sync_free_on_cuda_bf16(make_trainer: Any, tmp_path: Any) -> None:
-    on, trainer = _fit_guarded("cuda", make_trainer, root=tmp_path, precision="bf16-mixed")
+    on, _ = _fit_guarded("cuda", make_trainer, root=tmp_path, precision="bf16-mixed")
     assert on.guarded_steps == 7
