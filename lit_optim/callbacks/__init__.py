@@ -1,3 +1,5 @@
 """Lightning callbacks of lit_optim."""
 
-__all__: list[str] = []
+from lit_optim.callbacks.stepper import SchedulerStepper, ensure_stepper
+
+__all__: list[str] = ["SchedulerStepper", "ensure_stepper"]
