@@ -307,4 +307,3 @@ def plateau_scheduler_config(optimizer: Optimizer, plateau: Plateau, name: str |
     if name is not None:
         config["name"] = name
     return config
-

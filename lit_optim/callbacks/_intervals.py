@@ -63,9 +63,7 @@ def infer_interval(
     epochs = max_epochs if max_epochs is not None and max_epochs > 0 else None
     name = type(scheduler).__name__
     if isinstance(scheduler, tl.ExponentialLR):
-        return "epoch", (
-            f"{name} has no length to compare with the run; stepping it once per epoch."
-        )
+        return "epoch", (f"{name} has no length to compare with the run; stepping it once per epoch.")
     length = _length(scheduler)
     if length is None:
         return ("step" if configured == "step" else "epoch"), None
