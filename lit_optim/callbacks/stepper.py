@@ -35,6 +35,7 @@ class _Claim:
     frequency: int
     monitor: str | None
     on_missing: Literal["raise", "warn"]
+    start: int = 0  # the scheduler's `last_epoch` before the first epoch of the run
 
     @property
     def is_plateau(self) -> bool:
@@ -67,6 +68,9 @@ class SchedulerStepper(Callback):
     when the choice was ambiguous. A config's ``frequency`` N > 1 means every N optimizer steps (``"step"``)
     or every N epochs (``"epoch"``); plateau schedulers step after every validation run. Manual optimization
     is supported: do not call ``scheduler.step()`` yourself then.
+
+    The stepper keeps no state of its own (``state_dict()`` is empty): all progress is in the schedulers,
+    which Lightning checkpoints, so a stepper added during ``configure_optimizers`` resumes exactly.
 
     Logged keys (through ``trainer.loggers``, after each validation run that stepped a plateau scheduler):
     ``"plateau/reductions"`` (reductions so far; ``"plateau/reductions/<name or index>"`` when there are
@@ -105,12 +109,7 @@ class SchedulerStepper(Callback):
         self._handles: list[RemovableHandle] = []
         self._metrics_before: dict[str, Any] = {}
         self._warned: set[str] = set()
-        self._reset_state()
-
-    def _reset_state(self) -> None:
-        self._epochs_stepped = 0
         self._step_counts: dict[int, int] = {}
-        self._reductions: dict[int, int] = {}
         self._monitor_checked = False
 
     @property
@@ -120,17 +119,12 @@ class SchedulerStepper(Callback):
 
     # ------------------------------------------------------------------ hooks
     @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self._reset_state()
-
-    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._claim(trainer, pl_module)
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._step_epochs_until(trainer.current_epoch)  # catch up after resuming from a mid-epoch-end checkpoint
+        self._step_epochs_until(trainer.current_epoch)  # catch up after resuming from an end-of-epoch checkpoint
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -154,25 +148,10 @@ class SchedulerStepper(Callback):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._release()
 
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "epochs_stepped": self._epochs_stepped,
-            "step_counts": dict(self._step_counts),
-            "reductions": dict(self._reductions),
-            "monitor_checked": self._monitor_checked,
-        }
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._epochs_stepped = int(state_dict.get("epochs_stepped", 0))
-        self._step_counts = {int(k): int(v) for k, v in state_dict.get("step_counts", {}).items()}
-        self._reductions = {int(k): int(v) for k, v in state_dict.get("reductions", {}).items()}
-        self._monitor_checked = bool(state_dict.get("monitor_checked", False))
-
     # ---------------------------------------------------------------- claiming
     def _claim(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._release()
+        self._step_counts, self._monitor_checked = {}, False
         total = float(trainer.estimated_stepping_batches)
         max_epochs = trainer.max_epochs
         for index, config in enumerate(trainer.lr_scheduler_configs):
@@ -189,6 +168,11 @@ class SchedulerStepper(Callback):
                         "(or 'epoch') to choose.",
                     )
             claim = _Claim(index, config, interval, max(1, int(config.frequency)), None, self.on_missing_monitor)
+            progress = int(getattr(scheduler, "last_epoch", 0))
+            if interval == "epoch":
+                claim.start = progress - trainer.current_epoch // claim.frequency
+            elif interval == "step":
+                self._step_counts[index] = progress * claim.frequency
             if claim.is_plateau:
                 self._check_plateau(claim, trainer, pl_module)
             config.frequency = _NEVER
@@ -236,11 +220,14 @@ class SchedulerStepper(Callback):
                 claim.config.scheduler.step()  # type: ignore[call-arg]
 
     def _step_epochs_until(self, epochs: int) -> None:
-        while self._epochs_stepped < epochs:
-            self._epochs_stepped += 1
-            for claim in self._claims:
-                if claim.interval == "epoch" and self._epochs_stepped % claim.frequency == 0:
-                    claim.config.scheduler.step()  # type: ignore[call-arg]
+        # The scheduler's own `last_epoch` (restored from the checkpoint) says how often it was stepped, so a
+        # resumed run neither repeats nor misses the step of an epoch whose end the checkpoint straddles.
+        for claim in self._claims:
+            if claim.interval != "epoch":
+                continue
+            scheduler = claim.config.scheduler
+            while scheduler.last_epoch < claim.start + epochs // claim.frequency:
+                scheduler.step()  # type: ignore[call-arg]
 
     def _step_plateaus(self, trainer: Trainer) -> None:
         plateaus = [c for c in self._claims if c.is_plateau]
@@ -284,8 +271,8 @@ class SchedulerStepper(Callback):
             before = [group["lr"] for group in scheduler.optimizer.param_groups]
             scheduler.step(value)  # type: ignore[arg-type]
             reduced = before != [group["lr"] for group in scheduler.optimizer.param_groups]
-            if reduced:
-                self._reductions[claim.index] = self._reductions.get(claim.index, 0) + 1
+            if reduced:  # kept on the scheduler: torch's state_dict saves its __dict__, so checkpoints hold it
+                scheduler.__dict__["lit_optim_reductions"] = self._reduction_count(claim) + 1
         count = self._reduction_count(claim)
         suffix = f"/{claim.config.name or claim.index}" if several else ""
         for logger in trainer.loggers:
@@ -301,7 +288,7 @@ class SchedulerStepper(Callback):
         scheduler = claim.config.scheduler
         if isinstance(scheduler, PlateauLR):
             return scheduler.reductions
-        return self._reductions.get(claim.index, 0)
+        return int(getattr(scheduler, "lit_optim_reductions", 0))
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
