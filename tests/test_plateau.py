@@ -455,19 +455,30 @@ def _run(tmp_path: Path, model: ScriptedModule, ckpt_path: str | None = None, **
         ("mid-warmup", {"every_n_train_steps": 3}, "epoch=0-step=3.ckpt"),
     ],
 )
+@pytest.mark.parametrize("scheduler", ["torch", "lit_optim"])
 def test_resume_continues_exactly_like_an_uninterrupted_run(
-    tmp_path: Path, where: str, checkpoint: dict[str, Any], ckpt_name: str
+    tmp_path: Path, where: str, checkpoint: dict[str, Any], ckpt_name: str, scheduler: str
 ) -> None:
     def model() -> ScriptedModule:
+        if scheduler == "torch":
+            return ScriptedModule("torch")
         return ScriptedModule("lit_optim", warmup_steps=5, warmup_start_factor=0.2)
 
     kwargs = {"max_epochs": 5, "limit_train_batches": 4, "val_check_interval": 0.5}
-    straight = _run(tmp_path / "a", model(), checkpoint=checkpoint, **kwargs)
-    resumed = _run(tmp_path / "b", model(), ckpt_path=str(tmp_path / "a" / ckpt_name), checkpoint=checkpoint, **kwargs)
+    straight_model, resumed_model = model(), model()
+    straight = _run(tmp_path / "a", straight_model, checkpoint=checkpoint, **kwargs)
+    resumed = _run(
+        tmp_path / "b", resumed_model, ckpt_path=str(tmp_path / "a" / ckpt_name), checkpoint=checkpoint, **kwargs
+    )
     resume_step = int(ckpt_name.split("step=")[1].split(".")[0])
     assert resumed.step_lrs == straight.step_lrs[resume_step:]
     assert resumed.runs == [run for run in straight.runs if run[0] > resume_step]
     assert min(lr for _, _, lr in straight.runs) < 0.1
+    steppers = [
+        next(c for c in m.trainer.callbacks if isinstance(c, SchedulerStepper)) for m in (straight_model, resumed_model)
+    ]
+    assert steppers[0].reductions == steppers[1].reductions == {0: 4}  # the count carried over the checkpoint
+    assert resumed_model.lr_schedulers().state_dict() == straight_model.lr_schedulers().state_dict()
 
 
 # ----------------------------------------------------------------------------- 2-process DDP

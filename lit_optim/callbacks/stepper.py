@@ -151,7 +151,7 @@ class SchedulerStepper(Callback):
     # ---------------------------------------------------------------- claiming
     def _claim(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._release()
-        self._step_counts, self._monitor_checked = {}, False
+        self._claims, self._step_counts, self._monitor_checked = [], {}, False
         total = float(trainer.estimated_stepping_batches)
         max_epochs = trainer.max_epochs
         for index, config in enumerate(trainer.lr_scheduler_configs):
@@ -203,9 +203,8 @@ class SchedulerStepper(Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for claim in self._claims:
+        for claim in self._claims:  # kept until the next fit, so `reductions` can be read after training
             claim.config.frequency = claim.frequency
-        self._claims = []
 
     # ---------------------------------------------------------------- stepping
     def _after_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
