@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -290,11 +291,20 @@ class PlateauLR(LRScheduler):
         )
 
 
-def plateau_scheduler_config(optimizer: Optimizer, plateau: Plateau, name: str | None = None) -> dict[str, Any]:
+def plateau_scheduler_config(
+    optimizer: Optimizer, plateau: Plateau, trainer: Trainer | None = None, name: str | None = None
+) -> dict[str, Any]:
     """Return the Lightning ``lr_scheduler`` dict for a :class:`Plateau` spec.
 
     The dict has ``interval="step"`` (the warmup advances per optimizer step); reductions happen after
-    validation runs, driven by :class:`~lit_optim.callbacks.stepper.SchedulerStepper`.
+    validation runs, driven by :class:`~lit_optim.callbacks.stepper.SchedulerStepper`, which is added to
+    ``trainer`` when one is given (pass ``self.trainer`` from ``configure_optimizers``).
+
+    Args:
+        optimizer: the optimizer to drive.
+        plateau: the spec.
+        trainer: the Trainer about to fit; gets a ``SchedulerStepper`` when it has none.
+        name: the name ``LearningRateMonitor`` logs under (Lightning's default when ``None``).
 
     Example:
         >>> import torch
@@ -306,4 +316,8 @@ def plateau_scheduler_config(optimizer: Optimizer, plateau: Plateau, name: str |
     config: dict[str, Any] = {"scheduler": PlateauLR(optimizer, plateau), "interval": "step", "frequency": 1}
     if name is not None:
         config["name"] = name
+    if trainer is not None:
+        from lit_optim.callbacks.stepper import ensure_stepper  # the stepper module imports this one
+
+        ensure_stepper(trainer)
     return config

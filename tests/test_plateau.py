@@ -535,3 +535,23 @@ def test_ddp_ranks_take_identical_plateau_decisions(tmp_path: Path) -> None:
     assert rank0["last_epoch"] == rank1["last_epoch"] == rank0["global_step"] == 12
     assert rank0["steps"][:4] == pytest.approx([0.0, 0.1 / 3, 0.2 / 3, 0.1], rel=1e-12)
     assert rank0["reductions"] == 0  # the rank mean improves every run; rank 0 alone would have reduced
+
+
+def test_config_with_trainer_attaches_the_stepper(make_trainer: Callable[..., Trainer]) -> None:
+    class Module(ScriptedModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            spec = Plateau("val_metric", factor=0.5, patience=1)
+            return {"optimizer": opt, "lr_scheduler": plateau_scheduler_config(opt, spec, self.trainer, name="lr")}
+
+    recorder = ValidationRecorder()
+    trainer = make_trainer(callbacks=[recorder], max_epochs=6, limit_train_batches=4)
+    model = Module()
+    trainer.fit(model)
+    assert sum(isinstance(c, SchedulerStepper) for c in trainer.callbacks) == 1
+    assert trainer.lr_scheduler_configs[0].name == "lr"
+    values = [value for _, value, _ in recorder.runs]
+    reference = torch_reference(values)
+    # the stepper was appended after the recorder, so the recorder sees each run's lr before its plateau step
+    assert [lr for _, _, lr in recorder.runs] == [0.1, *reference[:-1]]
+    assert model.optimizers().param_groups[0]["lr"] == reference[-1] < 0.1
