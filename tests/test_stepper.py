@@ -337,3 +337,30 @@ def test_epoch_scheduler_resume_neither_repeats_nor_misses_a_step(
     assert [lrs[0] for lrs in straight.lrs] == [0.1 * 0.5 ** (k // 4) for k in range(16)]
     resumed = fit(tmp_path / "b", ckpt_path=str(tmp_path / "a" / ckpt_name))
     assert resumed.lrs == straight.lrs[8:]
+
+
+def test_override_plateau_must_match_the_scheduler_kind(make_trainer: Callable[..., Trainer]) -> None:
+    trainer = make_trainer(callbacks=[SchedulerStepper(intervals={"LambdaLR": "plateau"})], limit_train_batches=2)
+    with pytest.raises(ValueError, match=r"`intervals\['LambdaLR'\]` is 'plateau', but only ReduceLROnPlateau steps"):
+        trainer.fit(LambdaModule())
+
+
+class IntervalSpy(Callback):
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self.seen.add(trainer.lr_scheduler_configs[0].interval)
+
+
+def test_config_interval_reflects_the_inferred_cadence_during_fit(make_trainer: Callable[..., Trainer]) -> None:
+    class Module(TinyModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return {"optimizer": opt, "lr_scheduler": tl.OneCycleLR(opt, max_lr=0.1, total_steps=4)}
+
+    spy = IntervalSpy()
+    trainer = make_trainer(callbacks=[SchedulerStepper(), spy], limit_train_batches=4, limit_val_batches=0)
+    trainer.fit(Module())
+    assert spy.seen == {"step"}  # what LearningRateMonitor reads to choose its logging cadence
+    assert trainer.lr_scheduler_configs[0].interval == "epoch"  # the user's config is restored after fit

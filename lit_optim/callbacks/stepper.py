@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
@@ -36,6 +37,7 @@ class _Claim:
     monitor: str | None
     on_missing: Literal["raise", "warn"]
     start: int = 0  # the scheduler's `last_epoch` before the first epoch of the run
+    configured_interval: str = "epoch"
 
     @property
     def is_plateau(self) -> bool:
@@ -159,6 +161,11 @@ class SchedulerStepper(Callback):
             key = config.name if config.name in self.intervals else type(scheduler).__name__
             if key in self.intervals:
                 interval: Interval = self.intervals[key]
+                if (interval == "plateau") != isinstance(scheduler, ReduceLROnPlateau):
+                    raise ValueError(
+                        f"`intervals[{key!r}]` is {interval!r}, but only ReduceLROnPlateau steps on a metric "
+                        f"('plateau') and it needs one; {type(scheduler).__name__} cannot use {interval!r}."
+                    )
             else:
                 interval, why = infer_interval(scheduler, config.interval, max_epochs, total)
                 if why is not None:
@@ -176,6 +183,9 @@ class SchedulerStepper(Callback):
             if claim.is_plateau:
                 self._check_plateau(claim, trainer, pl_module)
             config.frequency = _NEVER
+            claim.configured_interval = config.interval
+            if interval in ("step", "epoch"):
+                config.interval = interval  # so LearningRateMonitor logs at the cadence the scheduler moves
             self._claims.append(claim)
         for optimizer in {id(c.optimizer): c.optimizer for c in self._claims if c.interval == "step"}.values():
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
@@ -205,6 +215,7 @@ class SchedulerStepper(Callback):
         self._handles = []
         for claim in self._claims:  # kept until the next fit, so `reductions` can be read after training
             claim.config.frequency = claim.frequency
+            claim.config.interval = claim.configured_interval
 
     # ---------------------------------------------------------------- stepping
     def _after_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
