@@ -17,6 +17,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import Metric
 
 from lit_optim._validation import check_choice, check_non_negative, check_ratio
 
@@ -78,7 +79,7 @@ class Plateau:
     """
 
     monitor: str
-    mode: Any = "min"
+    mode: Mode | Metric = "min"
     factor: float = 0.1
     patience: int = 10
     threshold: float = 1e-4
