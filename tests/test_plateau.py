@@ -555,3 +555,18 @@ def test_config_with_trainer_attaches_the_stepper(make_trainer: Callable[..., Tr
     # the stepper was appended after the recorder, so the recorder sees each run's lr before its plateau step
     assert [lr for _, _, lr in recorder.runs] == [0.1, *reference[:-1]]
     assert model.optimizers().param_groups[0]["lr"] == reference[-1] < 0.1
+
+
+def test_lightning_strict_false_warns_and_skips_for_torch_rop(make_trainer: Callable[..., Trainer]) -> None:
+    class Module(ScriptedModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            sched = tl.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_metrc", "strict": False}}
+
+    model = Module()
+    trainer = make_trainer(callbacks=[SchedulerStepper()], limit_train_batches=2, max_epochs=3)
+    with pytest.warns(RuntimeWarning, match=r"monitor 'val_metrc' was not logged by this validation run. Skipping"):
+        trainer.fit(model)
+    assert model.optimizers().param_groups[0]["lr"] == 0.1
+    assert model.lr_schedulers().last_epoch == 0

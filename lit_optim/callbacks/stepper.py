@@ -83,7 +83,8 @@ class SchedulerStepper(Callback):
             ``{"StepLR": "step"}``.
         monitor: metric for a plateau config that names none (manual optimization).
         on_missing_monitor: ``"raise"`` when the monitored metric is not logged at the first validation run,
-            or ``"warn"`` and skip the plateau step. lit_optim's ``Plateau`` spec carries its own setting.
+            or ``"warn"`` and skip the plateau step. lit_optim's ``Plateau`` spec carries its own setting; a
+            Lightning config with ``"strict": False`` always warns.
 
     Raises:
         ValueError: on an unknown interval or option.
@@ -197,6 +198,8 @@ class SchedulerStepper(Callback):
             claim.on_missing = scheduler.plateau.on_missing_monitor
         else:
             claim.monitor = claim.config.monitor or self.monitor
+            if not claim.config.strict:  # Lightning's own switch for "warn and skip"
+                claim.on_missing = "warn"
         if claim.monitor is None:
             raise ValueError(
                 f"{type(scheduler).__name__} needs a metric to monitor, and none was given. Pass "
