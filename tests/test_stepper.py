@@ -375,7 +375,7 @@ def test_fp16_amp_skipped_step_on_cuda(make_trainer: Callable[..., Trainer]) -> 
         callbacks=[SchedulerStepper()],
         limit_train_batches=5,
         limit_val_batches=0,
-        precision="16-mixed",
+        plugins=[MixedPrecision("16-mixed", "cuda", scaler=torch.amp.GradScaler("cuda", init_scale=16.0))],
     )
     trainer.fit(model)
     assert model.lr_schedulers().last_epoch == 4  # 5 batches, the inf one skipped by the GradScaler
