@@ -111,12 +111,24 @@ def test_resume_restores_grouped_optimizer_exactly(make_trainer: Callable[..., L
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
-def test_scheduler_is_wired_to_the_schedules_part() -> None:
+def test_scheduler_is_wired_to_the_schedules_part(make_trainer: Callable[..., L.Trainer]) -> None:
     scheduler = pytest.importorskip("lit_optim.scheduler")
     schedules = pytest.importorskip("lit_optim.schedules")
-    config = configure_optimizers(nn.Linear(2, 2), scheduler=schedules.Constant())
-    assert set(config) == {"optimizer", "lr_scheduler"}
-    assert isinstance(config["lr_scheduler"]["scheduler"], scheduler.ScheduleLR)
+    # outside a fit the run's length is unknown: a clear error, not an AttributeError on `None`
+    with pytest.raises(ValueError, match=r"Constant\(.*\) needs the run's length, known only once fitting starts"):
+        configure_optimizers(nn.Linear(2, 2), scheduler=schedules.Constant())
+    captured: dict[str, Any] = {}
+
+    class Model(TinyModule):
+        def configure_optimizers(self) -> Any:
+            captured.update(configure_optimizers(self, "sgd", lr=0.1, scheduler=schedules.Linear(warmup=2)))
+            return captured
+
+    make_trainer(limit_train_batches=4, limit_val_batches=0, max_epochs=2).fit(Model())
+    assert set(captured) == {"optimizer", "lr_scheduler"}
+    sched = captured["lr_scheduler"]["scheduler"]
+    assert isinstance(sched, scheduler.ScheduleLR)
+    assert (sched.total_steps, sched.steps_per_epoch, sched.last_epoch) == (8, 4, 8)
 
 
 class MixinModel(OptimizerMixin, TinyModule):
