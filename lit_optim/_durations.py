@@ -226,7 +226,8 @@ def resolve_training_length(trainer: pl.Trainer) -> TrainingLength:
         trainer: a Trainer attached to a model (inside ``configure_optimizers`` or later).
 
     Raises:
-        ValueError: the total is unknown (an iterable dataset or ``max_epochs=-1`` without ``max_steps``).
+        ValueError: the total is unknown (an iterable dataset or ``max_epochs=-1`` without ``max_steps``, or a
+            Trainer with no model attached yet).
 
     Only the attributes named above are read, so a Trainer-like description works too (as in the
     example: 10 batches per epoch accumulated by 3 is 4 steps per epoch, the last one over a single batch).
@@ -246,6 +247,12 @@ def resolve_training_length(trainer: pl.Trainer) -> TrainingLength:
     accumulate = trainer.accumulate_grad_batches
     steps_per_epoch = math.ceil(batches / accumulate) if 0 < batches < math.inf else None
     if not 0 < estimated < math.inf:
+        if hasattr(trainer, "fit_loop") and getattr(trainer, "lightning_module", None) is None:
+            raise ValueError(
+                "Cannot resolve the schedule: the total number of optimizer steps is unknown: the Trainer has no "
+                "model attached yet, so it knows no dataloader. Call this inside `configure_optimizers` (or once "
+                "`trainer.fit(model)` has started), or describe the run with `TrainingLength.from_loop(...)`."
+            )
         raise ValueError(
             "Cannot resolve the schedule: the total number of optimizer steps is unknown "
             f"(max_steps={trainer.max_steps!r}, max_epochs={trainer.max_epochs!r}, "

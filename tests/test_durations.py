@@ -219,3 +219,10 @@ def test_from_loop_endless_run_with_max_steps() -> None:
         TrainingLength.from_loop(max_epochs=-1, batches_per_epoch=10)
     with pytest.raises(ValueError, match=r"`max_epochs` must be an int >= 1 \(or -1 with `max_steps`\), got 0"):
         TrainingLength.from_loop(max_epochs=0, batches_per_epoch=10)
+
+
+def test_trainer_without_a_model_says_so(make_trainer: Callable[..., Trainer]) -> None:
+    # before `trainer.fit(model)` the Trainer knows no dataloader: the fix is not "set max_steps"
+    with pytest.raises(ValueError, match=r"total number of optimizer steps is unknown: the Trainer has no model "
+                       r"attached yet.*inside `configure_optimizers`.*`TrainingLength\.from_loop"):
+        resolve_training_length(make_trainer(max_epochs=2))
