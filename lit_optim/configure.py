@@ -131,12 +131,6 @@ def scheduler_config(optimizer: Optimizer, scheduler: Any, module: nn.Module) ->
     trainer = module._trainer if isinstance(module, LightningModule) else None
     if isinstance(scheduler, Plateau):
         return plateau_scheduler_config(optimizer, scheduler, trainer)
-    if trainer is None:
-        raise ValueError(
-            f"`scheduler={scheduler!r}` needs the run's length, which comes from the Trainer: call "
-            "`configure_optimizers(self, ...)` from your LightningModule's `configure_optimizers` during `fit`, or "
-            "build `ScheduleLR(optimizer, schedule, total_steps)` yourself."
-        )
     return lightning_scheduler_config(optimizer, scheduler, trainer)
 
 
