@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.utilities import rank_zero_warn
@@ -163,7 +162,7 @@ class ScheduleLR(LRScheduler):
 
 
 def lightning_scheduler_config(
-    optimizer: Optimizer, schedule: Schedule | str, trainer: pl.Trainer, name: str | None = None
+    optimizer: Optimizer, schedule: Schedule | str, trainer: pl.Trainer | None, name: str | None = None
 ) -> dict[str, Any]:
     """Lightning's lr-scheduler dict for ``schedule``, its durations resolved against ``trainer``'s run.
 
@@ -173,11 +172,11 @@ def lightning_scheduler_config(
     Args:
         optimizer: the optimizer to drive.
         schedule: a :class:`~lit_optim.schedules.Schedule` or a catalogue name.
-        trainer: the Trainer about to fit (``module.trainer``).
+        trainer: the Trainer about to fit (``module.trainer``); ``None`` (a module outside a fit) raises.
         name: the name ``LearningRateMonitor`` logs under; defaults to ``"lr-<OptimizerClass>"``.
 
     Raises:
-        ValueError: the run's total is unknown (set ``max_steps``), or a duration does not fit the run.
+        ValueError: no Trainer, the run's total is unknown (set ``max_steps``), or a duration does not fit the run.
 
     Example:
         >>> import torch
@@ -192,6 +191,12 @@ def lightning_scheduler_config(
         >>> config["scheduler"].total_steps, config["interval"], config["name"]
         (100, 'step', 'lr-AdamW')
     """
+    if trainer is None:
+        raise ValueError(
+            f"{schedule!r} needs the run's length, known only once fitting starts: call this (or "
+            "`lit_optim.configure_optimizers(self, scheduler=...)`) inside `LightningModule.configure_optimizers` "
+            "during `trainer.fit`, or build `ScheduleLR(optimizer, schedule, total_steps=...)` yourself."
+        )
     length = resolve_training_length(trainer)
     scheduler = ScheduleLR(optimizer, schedule, length.total_steps, length.steps_per_epoch)
     _ensure_stepper(trainer)
@@ -204,13 +209,9 @@ def lightning_scheduler_config(
 
 
 def _ensure_stepper(trainer: pl.Trainer) -> None:
-    """THE single call site where the ``SchedulerStepper`` callback gets attached to ``trainer``.
+    """THE single call site where the ``SchedulerStepper`` callback gets attached to ``trainer``."""
+    if hasattr(trainer, "callbacks"):  # a real Trainer (the docstring example passes a stand-in)
+        from lit_optim.callbacks.stepper import ensure_stepper
 
-    Does nothing until ``lit_optim.callbacks.stepper`` exists; the lead wires the attachment here on merge.
-    """
-    try:
-        importlib.import_module("lit_optim.callbacks.stepper")
-    except ImportError:
-        return
-    # LEAD: attach `stepper.SchedulerStepper()` to `trainer` here when it has none (see ARCHITECTURE.md).
+        ensure_stepper(trainer)
 
