@@ -21,8 +21,8 @@ from lit_optim._validation import check_non_negative, check_ratio
 
 __all__ = ["NoDecayRule", "format_groups", "param_groups"]
 
-#: A no-decay rule: a module class (its parameters), an fnmatch glob or a compiled regex on the full parameter
-#: name, or a predicate ``(name, parameter) -> bool``.
+#: A no-decay rule: a module class (all its parameters, submodules' included), an fnmatch glob or a compiled
+#: regex on the full parameter name, or a predicate ``(name, parameter) -> bool``.
 NoDecayRule = type[nn.Module] | str | re.Pattern[str] | Callable[[str, nn.Parameter], bool]
 
 _NORM_NAME = re.compile(r"Norm(\d+d)?$")
@@ -53,6 +53,10 @@ class _Walk:
         self.declared: list[str] = []  # full names/globs from `no_weight_decay()` methods
         seen: dict[int, int] = {}
         wrapped = isinstance(module, _DATA_PARALLEL)  # its parameters are all named `module.<name>`
+        # a `no_decay` module class covers all of its parameters, its submodules' included (as `.parameters()`)
+        ruled: set[int] = set()
+        if module_rules:
+            ruled = {id(p) for m in module.modules() if isinstance(m, module_rules) for p in m.parameters()}
         # Every path of a shared module instance, so globs and declared names can use any of them.
         for module_name, mod in module.named_modules(remove_duplicate=False):
             own = mod._parameters
@@ -62,11 +66,7 @@ class _Walk:
                 self.declared.extend(prefix + str(name) for name in mod.no_weight_decay())
             if not own:
                 continue
-            module_flag = (
-                is_norm
-                or (not decay_embeddings and isinstance(mod, _EMBEDDING_TYPES))
-                or (bool(module_rules) and isinstance(mod, module_rules))
-            )
+            module_flag = is_norm or (not decay_embeddings and isinstance(mod, _EMBEDDING_TYPES))
             for leaf, param in own.items():
                 if param is None:
                     continue
@@ -76,6 +76,7 @@ class _Walk:
                         "so its shape and decay rule are unknown. HINT: run one forward pass before grouping."
                     )
                 flag = module_flag or param.ndim <= 1 or leaf.endswith("bias") or leaf.startswith("bias_")
+                flag = flag or id(param) in ruled
                 index = seen.get(id(param))
                 if index is not None:  # tied: keep the first name; no decay if any occurrence says so
                     self.aliases.setdefault(index, []).append(prefix + leaf)

@@ -621,3 +621,14 @@ def test_data_parallel_wrapper_patterns_may_leave_out_module() -> None:
     assert named(wrapped, param_groups(wrapped, lr=1.0, overrides={"module.1.*": {"lr": 0.5, "name": "1"}})) == (
         named(wrapped, groups)
     )
+
+
+def test_no_decay_module_class_covers_all_its_parameters() -> None:
+    model = GPT()
+    # nn.MultiheadAttention's parameters include its out_proj submodule's, as attn.parameters() does
+    groups = param_groups(model, no_decay=[nn.MultiheadAttention])
+    assert named(model, groups)["decay"] == [
+        "tok_emb.weight", "pos_emb.weight", "blocks.0.mlp.0.weight", "blocks.0.mlp.2.weight",
+        "blocks.1.mlp.0.weight", "blocks.1.mlp.2.weight",
+    ]  # fmt: skip
+    assert_partition(model, groups)
