@@ -183,19 +183,30 @@ def _check_unambiguous(parsed: Sequence[Override], combo: tuple[int, ...], name:
             )
 
 
+def _occurrence(name: str) -> str:
+    """A name without wrapper parts (``torch.compile``'s ``_orig_mod.``, DDP's leading ``module.``)."""
+    name = name.replace("_orig_mod.", "")
+    return name[len("module.") :] if name.startswith("module.") else name
+
+
 def _check_tied(parsed: Sequence[Override], combo: tuple[int, ...], name: str, aliases: Sequence[str]) -> None:
     """Overrides that reach a tied parameter only by different names (``tok_emb.*``, ``lm_head.*``) must agree."""
     all_names = {name, *aliases}
+    first = _occurrence(name)
+    others = sorted({_occurrence(n) for n in aliases} - {first})
+    if not others:  # not tied, only spelled with and without a wrapper's prefix
+        return
     for key in sorted({key for k in combo for key in parsed[k].settings}):
         setters = [k for k in combo if key in parsed[k].settings]
         winner = parsed[setters[-1]]
+        via_winner = {_occurrence(n) for n in winner.names & all_names}
         for k in setters[:-1]:
             other = parsed[k]
             if _same(other.settings[key], winner.settings[key]):
                 continue
-            if (other.names & all_names).isdisjoint(winner.names & all_names):
+            if via_winner.isdisjoint(_occurrence(n) for n in other.names & all_names):
                 raise ValueError(
-                    f"Parameter {name!r} is tied (also named {sorted(set(aliases))}); overrides {other.pattern} "
+                    f"Parameter {name!r} is tied (also named {others}); overrides {other.pattern} "
                     f"({key}={other.settings[key]!r}) and {winner.pattern} ({key}={winner.settings[key]!r}) reach "
                     f"it by different names and disagree. HINT: a tied parameter has one {key!r}; give both "
                     "overrides the same value, or untie the weights."

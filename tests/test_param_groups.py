@@ -535,6 +535,13 @@ def test_compiled_submodule_patterns_may_leave_out_orig_mod() -> None:
         no_decay=["backbone._orig_mod.0.weight"],
     )
     assert named(model, same) == named(model, groups)
+    # both spellings in one mapping: the more specific override wins (not a tied-parameter conflict)
+    mixed = param_groups(model, lr=1.0, overrides={"backbone._orig_mod.*": {"lr": 0.1}, "backbone.0.*": {"lr": 0.5}})
+    assert [(g["name"], g["lr"]) for g in mixed] == [
+        ("backbone._orig_mod+backbone.0/decay", 0.5), ("backbone._orig_mod+backbone.0/no_decay", 0.5),
+        ("backbone._orig_mod/no_decay", 0.1),
+        ("decay", 1.0), ("no_decay", 1.0),
+    ]  # fmt: skip
 
 
 def test_attention_key_value_biases_are_biases() -> None:
