@@ -174,7 +174,8 @@ def lightning_scheduler_config(
         optimizer: the optimizer to drive.
         schedule: a :class:`~lit_optim.schedules.Schedule` or a catalogue name.
         trainer: the Trainer about to fit (``module.trainer``); ``None`` (a module outside a fit) raises.
-        name: the name ``LearningRateMonitor`` logs under; defaults to ``"lr-<OptimizerClass>"``.
+        name: the name ``LearningRateMonitor`` logs under; ``None`` lets Lightning name it ``"lr-<OptimizerClass>"``,
+            numbered (``"lr-Adam-1"``) when several optimizers share a class (a name given here is never numbered).
 
     Raises:
         ValueError: no Trainer, the run's total is unknown (set ``max_steps``), or a duration does not fit the run.
@@ -190,7 +191,7 @@ def lightning_scheduler_config(
         ...                           accumulate_grad_batches=1, max_steps=100, max_epochs=None)
         >>> config = lightning_scheduler_config(opt, Cosine(warmup="10%"), trainer)
         >>> config["scheduler"].total_steps, config["interval"], config["name"]
-        (100, 'step', 'lr-AdamW')
+        (100, 'step', None)
     """
     if trainer is None:
         raise ValueError(
@@ -205,7 +206,7 @@ def lightning_scheduler_config(
         "scheduler": scheduler,
         "interval": "step",
         "frequency": 1,
-        "name": name if name is not None else f"lr-{type(optimizer).__name__}",
+        "name": name,
     }
 
 

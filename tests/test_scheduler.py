@@ -332,3 +332,44 @@ def test_learning_rate_monitor_logs_named_groups(make_trainer: Callable[..., Tra
     assert [(int(r["step"]), float(r["lr/body"]), float(r["lr/head"])) for r in rows] == [
         (s, 0.1 * f_[s], 0.5 * f_[s]) for s in range(5)
     ]
+
+
+def test_learning_rate_monitor_tells_two_optimizers_of_one_class_apart(
+    make_trainer: Callable[..., Trainer], tmp_path: Path
+) -> None:
+    # A name set in the config stops LearningRateMonitor from numbering repeated optimizer classes, so a default
+    # "lr-SGD" for both made one optimizer's lr overwrite the other's.
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    class TwoSGD(TinyModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            for opt, sched in zip(self.optimizers(), self.lr_schedulers(), strict=True):  # type: ignore[arg-type]
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(self(batch[0]), batch[1])
+                self.manual_backward(loss)
+                opt.step()
+                sched.step()
+
+        def configure_optimizers(self) -> Any:
+            body = torch.optim.SGD(self.net[0].parameters(), lr=0.1)
+            head = torch.optim.SGD(self.net[2].parameters(), lr=0.5)
+            return [
+                {"optimizer": opt, "lr_scheduler": lightning_scheduler_config(opt, Linear(), self.trainer)}
+                for opt in (body, head)
+            ]
+
+    logger = CSVLogger(tmp_path / "logs", name="", version="")
+    trainer = make_trainer(limit_train_batches=4, limit_val_batches=0, logger=logger, log_every_n_steps=1,
+                           callbacks=[LearningRateMonitor(logging_interval="step")])
+    trainer.fit(TwoSGD())
+    assert [c.name for c in trainer.lr_scheduler_configs] == [None, None]  # Lightning names them
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("lr-SGD", "")]
+    assert [(float(r["lr-SGD"]), float(r["lr-SGD-1"])) for r in rows] == [
+        pytest.approx((0.1 * (1 - s / 4), 0.5 * (1 - s / 4))) for s in range(4)
+    ]
