@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.utilities import rank_zero_warn
@@ -42,13 +43,14 @@ class ScheduleLR(LRScheduler):
 
     Args:
         optimizer: the optimizer whose groups to drive.
-        schedule: a :class:`~lit_optim.schedules.Schedule`, or a catalogue name (``"cosine"``).
+        schedule: a :class:`~lit_optim.schedules.Schedule`, a catalogue name (``"cosine"``), or a config mapping
+            ``{"name": "cosine", **params}`` (as a YAML file or saved hparams hold it; see ``build_schedule``).
         total_steps: optimizer steps in the run (per rank).
         steps_per_epoch: optimizer steps per epoch, needed only when a duration is given in epochs.
         last_epoch: optimizer steps already done; ``-1`` starts fresh (torch's convention).
 
     Raises:
-        TypeError: ``schedule`` is not a schedule or a name.
+        TypeError: ``schedule`` is not a schedule, a name or a mapping.
         ValueError: a bad total, a duration that cannot be resolved or does not fit the run, or a momentum
             schedule on an optimizer without ``momentum``/``betas``.
 
@@ -69,16 +71,25 @@ class ScheduleLR(LRScheduler):
     def __init__(
         self,
         optimizer: Optimizer,
-        schedule: Schedule | str,
+        schedule: Schedule | str | Mapping[str, Any],
         total_steps: int,
         steps_per_epoch: int | None = None,
         last_epoch: int = -1,
     ) -> None:
         if isinstance(schedule, str):
             schedule = build_schedule(schedule)
+        elif isinstance(schedule, Mapping):
+            if "name" not in schedule:
+                raise ValueError(
+                    "A schedule given as a mapping needs its catalogue `name`, e.g. {'name': 'cosine', 'warmup': "
+                    f"'5%'}}; got {dict(schedule)!r}."
+                )
+            params = {str(k): v for k, v in schedule.items() if k != "name"}
+            schedule = build_schedule(schedule["name"], **params)
         if not isinstance(schedule, Schedule):
             raise TypeError(
-                f"`schedule` must be a lit_optim schedule (e.g. `Cosine(warmup='5%')`) or its name, got {schedule!r}."
+                f"`schedule` must be a lit_optim schedule (e.g. `Cosine(warmup='5%')`), its name or a {{'name': ...}} "
+                f"mapping, got {schedule!r}."
             )
         length = TrainingLength(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
         self.schedule = schedule.resolve(length)
@@ -163,7 +174,10 @@ class ScheduleLR(LRScheduler):
 
 
 def lightning_scheduler_config(
-    optimizer: Optimizer, schedule: Schedule | str, trainer: pl.Trainer | None, name: str | None = None
+    optimizer: Optimizer,
+    schedule: Schedule | str | Mapping[str, Any],
+    trainer: pl.Trainer | None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Lightning's lr-scheduler dict for ``schedule``, its durations resolved against ``trainer``'s run.
 
@@ -172,7 +186,7 @@ def lightning_scheduler_config(
 
     Args:
         optimizer: the optimizer to drive.
-        schedule: a :class:`~lit_optim.schedules.Schedule` or a catalogue name.
+        schedule: a :class:`~lit_optim.schedules.Schedule`, a catalogue name or a ``{"name": ..., **params}`` mapping.
         trainer: the Trainer about to fit (``module.trainer``); ``None`` (a module outside a fit) raises.
         name: the name ``LearningRateMonitor`` logs under; ``None`` lets Lightning name it ``"lr-<OptimizerClass>"``,
             numbered (``"lr-Adam-1"``) when several optimizers share a class (a name given here is never numbered).
@@ -220,4 +234,3 @@ def _ensure_stepper(trainer: pl.Trainer) -> None:
     except ImportError:
         return
     # LEAD: attach `stepper.SchedulerStepper()` to `trainer` here when it has none (see ARCHITECTURE.md).
-

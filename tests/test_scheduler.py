@@ -373,3 +373,17 @@ def test_learning_rate_monitor_tells_two_optimizers_of_one_class_apart(
     assert [(float(r["lr-SGD"]), float(r["lr-SGD-1"])) for r in rows] == [
         pytest.approx((0.1 * (1 - s / 4), 0.5 * (1 - s / 4))) for s in range(4)
     ]
+
+
+def test_schedule_from_a_config_mapping() -> None:
+    # what a YAML config / OptimizerMixin hparams hold: plain data, no `!!python/object`
+    config = {"name": "cosine", "warmup": {"duration": 2, "shape": "cosine"}, "min_lr": 0.1}
+    sched = ScheduleLR(make_optimizer(), config, total_steps=10)
+    assert sched.schedule == Cosine(warmup=Warmup(duration=2, shape="cosine"), min_lr=0.1)
+    assert config == {"name": "cosine", "warmup": {"duration": 2, "shape": "cosine"}, "min_lr": 0.1}  # not mutated
+    assert ours(Cosine(warmup=Warmup(duration=2, shape="cosine"), min_lr=0.1), 10) == drive(sched, 10)
+    with pytest.raises(ValueError, match=r"A schedule given as a mapping needs its catalogue `name`, e.g. "
+                       r"\{'name': 'cosine', 'warmup': '5%'\}; got \{'warmup': 2\}"):
+        ScheduleLR(make_optimizer(), {"warmup": 2}, total_steps=10)
+    with pytest.raises(ValueError, match=r"Unknown parameter of Cosine 'min_lr_ratio'"):
+        ScheduleLR(make_optimizer(), {"name": "cosine", "min_lr_ratio": 0.1}, total_steps=10)
