@@ -214,7 +214,16 @@ def lightning_scheduler_config(
             "during `trainer.fit`, or build `ScheduleLR(optimizer, schedule, total_steps=...)` yourself."
         )
     length = resolve_training_length(trainer)
-    scheduler = ScheduleLR(optimizer, schedule, length.total_steps, length.steps_per_epoch)
+    try:
+        scheduler = ScheduleLR(optimizer, schedule, length.total_steps, length.steps_per_epoch)
+    except ValueError as err:
+        fast_dev_run = getattr(trainer, "fast_dev_run", False)
+        if not fast_dev_run:
+            raise
+        raise ValueError(
+            f"{err} Note: `Trainer(fast_dev_run={fast_dev_run!r})` cuts the run to {length.total_steps} optimizer "
+            "steps; for a smoke test of this schedule use e.g. `Trainer(max_steps=..., limit_val_batches=...)`."
+        ) from err
     _ensure_stepper(trainer)
     return {
         "scheduler": scheduler,

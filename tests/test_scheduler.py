@@ -387,3 +387,15 @@ def test_schedule_from_a_config_mapping() -> None:
         ScheduleLR(make_optimizer(), {"warmup": 2}, total_steps=10)
     with pytest.raises(ValueError, match=r"Unknown parameter of Cosine 'min_lr_ratio'"):
         ScheduleLR(make_optimizer(), {"name": "cosine", "min_lr_ratio": 0.1}, total_steps=10)
+
+
+def test_fast_dev_run_names_itself_when_the_schedule_does_not_fit(make_trainer: Callable[..., Trainer]) -> None:
+    class Model(TinyModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            config = lightning_scheduler_config(opt, Cosine(warmup="5%"), self.trainer)
+            return {"optimizer": opt, "lr_scheduler": config}
+
+    with pytest.raises(ValueError, match=r"Duration 5% resolves to 0 optimizer steps in a run of 2 steps .*"
+                       r"`Trainer\(fast_dev_run=2\)` cuts the run to 2 optimizer steps"):
+        make_trainer(fast_dev_run=2).fit(Model())
