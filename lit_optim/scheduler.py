@@ -11,13 +11,16 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from lit_optim._durations import TrainingLength, resolve_training_length
+from lit_optim._durations import TrainingLength, _length_or_none, _unknown_total_error
 from lit_optim.schedules import Schedule, build_schedule
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 __all__ = ["ScheduleLR", "lightning_scheduler_config"]
+
+_OPEN_ENDED_STEPS = 2**53
+"""``total_steps`` of a run of unknown length, for a schedule that does not depend on it (never reached)."""
 
 
 class ScheduleLR(LRScheduler):
@@ -76,21 +79,7 @@ class ScheduleLR(LRScheduler):
         steps_per_epoch: int | None = None,
         last_epoch: int = -1,
     ) -> None:
-        if isinstance(schedule, str):
-            schedule = build_schedule(schedule)
-        elif isinstance(schedule, Mapping):
-            if "name" not in schedule:
-                raise ValueError(
-                    "A schedule given as a mapping needs its catalogue `name`, e.g. {'name': 'cosine', 'warmup': "
-                    f"'5%'}}; got {dict(schedule)!r}."
-                )
-            params = {str(k): v for k, v in schedule.items() if k != "name"}
-            schedule = build_schedule(schedule["name"], **params)
-        if not isinstance(schedule, Schedule):
-            raise TypeError(
-                f"`schedule` must be a lit_optim schedule (e.g. `Cosine(warmup='5%')`), its name or a {{'name': ...}} "
-                f"mapping, got {schedule!r}."
-            )
+        schedule = _as_schedule(schedule)
         length = TrainingLength(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
         self.schedule = schedule.resolve(length)
         self.total_steps = length.total_steps
@@ -184,6 +173,10 @@ def lightning_scheduler_config(
     Call it from ``configure_optimizers`` (the Trainer then knows its dataloader and limits). Stepping is
     per optimizer step (``"interval": "step"``); the scheduler is checkpointed by Lightning.
 
+    When the run's total is unknown (an iterable dataset or ``max_epochs=-1`` without ``max_steps``), a schedule
+    that does not depend on it (``schedule.needs_total_steps()`` is false, e.g. ``InverseSqrt(warmup=500)``) runs
+    open-ended; any other raises, naming ``max_steps``.
+
     Args:
         optimizer: the optimizer to drive.
         schedule: a :class:`~lit_optim.schedules.Schedule`, a catalogue name or a ``{"name": ..., **params}`` mapping.
@@ -192,7 +185,8 @@ def lightning_scheduler_config(
             numbered (``"lr-Adam-1"``) when several optimizers share a class (a name given here is never numbered).
 
     Raises:
-        ValueError: no Trainer, the run's total is unknown (set ``max_steps``), or a duration does not fit the run.
+        ValueError: no Trainer, the run's total is unknown and the schedule needs it (set ``max_steps``), or a
+            duration does not fit the run.
 
     Example:
         >>> import torch
@@ -207,13 +201,23 @@ def lightning_scheduler_config(
         >>> config["scheduler"].total_steps, config["interval"], config["name"]
         (100, 'step', None)
     """
+    schedule = _as_schedule(schedule)
     if trainer is None:
         raise ValueError(
             f"{schedule!r} needs the run's length, known only once fitting starts: call this (or "
             "`lit_optim.configure_optimizers(self, scheduler=...)`) inside `LightningModule.configure_optimizers` "
             "during `trainer.fit`, or build `ScheduleLR(optimizer, schedule, total_steps=...)` yourself."
         )
-    length = resolve_training_length(trainer)
+    total, steps_per_epoch = _length_or_none(trainer)
+    if total is None:
+        if schedule.needs_total_steps():
+            raise _unknown_total_error(
+                trainer,
+                f" {schedule!r} needs it (by its formula or a duration in % of the run); InverseSqrt, Constant, "
+                "Exponential, Step, MultiStep and CosineRestarts with durations in steps or epochs do not.",
+            )
+        total = _OPEN_ENDED_STEPS
+    length = TrainingLength(total_steps=total, steps_per_epoch=steps_per_epoch)
     try:
         scheduler = ScheduleLR(optimizer, schedule, length.total_steps, length.steps_per_epoch)
     except ValueError as err:
@@ -231,6 +235,26 @@ def lightning_scheduler_config(
         "frequency": 1,
         "name": name,
     }
+
+
+def _as_schedule(schedule: Schedule | str | Mapping[str, Any]) -> Schedule:
+    """A schedule spec from a spec, a catalogue name or a ``{"name": ..., **params}`` mapping."""
+    if isinstance(schedule, str):
+        return build_schedule(schedule)
+    if isinstance(schedule, Mapping):
+        if "name" not in schedule:
+            raise ValueError(
+                "A schedule given as a mapping needs its catalogue `name`, e.g. {'name': 'cosine', 'warmup': "
+                f"'5%'}}; got {dict(schedule)!r}."
+            )
+        params = {str(k): v for k, v in schedule.items() if k != "name"}
+        return build_schedule(schedule["name"], **params)
+    if not isinstance(schedule, Schedule):
+        raise TypeError(
+            f"`schedule` must be a lit_optim schedule (e.g. `Cosine(warmup='5%')`), its name or a {{'name': ...}} "
+            f"mapping, got {schedule!r}."
+        )
+    return schedule
 
 
 def _ensure_stepper(trainer: pl.Trainer) -> None:

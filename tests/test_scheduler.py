@@ -13,7 +13,21 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler
 
 from lit_optim._durations import TrainingLength
 from lit_optim.scheduler import ScheduleLR, lightning_scheduler_config
-from lit_optim.schedules import Constant, Cosine, Linear, Schedule, Warmup
+from lit_optim.schedules import (
+    Constant,
+    Cosine,
+    CosineRestarts,
+    Exponential,
+    InverseSqrt,
+    Linear,
+    MultiStep,
+    OneCycle,
+    Polynomial,
+    Schedule,
+    Step,
+    Warmup,
+    WarmupStableDecay,
+)
 from tests.models import TinyModule
 
 BASE_LRS = (0.1, 0.03, 1e-4)
@@ -399,3 +413,60 @@ def test_fast_dev_run_names_itself_when_the_schedule_does_not_fit(make_trainer: 
     with pytest.raises(ValueError, match=r"Duration 5% resolves to 0 optimizer steps in a run of 2 steps .*"
                        r"`Trainer\(fast_dev_run=2\)` cuts the run to 2 optimizer steps"):
         make_trainer(fast_dev_run=2).fit(Model())
+
+
+@pytest.mark.parametrize(
+    ("schedule", "needs"),
+    [
+        (Constant(warmup=3), False),
+        (Linear(), True),
+        (Cosine(warmup=3), True),
+        (Constant(warmup="5%"), True),  # a warmup in % of the run
+        (Constant(warmup="1ep"), False),
+    ],
+)
+def test_needs_total_steps(schedule: Schedule, needs: bool) -> None:
+    assert schedule.needs_total_steps() is needs
+
+
+def test_needs_total_steps_for_the_rest_of_the_catalogue() -> None:
+    free = [CosineRestarts(period=4), Exponential(gamma=0.9), InverseSqrt(warmup=2), MultiStep(milestones=(2, "1ep")),
+            Step(every=3)]  # fmt: skip
+    assert [s.needs_total_steps() for s in free] == [False] * 5
+    bound = [OneCycle(), Polynomial(), WarmupStableDecay(decay=4), Step(every="10%"), MultiStep(milestones=(2, 0.5))]
+    assert [s.needs_total_steps() for s in bound] == [True] * 5
+
+
+class _Endless(TinyModule):
+    """An iterable dataset (8 batches per pass) and no `max_steps`: the run's total is unknown."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        super().__init__()
+        self.schedule = schedule
+        self.lrs: list[float] = []
+
+    def train_dataloader(self) -> Any:
+        class Stream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+            def __iter__(self) -> Any:
+                g = torch.Generator().manual_seed(0)
+                for _ in range(8):
+                    yield torch.randn(8, generator=g), torch.randn(1, generator=g)
+
+        return torch.utils.data.DataLoader(Stream(), batch_size=1)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        return {"optimizer": opt, "lr_scheduler": lightning_scheduler_config(opt, self.schedule, self.trainer)}
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def test_schedule_without_total_drives_a_run_of_unknown_length(make_trainer: Callable[..., Trainer]) -> None:
+    model = _Endless(InverseSqrt(warmup=2))
+    make_trainer(max_epochs=1, limit_val_batches=0).fit(model)
+    expected = [0.0, 0.05] + [0.1 * math.sqrt(2 / s) for s in range(2, 8)]
+    assert model.lrs == pytest.approx(expected, rel=1e-15, abs=0)
+    with pytest.raises(ValueError, match=r"total number of optimizer steps is unknown .*Set `max_steps` .* "
+                       r"Cosine\(.*\) needs it \(by its formula or a duration in % of the run\); InverseSqrt"):
+        make_trainer(max_epochs=1, limit_val_batches=0).fit(_Endless(Cosine(warmup=2)))
