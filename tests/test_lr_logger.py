@@ -337,6 +337,15 @@ def test_mismatch_message_names_keys_ranks_and_values() -> None:
     assert _mismatch_message(["lr/decay"], [[0.1], [0.1]], step=0) is None
 
 
+def test_mismatch_message_treats_nan_on_every_rank_as_equal() -> None:
+    nan = float("nan")
+    assert _mismatch_message(["lr/decay"], [[nan], [nan]], step=3) is None  # identical, if broken, on every rank
+    assert _mismatch_message(["lr/decay"], [[nan], [0.1]], step=3) == (
+        "LearningRateLogger: ranks [1] hold values different from rank 0 at global step 3: "
+        "lr/decay: rank 0: nan, rank 1: 0.1."
+    )
+
+
 # --- arguments ----------------------------------------------------------------------------------------------------
 
 
