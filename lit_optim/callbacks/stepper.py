@@ -37,6 +37,7 @@ class _Claim:
     monitor: str | None
     on_missing: Literal["raise", "warn"]
     start: int = 0  # the scheduler's `last_epoch` before the first epoch of the run
+    stepped: int = 0  # epoch steps taken in this run (the progress of a scheduler that keeps no count)
     configured_interval: str = "epoch"
 
     @property
@@ -46,6 +47,14 @@ class _Claim:
     @property
     def optimizer(self) -> Optimizer:
         return self.config.scheduler.optimizer
+
+
+def _progress(scheduler: object) -> int | None:
+    """How often ``scheduler`` was stepped: its ``last_epoch``; a ``ChainedScheduler`` has none, its parts do."""
+    if hasattr(scheduler, "last_epoch"):
+        return int(scheduler.last_epoch)
+    parts = getattr(scheduler, "_schedulers", None)
+    return _progress(parts[0]) if parts else None
 
 
 def _has_grad(optimizer: Optimizer) -> bool:
@@ -176,7 +185,7 @@ class SchedulerStepper(Callback):
                         "(or 'epoch') to choose.",
                     )
             claim = _Claim(index, config, interval, max(1, int(config.frequency)), None, self.on_missing_monitor)
-            progress = int(getattr(scheduler, "last_epoch", 0))
+            progress = _progress(scheduler) or 0
             if interval == "epoch":
                 claim.start = progress - trainer.current_epoch // claim.frequency
             elif interval == "step":
@@ -239,8 +248,12 @@ class SchedulerStepper(Callback):
             if claim.interval != "epoch":
                 continue
             scheduler = claim.config.scheduler
-            while scheduler.last_epoch < claim.start + epochs // claim.frequency:
+            while True:
+                done = _progress(scheduler)
+                if (claim.start + claim.stepped if done is None else done) >= claim.start + epochs // claim.frequency:
+                    break
                 scheduler.step()  # type: ignore[call-arg]
+                claim.stepped += 1
 
     def _step_plateaus(self, trainer: Trainer) -> None:
         plateaus = [c for c in self._claims if c.is_plateau]
