@@ -431,3 +431,21 @@ def test_infer_interval_of_composite_schedulers() -> None:
     # ChainedScheduler spans its longest part.
     assert infer_interval(_chained_steps(opt), "epoch", 2, 8) == ("step", None)
     assert infer_interval(_chained_epochs(opt), "epoch", 2, 8) == ("epoch", None)
+
+
+class SelfSteppingModule(TwoOptimizerModule):
+    """Lightning's manual-optimization recipe: the user steps the schedulers; the stepper would step them too."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        loss = super().training_step(batch, batch_idx)
+        self.lr_schedulers()[1].step()  # type: ignore[index]
+        return loss
+
+
+def test_scheduler_stepped_by_the_user_as_well_raises_instead_of_double_stepping(
+    make_trainer: Callable[..., Trainer],
+) -> None:
+    model = SelfSteppingModule()
+    with pytest.raises(RuntimeError, match=r"LambdaLR \(lr_scheduler_configs\[1\]\) was stepped outside"):
+        _fit(make_trainer, model, limit_train_batches=4)
+    assert model.lr_schedulers()[1].last_epoch == 2  # type: ignore[index]  # caught at the second batch

@@ -38,6 +38,7 @@ class _Claim:
     on_missing: Literal["raise", "warn"]
     start: int = 0  # the scheduler's `last_epoch` before the first epoch of the run
     stepped: int = 0  # epoch steps taken in this run (the progress of a scheduler that keeps no count)
+    expected: int | None = None  # a per-step scheduler's progress after our last step (to catch a second owner)
     configured_interval: str = "epoch"
 
     @property
@@ -78,7 +79,8 @@ class SchedulerStepper(Callback):
     The interval of a plain torch scheduler is inferred (see ``infer_interval``); a one-time warning says
     when the choice was ambiguous. A config's ``frequency`` N > 1 means every N optimizer steps (``"step"``)
     or every N epochs (``"epoch"``); plateau schedulers step after every validation run. Manual optimization
-    is supported: do not call ``scheduler.step()`` yourself then.
+    is supported: do not call ``scheduler.step()`` yourself then (a per-step scheduler stepped by someone else
+    as well raises a ``RuntimeError`` at the next optimizer step rather than advancing twice).
 
     The stepper keeps no state of its own (``state_dict()`` is empty): all progress is in the schedulers,
     which Lightning checkpoints, so a stepper added during ``configure_optimizers`` resumes exactly.
@@ -190,6 +192,7 @@ class SchedulerStepper(Callback):
                 claim.start = progress - trainer.current_epoch // claim.frequency
             elif interval == "step":
                 self._step_counts[index] = progress * claim.frequency
+                claim.expected = _progress(scheduler)
             if claim.is_plateau:
                 self._check_plateau(claim, trainer, pl_module)
             config.frequency = _NEVER
@@ -236,10 +239,20 @@ class SchedulerStepper(Callback):
         for claim in self._claims:
             if claim.interval != "step" or claim.optimizer is not optimizer:
                 continue
+            scheduler = claim.config.scheduler
+            if claim.expected is not None and _progress(scheduler) != claim.expected:
+                raise RuntimeError(
+                    f"{type(scheduler).__name__} (lr_scheduler_configs[{claim.index}]) was stepped outside "
+                    f"SchedulerStepper (it is at step {_progress(scheduler)}, the stepper left it at "
+                    f"{claim.expected}), "
+                    "so it would advance twice per optimizer step. SchedulerStepper steps it after every real "
+                    "optimizer step: remove your own `scheduler.step()` call (also under manual optimization)."
+                )
             count = self._step_counts.get(claim.index, 0) + 1
             self._step_counts[claim.index] = count
             if count % claim.frequency == 0:
-                claim.config.scheduler.step()  # type: ignore[call-arg]
+                scheduler.step()  # type: ignore[call-arg]
+                claim.expected = _progress(scheduler)
 
     def _step_epochs_until(self, epochs: int) -> None:
         # The scheduler's own `last_epoch` (restored from the checkpoint) says how often it was stepped, so a
