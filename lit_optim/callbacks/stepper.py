@@ -18,7 +18,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lit_optim._distributed import reduce_mean
+from lit_optim._distributed import is_distributed
 from lit_optim._validation import check_choice, unknown_key_error
 from lit_optim.callbacks._intervals import Interval, infer_interval
 from lit_optim.plateau import PlateauLR
@@ -58,6 +58,10 @@ def _progress(scheduler: object) -> int | None:
     return _progress(parts[0]) if parts else None
 
 
+def _reduce_sum(trainer: Trainer, tensor: torch.Tensor) -> torch.Tensor:
+    return trainer.strategy.reduce(tensor, reduce_op="sum") if is_distributed(trainer) else tensor
+
+
 def _has_grad(optimizer: Optimizer) -> bool:
     return any(p.grad is not None for group in optimizer.param_groups for p in group["params"])
 
@@ -73,8 +77,9 @@ class SchedulerStepper(Callback):
       ``training_step`` that returned ``None``); with ``accumulate_grad_batches`` once per accumulated step;
     - ``"epoch"`` schedulers at the end of each training epoch (before checkpoint callbacks save);
     - plateau schedulers (torch ``ReduceLROnPlateau``, lit_optim ``PlateauLR``) right after each non-sanity
-      validation run, with the monitored value of *that* run averaged over ranks (``strategy.reduce``, mean),
-      so all ranks take the same decision even when the metric was logged without ``sync_dist``.
+      validation run, with the monitored value of *that* run averaged over ranks (``strategy.reduce``), so all
+      ranks take the same decision even when the metric was logged without ``sync_dist``; ranks that did not
+      log it this run (e.g. ``self.log(..., rank_zero_only=True)`` on rank 0 only) are left out of the mean.
 
     The interval of a plain torch scheduler is inferred (see ``infer_interval``); a one-time warning says
     when the choice was ambiguous. A config's ``frequency`` N > 1 means every N optimizer steps (``"step"``)
@@ -278,7 +283,17 @@ class SchedulerStepper(Callback):
         for claim in plateaus:
             monitor = claim.monitor
             assert monitor is not None  # set in _check_plateau
-            if monitor not in metrics:
+            # One collective per plateau config on every rank, whatever this rank holds, so no rank waits alone
+            # in it: (sum of fresh values, ranks with a fresh value, ranks that logged the metric at all).
+            value = metrics.get(monitor)
+            logged = value is not None
+            fresh = logged and not (monitor in self._metrics_before and self._metrics_before[monitor] is value)
+            local = torch.zeros(3, dtype=torch.float64, device=trainer.strategy.root_device)
+            if fresh:
+                local[0] = torch.as_tensor(value, dtype=torch.float64).detach().reshape(())
+            local[1], local[2] = float(fresh), float(logged)
+            total, n_fresh, n_logged = _reduce_sum(trainer, local).tolist()
+            if n_logged == 0:
                 message = f"Plateau scheduler monitor {monitor!r} was not logged by this validation run."
                 if first and claim.on_missing == "raise":
                     raise unknown_key_error(
@@ -290,17 +305,14 @@ class SchedulerStepper(Callback):
                     )
                 self._warn_once(f"missing-{claim.index}", f"{message} Skipping the plateau step (warned once).")
                 continue
-            value = metrics[monitor]
-            if monitor in self._metrics_before and self._metrics_before[monitor] is value:
+            if n_fresh == 0:
                 self._warn_once(
                     f"stale-{claim.index}",
                     f"Plateau scheduler monitor {monitor!r} holds a value from before this validation run; skipping "
                     "the plateau step rather than reusing a stale value (warned once).",
                 )
                 continue
-            tensor = torch.as_tensor(value, dtype=torch.float64).to(trainer.strategy.root_device).detach()
-            current = float(reduce_mean(trainer, tensor.clone()))
-            self._apply_plateau(trainer, claim, current, len(plateaus) > 1)
+            self._apply_plateau(trainer, claim, total / n_fresh, len(plateaus) > 1)
 
     def _apply_plateau(self, trainer: Trainer, claim: _Claim, value: float, several: bool) -> None:
         scheduler = claim.config.scheduler
