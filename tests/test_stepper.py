@@ -449,3 +449,39 @@ def test_scheduler_stepped_by_the_user_as_well_raises_instead_of_double_stepping
     with pytest.raises(RuntimeError, match=r"LambdaLR \(lr_scheduler_configs\[1\]\) was stepped outside"):
         _fit(make_trainer, model, limit_train_batches=4)
     assert model.lr_schedulers()[1].last_epoch == 2  # type: ignore[index]  # caught at the second batch
+
+
+class EveryThirdStep(LambdaModule):
+    def configure_optimizers(self) -> Any:
+        config = super().configure_optimizers()
+        config["lr_scheduler"]["frequency"] = 3
+        return config
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed:UserWarning")  # resuming into a fresh folder
+@pytest.mark.filterwarnings("ignore:.*your dataloader is not resumable")  # about data order; lrs are what we check
+@pytest.mark.parametrize("ckpt_name", ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "epoch=1-step=9.ckpt"])
+def test_frequency_window_survives_resume(tmp_path: Path, ckpt_name: str) -> None:
+    def fit(root: Path, ckpt_path: str | None = None) -> LrRecorder:
+        recorder = LrRecorder()
+        checkpoint = ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_train_steps=1)
+        trainer = Trainer(
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=root,
+            max_epochs=3,
+            limit_train_batches=5,
+            limit_val_batches=0,
+            callbacks=[SchedulerStepper(), recorder, checkpoint],
+        )
+        trainer.fit(EveryThirdStep(), ckpt_path=ckpt_path)
+        return recorder
+
+    straight = fit(tmp_path / "a")
+    assert [lrs[0] for lrs in straight.lrs] == [0.1 * _f(k // 3) for k in range(15)]
+    resumed = fit(tmp_path / "b", ckpt_path=str(tmp_path / "a" / ckpt_name))
+    step = int(ckpt_name.split("step=")[1].split(".")[0])
+    assert resumed.lrs == straight.lrs[step:]

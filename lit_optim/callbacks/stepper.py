@@ -25,6 +25,7 @@ from lit_optim.plateau import PlateauLR
 
 __all__ = ["SchedulerStepper", "ensure_stepper"]
 
+_STEP_COUNT = "lit_optim_step_count"
 _NEVER = sys.maxsize  # Lightning steps a config when (batch_idx + 1) % frequency == 0: never with this.
 
 
@@ -88,7 +89,9 @@ class SchedulerStepper(Callback):
     as well raises a ``RuntimeError`` at the next optimizer step rather than advancing twice).
 
     The stepper keeps no state of its own (``state_dict()`` is empty): all progress is in the schedulers,
-    which Lightning checkpoints, so a stepper added during ``configure_optimizers`` resumes exactly.
+    which Lightning checkpoints, so a stepper added during ``configure_optimizers`` resumes exactly. With
+    ``frequency`` N > 1 on a per-step torch scheduler, the count inside the N-step window is kept on the
+    scheduler as ``lit_optim_step_count`` (torch's ``state_dict`` saves it).
 
     Logged keys (through ``trainer.loggers``, after each validation run that stepped a plateau scheduler):
     ``"plateau/reductions"`` (reductions so far; ``"plateau/reductions/<name or index>"`` when there are
@@ -196,7 +199,8 @@ class SchedulerStepper(Callback):
             if interval == "epoch":
                 claim.start = progress - trainer.current_epoch // claim.frequency
             elif interval == "step":
-                self._step_counts[index] = progress * claim.frequency
+                # optimizer steps counted towards `frequency`, saved with the scheduler (see _after_optimizer_step)
+                self._step_counts[index] = int(getattr(scheduler, _STEP_COUNT, progress * claim.frequency))
                 claim.expected = _progress(scheduler)
             if claim.is_plateau:
                 self._check_plateau(claim, trainer, pl_module)
@@ -255,6 +259,8 @@ class SchedulerStepper(Callback):
                 )
             count = self._step_counts.get(claim.index, 0) + 1
             self._step_counts[claim.index] = count
+            if claim.frequency > 1:  # torch's state_dict saves __dict__: a resumed run keeps the same N-step window
+                scheduler.__dict__[_STEP_COUNT] = count
             if count % claim.frequency == 0:
                 scheduler.step()  # type: ignore[call-arg]
                 claim.expected = _progress(scheduler)
