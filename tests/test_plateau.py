@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 import torchmetrics
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from torch.optim import lr_scheduler as tl
@@ -296,6 +296,18 @@ def test_plateau_without_validation_loop_raises(make_trainer: Callable[..., Trai
     trainer = make_trainer(callbacks=[SchedulerStepper()], limit_train_batches=2, limit_val_batches=0)
     with pytest.raises(ValueError, match=r"monitors 'val_metric' after validation runs, but this run has no valid"):
         trainer.fit(ScriptedModule("lit_optim"))
+
+
+class TrainOnly(LightningDataModule):
+    def train_dataloader(self) -> Any:
+        return TinyModule().train_dataloader()
+
+
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")  # the point
+def test_plateau_without_validation_data_raises(make_trainer: Callable[..., Trainer]) -> None:
+    trainer = make_trainer(callbacks=[SchedulerStepper()], limit_train_batches=2)
+    with pytest.raises(ValueError, match=r"monitors 'val_metric' after validation runs, but this run has no valid"):
+        trainer.fit(ScriptedModule("lit_optim"), datamodule=TrainOnly())
 
 
 def test_rop_in_manual_optimization_needs_a_monitor(make_trainer: Callable[..., Trainer]) -> None:

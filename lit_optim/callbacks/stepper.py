@@ -11,7 +11,6 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -226,11 +225,11 @@ class SchedulerStepper(Callback):
                 f"{type(scheduler).__name__} needs a metric to monitor, and none was given. Pass "
                 "`SchedulerStepper(monitor='val_loss')` or return `{'scheduler': ..., 'monitor': 'val_loss'}`."
             )
-        if not is_overridden("validation_step", pl_module) or trainer.limit_val_batches == 0:
+        if not trainer.enable_validation:  # Lightning's own test: a `validation_step`, val data, limit_val_batches
             raise ValueError(
                 f"{type(scheduler).__name__} monitors {claim.monitor!r} after validation runs, but this run has no "
-                "validation loop (no `validation_step`, or `limit_val_batches=0`). Add a validation loop or use a "
-                "schedule that does not depend on a metric."
+                "validation loop (no `validation_step`, no `val_dataloader`, or `limit_val_batches=0`). Add a "
+                "validation loop or use a schedule that does not depend on a metric."
             )
 
     def _release(self) -> None:
