@@ -655,3 +655,20 @@ def test_ddp_metric_logged_on_rank_zero_only_drives_every_rank(tmp_path: Path) -
     # Before: rank 1 found no metric and raised (or skipped) while rank 0 waited in the all-reduce.
     rank0, rank1 = run_ddp(DDP_RANK_ZERO_ONLY_SCRIPT, tmp_path, timeout=150)
     assert rank0 == rank1 == {"epochs": [0.1, 0.05, 0.025, 0.0125], "reductions": 3}
+
+
+DDP_NAN_SCRIPT = DDP_RANK_ZERO_ONLY_SCRIPT.replace(
+    """        if self.global_rank == 0:  # Lightning's `rank_zero_only=True` recipe: rank 1 never has the metric
+            self.log("val_metric", torch.tensor(1.0), rank_zero_only=True)""",
+    """        epoch = self.current_epoch  # improving on both ranks, except that rank 0 logs NaN in epoch 1
+        value = float("nan") if (self.global_rank, epoch) == (0, 1) else 1.0 / (1 + epoch)
+        self.log("val_metric", torch.tensor(value))""",
+)
+
+
+@pytest.mark.ddp
+@pytest.mark.filterwarnings("ignore:.*val_metric.*is nan")
+def test_ddp_nan_on_one_rank_is_no_improvement_on_every_rank(tmp_path: Path) -> None:
+    assert DDP_NAN_SCRIPT != DDP_RANK_ZERO_ONLY_SCRIPT
+    rank0, rank1 = run_ddp(DDP_NAN_SCRIPT, tmp_path, timeout=150)
+    assert rank0 == rank1 == {"epochs": [0.1, 0.05, 0.05, 0.05], "reductions": 1}
