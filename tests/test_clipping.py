@@ -497,7 +497,7 @@ def test_state_key_names_settings_and_instances_coexist() -> None:
     assert b.state_key == "GradientClipping{'mode': 'percentile', 'percentile': 5.0, 'window': 10, 'norm_type': 2.0}"
     restored = pickle.loads(pickle.dumps(b))
     assert restored.state_key == b.state_key
-    assert restored.state_dict() == {"skipped_steps": 0, "consecutive_skips": 0, "rules": {}}
+    assert restored.state_dict() == {"skipped_steps": 0, "consecutive_skips": 0, "optimizer_steps": {}, "rules": {}}
 
 
 @pytest.mark.parametrize("norm_type", NORM_TYPES)
@@ -668,3 +668,22 @@ def test_fsdp1_refuses_agc_and_several_optimizers() -> None:
         GradientClipping(mode="agc").on_fit_start(_fake_trainer(strategy), TinyModule())
     with pytest.raises(ValueError, match=r"covers all parameters, but there are 2 optimizers"):
         GradientClipping().on_fit_start(_fake_trainer(strategy, optimizers=2), TinyModule())
+
+
+# -- review: several optimizers, scaler state ------------------------------------------------------------------
+
+
+def test_two_optimizers_are_both_logged_every_n_steps(make_trainer: Callable[..., Trainer]) -> None:
+    logger, before = RecordingLogger(), OptimizerGradRecorder()
+    clip = GradientClipping(max_norm=0.01, log_every_n_steps=2)
+    make_trainer(max_steps=8, logger=logger, callbacks=[before, clip]).fit(TwoOptimizers())
+    # 4 batches, each steps opt0 then opt1 (global steps alternate): each optimizer's own 2nd and 4th step is
+    # logged, at its global step (before the fix, (global_step + 1) % 2 == 0 never held for opt0)
+    assert len(before.norms) == 8
+    opt0 = [(s, m["grad_clip/opt0/norm"]) for s, m in logger.logged if "grad_clip/opt0/norm" in m]
+    opt1 = [(s, m["grad_clip/opt1/norm"]) for s, m in logger.logged if "grad_clip/opt1/norm" in m]
+    assert [s for s, _ in opt0] == [2, 6]
+    assert [s for s, _ in opt1] == [3, 7]
+    assert [n for _, n in opt0] == pytest.approx([before.norms[2], before.norms[6]], rel=1e-6)
+    assert [n for _, n in opt1] == pytest.approx([before.norms[3], before.norms[7]], rel=1e-6)
+

@@ -64,8 +64,9 @@ class GradientClipping(Callback):
     ``GradScaler`` already skips such steps, so they are left to it (not counted).
     Without ``skip_nonfinite`` nothing is synchronised except on logging steps.
 
-    Logged keys (through ``trainer.loggers`` at ``step=trainer.global_step``, on optimizer steps where
-    ``(global_step + 1) % log_every_n_steps == 0``; with several optimizers the prefix is ``grad_clip/opt{i}/``):
+    Logged keys (through ``trainer.loggers`` at ``step=trainer.global_step``, on every ``log_every_n_steps``-th
+    step of each optimizer, i.e. where ``(global_step + 1) % log_every_n_steps == 0`` with one optimizer; with
+    several optimizers the prefix is ``grad_clip/opt{i}/``):
 
     - ``grad_clip/norm``: pre-clip global norm; ``grad_clip/norm/{group}``: pre-clip norm of each param group,
       by its ``name`` (else ``group{i}``; not under FSDP1);
@@ -153,6 +154,7 @@ class GradientClipping(Callback):
         self.foreach = foreach
         self._skipped_steps = 0
         self._consecutive_skips = 0
+        self._optimizer_steps: dict[int, int] = {}  # optimizer index -> steps seen (the logging cadence)
         self._rules: dict[int, PercentileThreshold | ZScoreThreshold] = {}
         self._pending_rules: dict[int, dict[str, Any]] = {}
         self._agc_excluded: set[int] = set()
@@ -201,6 +203,7 @@ class GradientClipping(Callback):
         return {
             "skipped_steps": self._skipped_steps,
             "consecutive_skips": self._consecutive_skips,
+            "optimizer_steps": dict(self._optimizer_steps),
             "rules": {**self._pending_rules, **rules},
         }
 
@@ -208,6 +211,7 @@ class GradientClipping(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._skipped_steps = int(state_dict.get("skipped_steps", 0))
         self._consecutive_skips = int(state_dict.get("consecutive_skips", 0))
+        self._optimizer_steps = {int(k): int(v) for k, v in state_dict.get("optimizer_steps", {}).items()}
         self._rules = {}
         self._pending_rules = {int(k): v for k, v in state_dict.get("rules", {}).items()}
 
@@ -263,11 +267,14 @@ class GradientClipping(Callback):
 
     def _clip(self, trainer: pl.Trainer, optimizer: Optimizer) -> None:
         idx = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), 0)
+        # this optimizer's step index: the global step with one optimizer (also when resuming without our state)
+        step = self._optimizer_steps.get(idx, trainer.global_step // max(1, len(trainer.optimizers)))
+        self._optimizer_steps[idx] = step + 1
         grads = optimizer_grads(optimizer)
         flat = [g for gs in grads for g in gs]
         if not flat:  # `training_step` returned None (or an earlier callback skipped): nothing to measure
             return
-        log = self._should_log(trainer)
+        log = self._should_log(trainer, step)
         if isinstance(trainer.strategy, FSDPStrategy):
             model: Any = trainer.strategy.model
             total = model.clip_grad_norm_(math.inf, self.norm_type)  # measures only: the factor is 1
@@ -317,9 +324,9 @@ class GradientClipping(Callback):
                 "diverged: lower the learning rate, check the data for inf/nan, or use `precision='bf16-mixed'`."
             )
 
-    def _should_log(self, trainer: pl.Trainer) -> bool:
+    def _should_log(self, trainer: pl.Trainer, step: int) -> bool:
         every = int(self.log_every_n_steps or getattr(trainer, "log_every_n_steps", 50) or 0)
-        return bool(trainer.loggers) and every > 0 and (trainer.global_step + 1) % every == 0
+        return bool(trainer.loggers) and every > 0 and (step + 1) % every == 0
 
     def _log(self, trainer: pl.Trainer, idx: int, metrics: dict[str, Tensor | float]) -> None:
         if self.skip_nonfinite:
