@@ -497,7 +497,7 @@ def test_state_key_names_settings_and_instances_coexist() -> None:
     assert b.state_key == "GradientClipping{'mode': 'percentile', 'percentile': 5.0, 'window': 10, 'norm_type': 2.0}"
     restored = pickle.loads(pickle.dumps(b))
     assert restored.state_key == b.state_key
-    assert restored.state_dict() == {"skipped_steps": 0, "consecutive_skips": 0, "optimizer_steps": {}, "rules": {}}
+    assert restored.state_dict() == {"skipped_steps": 0, "consecutive_skips": {}, "optimizer_steps": {}, "rules": {}}
 
 
 @pytest.mark.parametrize("norm_type", NORM_TYPES)
@@ -686,4 +686,18 @@ def test_two_optimizers_are_both_logged_every_n_steps(make_trainer: Callable[...
     assert [s for s, _ in opt1] == [3, 7]
     assert [n for _, n in opt0] == pytest.approx([before.norms[2], before.norms[6]], rel=1e-6)
     assert [n for _, n in opt1] == pytest.approx([before.norms[3], before.norms[7]], rel=1e-6)
+
+
+class FirstOptimizerDiverges(TwoOptimizers):
+    def on_after_backward(self) -> None:
+        self.net[0].weight.grad[0, 0] = math.inf  # only the first optimizer's parameters
+
+
+def test_consecutive_skips_are_counted_per_optimizer(make_trainer: Callable[..., Trainer]) -> None:
+    clip = GradientClipping(skip_nonfinite=True, max_consecutive_skips=3)
+    trainer = make_trainer(max_steps=20, callbacks=[clip])
+    with pytest.raises(RuntimeError, match=r"of optimizer 0 was non-finite on 3 consecutive optimizer steps"):
+        trainer.fit(FirstOptimizerDiverges())
+    assert clip.skipped_steps == 3
+    assert trainer.global_step == 4  # raised in batch 2's first step: 2 batches x 2 completed optimizer steps
 

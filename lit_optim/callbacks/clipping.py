@@ -60,7 +60,7 @@ class GradientClipping(Callback):
     Non-finite steps (``skip_nonfinite=True``): when the global norm is inf/nan, every gradient of that
     optimizer is set to ``None``, so the optimizer leaves parameters and state untouched and
     ``SchedulerStepper`` does not advance the LR schedule. Deciding this costs one host sync per step.
-    After ``max_consecutive_skips`` skips in a row a ``RuntimeError`` is raised. Under fp16 AMP the
+    After ``max_consecutive_skips`` skips in a row of one optimizer a ``RuntimeError`` is raised. Under fp16 AMP the
     ``GradScaler`` already skips such steps, so they are left to it (not counted).
     Without ``skip_nonfinite`` nothing is synchronised except on logging steps.
 
@@ -89,7 +89,7 @@ class GradientClipping(Callback):
         ema_decay: in (0, 1), the EMA decay of ``mode="zscore"``.
         warmup_steps: unclipped steps that initialise ``mode="zscore"``'s statistics.
         skip_nonfinite: skip optimizer steps whose global norm is inf/nan.
-        max_consecutive_skips: raise after this many skipped steps in a row.
+        max_consecutive_skips: raise after this many skipped steps in a row (counted per optimizer).
         log_every_n_steps: logging period in optimizer steps; ``None`` uses the Trainer's.
         foreach: force (``True``) or forbid (``False``) the batched ``torch._foreach_*`` kernels.
 
@@ -153,7 +153,7 @@ class GradientClipping(Callback):
         )
         self.foreach = foreach
         self._skipped_steps = 0
-        self._consecutive_skips = 0
+        self._consecutive_skips: dict[int, int] = {}  # optimizer index -> skips in a row
         self._optimizer_steps: dict[int, int] = {}  # optimizer index -> steps seen (the logging cadence)
         self._rules: dict[int, PercentileThreshold | ZScoreThreshold] = {}
         self._pending_rules: dict[int, dict[str, Any]] = {}
@@ -202,7 +202,7 @@ class GradientClipping(Callback):
         rules = {idx: rule.state_dict() for idx, rule in self._rules.items()}
         return {
             "skipped_steps": self._skipped_steps,
-            "consecutive_skips": self._consecutive_skips,
+            "consecutive_skips": dict(self._consecutive_skips),
             "optimizer_steps": dict(self._optimizer_steps),
             "rules": {**self._pending_rules, **rules},
         }
@@ -210,7 +210,9 @@ class GradientClipping(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._skipped_steps = int(state_dict.get("skipped_steps", 0))
-        self._consecutive_skips = int(state_dict.get("consecutive_skips", 0))
+        in_a_row = state_dict.get("consecutive_skips", {})
+        in_a_row = {0: in_a_row} if isinstance(in_a_row, int) else in_a_row  # saved before it was per optimizer
+        self._consecutive_skips = {int(k): int(v) for k, v in in_a_row.items()}
         self._optimizer_steps = {int(k): int(v) for k, v in state_dict.get("optimizer_steps", {}).items()}
         self._rules = {}
         self._pending_rules = {int(k): v for k, v in state_dict.get("rules", {}).items()}
@@ -287,11 +289,11 @@ class GradientClipping(Callback):
         fp16 = getattr(trainer.precision_plugin, "scaler", None) is not None
         if self.skip_nonfinite and not fp16:
             if not bool(torch.isfinite(total)):  # the documented host sync of skip_nonfinite
-                self._skip(optimizer)
+                self._skip(optimizer, idx, len(trainer.optimizers))
                 if log:
                     self._log(trainer, idx, metrics)
                 return
-            self._consecutive_skips = 0
+            self._consecutive_skips[idx] = 0
         if self.mode in _NORM_MODES:
             threshold = self.max_norm if self.mode == "norm" else self._rule(idx).update(total)
             coef = clip_coef(threshold, total)
@@ -311,15 +313,16 @@ class GradientClipping(Callback):
         if log:
             self._log(trainer, idx, metrics)
 
-    def _skip(self, optimizer: Optimizer) -> None:
+    def _skip(self, optimizer: Optimizer, idx: int, n_optimizers: int) -> None:
         for group in optimizer.param_groups:
             for p in group["params"]:
                 p.grad = None
         self._skipped_steps += 1
-        self._consecutive_skips += 1
-        if self._consecutive_skips >= self.max_consecutive_skips:
+        in_a_row = self._consecutive_skips[idx] = self._consecutive_skips.get(idx, 0) + 1
+        if in_a_row >= self.max_consecutive_skips:
+            of_optimizer = f" of optimizer {idx}" if n_optimizers > 1 else ""
             raise RuntimeError(
-                f"The global gradient norm was non-finite on {self._consecutive_skips} consecutive optimizer steps "
+                f"The global gradient norm{of_optimizer} was non-finite on {in_a_row} consecutive optimizer steps "
                 f"(`max_consecutive_skips={self.max_consecutive_skips}`); every one was skipped. Training has "
                 "diverged: lower the learning rate, check the data for inf/nan, or use `precision='bf16-mixed'`."
             )
