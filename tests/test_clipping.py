@@ -701,3 +701,25 @@ def test_consecutive_skips_are_counted_per_optimizer(make_trainer: Callable[...,
     assert clip.skipped_steps == 3
     assert trainer.global_step == 4  # raised in batch 2's first step: 2 batches x 2 completed optimizer steps
 
+
+@pytest.mark.parametrize("mode", ["norm", "value"])
+def test_clip_gradients_after_the_user_unscaled_does_not_unscale_again(mode: str) -> None:
+    _, opt = _grouped_grads()
+    params = _in_group_order(opt)
+    true_grads = [p.grad.clone() for p in params]
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.ones(()))
+    for p in params:
+        p.grad.mul_(1024.0)
+    scaler.unscale_(opt)  # the user unscaled already (torch's recipe before clipping)
+    result = clip_gradients(opt, max_norm=0.5, clip_value=0.7, mode=mode, scaler=scaler)  # type: ignore[arg-type]
+    torch.testing.assert_close(result.total_norm, torch.nn.utils.get_total_norm(true_grads))
+    ref = [nn.Parameter(torch.zeros_like(g)) for g in true_grads]
+    for r, g in zip(ref, true_grads, strict=True):
+        r.grad = g.clone()
+    if mode == "norm":
+        torch.nn.utils.clip_grad_norm_(ref, 0.5)
+    else:
+        torch.nn.utils.clip_grad_value_(ref, 0.7)
+    for p, r in zip(params, ref, strict=True):
+        torch.testing.assert_close(p.grad, r.grad)
