@@ -474,6 +474,7 @@ def test_refuses_double_clipping(make_trainer: Callable[..., Trainer]) -> None:
         ({"norm_type": 0}, ValueError, r"`norm_type` must be a number > 0 or float\('inf'\), got 0"),
         ({"clip_value": -0.5}, ValueError, r"`clip_value` must be > 0"),
         ({"ema_decay": 1.0}, ValueError, r"`ema_decay` must be in \(0, 1\), got 1\.0"),
+        ({"ema_decay": 0.0}, ValueError, r"`ema_decay` must be in \(0, 1\), got 0\.0"),
         ({"agc_exclude": "head.*"}, TypeError, r"`agc_exclude` must be a list of name patterns"),
         ({"log_every_n_steps": 0}, ValueError, r"`log_every_n_steps` must be an int >= 1, got 0"),
     ],

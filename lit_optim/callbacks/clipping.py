@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from lit_optim._clip_thresholds import PercentileThreshold, ZScoreThreshold
 from lit_optim._grad_norms import agc_, clip_by_coef_, clip_coef, clip_value_, grouped_norms
-from lit_optim._validation import check_choice, check_positive, check_positive_int, check_ratio
+from lit_optim._validation import check_choice, check_positive, check_positive_int
 from lit_optim.callbacks._clip_functional import (
     ClipResult,
     check_norm_type,
@@ -142,9 +142,9 @@ class GradientClipping(Callback):
         self.percentile = float(percentile)
         self.window = check_positive_int("window", window)
         self.z_threshold = check_positive("z_threshold", z_threshold)
-        self.ema_decay = check_ratio("ema_decay", ema_decay)
-        if self.ema_decay == 1.0:
+        if not _is_number(ema_decay) or not 0 < ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in (0, 1), got {ema_decay!r}.")
+        self.ema_decay = float(ema_decay)
         self.warmup_steps = check_positive_int("warmup_steps", warmup_steps)
         self.skip_nonfinite = bool(skip_nonfinite)
         self.max_consecutive_skips = check_positive_int("max_consecutive_skips", max_consecutive_skips)
