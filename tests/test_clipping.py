@@ -14,12 +14,12 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from torch import nn
 
-from lit_optim import GradientClipping, clip_gradients
+from lit_optim import GradientClipping, SchedulerStepper, clip_gradients
 from lit_optim._clip_thresholds import PercentileThreshold, ZScoreThreshold
 from lit_optim._grad_norms import agc_, grouped_norms
 from tests.models import TinyModule
 
-NORM_TYPES = [1.0, 2.0, 3.5, math.inf]
+NORM_TYPES = [0.5, 1.0, 2.0, 3.5, math.inf]  # torch allows any p; 0 < p < 1 is a quasi-norm, still composable
 
 
 class RecordingLogger(Logger):
@@ -724,3 +724,106 @@ def test_clip_gradients_after_the_user_unscaled_does_not_unscale_again(mode: str
         torch.nn.utils.clip_grad_value_(ref, 0.7)
     for p, r in zip(params, ref, strict=True):
         torch.testing.assert_close(p.grad, r.grad)
+
+
+class ScheduledInfGradModule(InfGradModule):
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class WindowEnd(Callback):
+    """The LR and the weights after each accumulation window of 2 batches."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, list[torch.Tensor]]] = []
+
+    def on_train_batch_end(self, trainer: Trainer, module: LightningModule, *args: Any) -> None:
+        if (args[-1] + 1) % 2 == 0:
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            self.rows.append((lr, [p.detach().clone() for p in module.parameters()]))
+
+
+def test_skip_with_accumulation_leaves_weights_and_schedule(make_trainer: Callable[..., Trainer]) -> None:
+    before, ends = GradRecorder(), WindowEnd()
+    clip = GradientClipping(skip_nonfinite=True)
+    trainer = make_trainer(
+        max_steps=4, accumulate_grad_batches=2, callbacks=[SchedulerStepper(), before, clip, ends]
+    )
+    trainer.fit(ScheduledInfGradModule(bad_steps={1}))  # both micro-batches of window 1 get an inf
+    assert clip.skipped_steps == 1
+    assert trainer.global_step == 4
+    # window 1 was skipped: the schedule did not advance (LambdaLR(1 / (s + 1)) after s real steps)
+    assert [lr for lr, _ in ends.rows] == [0.1 * (1.0 / (s + 1)) for s in (1, 1, 2, 3)]
+    for a, b in zip(ends.rows[0][1], ends.rows[1][1], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(ends.rows[1][1], ends.rows[2][1], strict=True):
+        assert not torch.equal(a, b)
+    assert len(before.grads) == 4
+    assert len(before.grads[2]) == 4  # window 2 starts from fresh gradients, all finite
+    assert all(bool(torch.isfinite(g).all()) for g in before.grads[2])
+
+
+def test_skip_with_two_optimizers_skips_only_the_nonfinite_one(make_trainer: Callable[..., Trainer]) -> None:
+    model = FirstOptimizerDiverges()
+    first = [p.detach().clone() for p in model.net[0].parameters()]
+    second = [p.detach().clone() for p in model.net[2].parameters()]
+    clip = GradientClipping(skip_nonfinite=True, max_consecutive_skips=10)
+    make_trainer(max_steps=4, callbacks=[clip]).fit(model)
+    assert clip.skipped_steps == 2
+    for a, b in zip(first, model.net[0].parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(second, model.net[2].parameters(), strict=True):
+        assert not torch.equal(a, b)
+    assert clip.state_dict()["consecutive_skips"] == {0: 2, 1: 0}
+
+
+@pytest.mark.parametrize("norm_type", NORM_TYPES)
+def test_foreach_on_and_off_agree(norm_type: float) -> None:
+    _, on = _grouped_grads(seed=5)
+    _, off = _grouped_grads(seed=5)
+    grads = [[p.grad for p in g["params"]] for g in on.param_groups]
+    total_on, groups_on = grouped_norms(grads, norm_type, foreach=True)
+    total_off, groups_off = grouped_norms(grads, norm_type, foreach=False)
+    torch.testing.assert_close(total_on, total_off)
+    torch.testing.assert_close(groups_on, groups_off)
+    clip_gradients(on, max_norm=0.5, norm_type=norm_type, foreach=True)
+    clip_gradients(off, max_norm=0.5, norm_type=norm_type, foreach=False)
+    for p, q in zip(_in_group_order(on), _in_group_order(off), strict=True):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_bf16_and_fp32_gradients_together_equal_torch() -> None:
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(16, 8, dtype=torch.bfloat16)), nn.Parameter(torch.randn(8))]
+    ref = [nn.Parameter(p.detach().clone()) for p in params]
+    for p, r in zip(params, ref, strict=True):
+        p.grad = torch.randn_like(p) * 4
+        r.grad = p.grad.clone()
+    opt = torch.optim.SGD([{"params": params[:1], "name": "bf16"}, {"params": params[1:], "name": "fp32"}], lr=0.1)
+    group_refs = [torch.nn.utils.get_total_norm([r.grad]).float() for r in ref]  # stacked: promoted to fp32
+    torch_norm = torch.nn.utils.clip_grad_norm_(ref, max_norm=0.5)
+    result = clip_gradients(opt, max_norm=0.5)
+    assert torch.equal(result.total_norm, torch_norm)
+    assert torch.equal(result.group_norms["bf16"], group_refs[0])
+    assert torch.equal(result.group_norms["fp32"], group_refs[1])
+    for p, r in zip(params, ref, strict=True):
+        assert p.grad.dtype == r.grad.dtype
+        assert torch.equal(p.grad, r.grad)
+
+
+def test_agc_conv_weight_units_are_output_channels() -> None:
+    # timm's unitwise norm: over every dim but the first for ndim > 1 (a conv's output channel), whole tensor
+    # for biases; the NFNet rule G_i <- G_i * lambda * max(||W_i||, eps) / ||G_i|| when the ratio exceeds lambda
+    w = nn.Parameter(torch.stack([torch.ones(2, 2, 2), torch.zeros(2, 2, 2), 2 * torch.ones(2, 2, 2)]))
+    b = nn.Parameter(torch.ones(3))
+    w.grad = torch.stack([torch.ones(2, 2, 2), torch.zeros(2, 2, 2), 0.1 * torch.ones(2, 2, 2)])
+    b.grad = 2 * torch.ones(3)
+    clipped = agc_([w, b], clipping=0.5, eps=1e-3)
+    # channel 0: ||G|| / ||W|| = 1 > 0.5 -> norm 0.5 * sqrt(8), every element 0.5; channel 1: zero gradient,
+    # untouched; channel 2: 0.05 < 0.5, untouched; bias: 2 > 0.5 -> norm 0.5 * sqrt(3), every element 0.5
+    expected = torch.stack([0.5 * torch.ones(2, 2, 2), torch.zeros(2, 2, 2), 0.1 * torch.ones(2, 2, 2)])
+    torch.testing.assert_close(w.grad, expected)
+    torch.testing.assert_close(b.grad, 0.5 * torch.ones(3))
+    assert clipped.item() == 2
