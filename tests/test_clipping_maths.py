@@ -1,4 +1,4 @@
-"""Clipping maths without a Trainer: norms and clipping vs torch, AGC, GradScaler handling, threshold rules, arguments."""
+"""Clipping maths without a Trainer: norms and clipping vs torch, AGC, GradScaler, threshold rules, arguments."""
 
 from __future__ import annotations
 
