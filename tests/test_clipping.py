@@ -539,3 +539,78 @@ def test_skip_with_two_optimizers_skips_only_the_nonfinite_one(make_trainer: Cal
     assert clip.state_dict()["consecutive_skips"] == {0: 2, 1: 0}
 
 
+
+
+# -- fp16 AMP on CPU (Lightning refuses precision="16-mixed" on CPU; the plugin itself runs there) ----------------
+
+
+def _fp16_cpu() -> Any:
+    from lightning.pytorch.plugins import MixedPrecision
+
+    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
+
+
+class ScaledGradNorms(Callback):
+    """The true norm right after backward: the scaled gradients' norm divided by the scale."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        scale = trainer.precision_plugin.scaler.get_scale()  # type: ignore[attr-defined]
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(torch.nn.utils.get_total_norm(grads).item() / scale)
+
+
+def test_fp16_callback_clips_the_unscaled_gradients(make_trainer: Callable[..., Trainer]) -> None:
+    logger, scaled, after = RecordingLogger(), ScaledGradNorms(), OptimizerGradRecorder()
+    clip = GradientClipping(max_norm=0.05, log_every_n_steps=1)
+    trainer = make_trainer(max_steps=3, plugins=[_fp16_cpu()], logger=logger, callbacks=[scaled, clip, after])
+    trainer.fit(TinyModule())
+    assert trainer.precision_plugin.scaler.get_scale() == 1024.0  # type: ignore[attr-defined]
+    assert logger.series("grad_clip/norm") == pytest.approx(scaled.norms, rel=1e-5)
+    assert after.norms == pytest.approx([0.05] * 3, rel=1e-4)
+
+
+def test_fp16_manual_clip_gradients_with_the_scaler_unscales_once(make_trainer: Callable[..., Trainer]) -> None:
+    class Manual(TinyModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.norms: list[tuple[float, float]] = []
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            opt = self.optimizers()
+            loss = nn.functional.mse_loss(self(batch[0]), batch[1])
+            opt.zero_grad()
+            self.manual_backward(loss)
+            scaler = self.trainer.precision_plugin.scaler  # type: ignore[attr-defined]
+            true_norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters()]).item() / scaler.get_scale()
+            result = clip_gradients(opt, max_norm=0.01, scaler=scaler)
+            self.norms.append((result.total_norm.item(), true_norm))
+            opt.step()  # Lightning unscales here, once
+            return loss
+
+    model, after = Manual(), OptimizerGradRecorder()
+    trainer = make_trainer(max_steps=3, plugins=[_fp16_cpu()], callbacks=[after])
+    trainer.fit(model)
+    assert trainer.precision_plugin.scaler.get_scale() == 1024.0  # type: ignore[attr-defined]
+    assert len(model.norms) == 3
+    for measured, true_norm in model.norms:
+        assert measured == pytest.approx(true_norm, rel=1e-6)
+    assert after.norms == pytest.approx([0.01] * 3, rel=1e-4)  # clipped and unscaled exactly once
+
+
+def test_fp16_overflow_is_left_to_the_grad_scaler(make_trainer: Callable[..., Trainer]) -> None:
+    logger, snap = RecordingLogger(), Snapshot(step=1)
+    clip = GradientClipping(skip_nonfinite=True, max_consecutive_skips=1, log_every_n_steps=1)
+    trainer = make_trainer(max_steps=3, plugins=[_fp16_cpu()], logger=logger, callbacks=[clip, snap])
+    trainer.fit(InfGradModule(bad_steps={1}))
+    assert clip.skipped_steps == 0  # not counted (max_consecutive_skips=1 would have raised)
+    assert trainer.precision_plugin.scaler.get_scale() == 512.0  # type: ignore[attr-defined]
+    assert snap.before is not None
+    assert snap.after is not None
+    for p0, p1 in zip(snap.before[0], snap.after[0], strict=True):
+        assert torch.equal(p0, p1)  # the GradScaler skipped the step
+    norms = logger.series("grad_clip/norm")
+    assert [math.isfinite(n) for n in norms] == [True, False, True]
