@@ -35,9 +35,9 @@ from lightning.pytorch.loggers import CSVLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python examples/train_char_gpt.py` from anywhere
 
-from char_gpt import CharDataModule, CharGPT  # noqa: E402
+from char_gpt import CharDataModule, CharGPT
 
-from lit_optim import Cosine, GradientClipping, LearningRateLogger, configure_optimizers, format_groups  # noqa: E402
+from lit_optim import Cosine, GradientClipping, LearningRateLogger, configure_optimizers, format_groups
 
 FAST_ENV = "LIT_OPTIM_EXAMPLE_FAST"
 
