@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import print_json, print_table  # noqa: E402
+from _timing import print_json, print_table
 
 # module name -> {ratio key: target}
 BENCHMARKS: dict[str, dict[str, float]] = {

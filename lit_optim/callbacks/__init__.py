@@ -1,3 +1,5 @@
 """Lightning callbacks of lit_optim."""
 
-__all__: list[str] = []
+from lit_optim.callbacks.lr_logger import LearningRateLogger
+
+__all__: list[str] = ["LearningRateLogger"]

@@ -1,0 +1,149 @@
+"""LightningModule-facing entry points: :func:`configure_optimizers` and :class:`OptimizerMixin`."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from lightning.pytorch import LightningModule
+from torch import nn
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from lit_optim._validation import closest_match
+from lit_optim.optimizers import build_optimizer, resolve_optimizer
+from lit_optim.param_groups import param_groups
+
+__all__ = ["OPTIMIZER_HPARAMS", "OptimizerMixin", "configure_optimizers"]
+
+#: The ``hparams`` keys :class:`OptimizerMixin` reads (the arguments of :func:`configure_optimizers`).
+OPTIMIZER_HPARAMS = ("optimizer", "lr", "weight_decay", "overrides", "layer_decay", "scheduler", "optimizer_kwargs")
+
+# Common spellings of our keys that would otherwise be silently ignored as "the user's own" hparams.
+_ALIASES = {"learning_rate": "lr", "wd": "weight_decay", "optim": "optimizer", "lr_scheduler": "scheduler"}
+
+
+def configure_optimizers(
+    module: nn.Module,
+    optimizer: str | type[Optimizer] = "adamw",
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    overrides: Mapping[str | nn.Module, Mapping[str, Any]] | None = None,
+    layer_decay: float | None = None,
+    scheduler: Any = None,
+    **optimizer_kwargs: Any,
+) -> dict[str, Any]:
+    """Build what ``LightningModule.configure_optimizers`` returns: grouped parameters and an optimizer.
+
+    The groups come from :func:`lit_optim.param_groups` (biases, norms and 1-D parameters without weight decay,
+    overrides, layer-wise decay), the optimizer from :func:`lit_optim.build_optimizer` (every key checked).
+    For finer control of the grouping (``layer_id_fn``, ``no_decay`` rules, frozen parameters) call those two
+    directly.
+
+    Args:
+        module: the LightningModule (or any module) whose parameters to optimize.
+        optimizer: a case-insensitive ``torch.optim`` name or an ``Optimizer`` subclass.
+        lr: base learning rate (each group's ``lr`` is this times its ``lr_scale``).
+        weight_decay: weight decay of the decayed parameters.
+        overrides: ordered mapping pattern (glob or submodule) -> settings; see :func:`lit_optim.param_groups`.
+        layer_decay: layer-wise learning-rate decay in (0, 1], or ``None``.
+        scheduler: a schedule spec from :mod:`lit_optim.schedules`, or ``None`` for a constant LR.
+        **optimizer_kwargs: other optimizer hyper-parameters (``betas``, ``momentum``, ``eps``, ...).
+
+    Returns:
+        ``{"optimizer": opt}``, plus ``"lr_scheduler"`` (a Lightning scheduler config) when ``scheduler`` is set.
+
+    Example:
+        >>> from torch import nn
+        >>> config = configure_optimizers(nn.Linear(4, 2), "sgd", lr=0.1, momentum=0.9)
+        >>> [(g["name"], g["lr"], g["weight_decay"], g["momentum"]) for g in config["optimizer"].param_groups]
+        [('decay', 0.1, 0.01, 0.9), ('no_decay', 0.1, 0.0, 0.9)]
+    """
+    cls = resolve_optimizer(optimizer)
+    groups = param_groups(
+        module, lr=lr, weight_decay=weight_decay, overrides=overrides, layer_decay=layer_decay, optimizer=cls
+    )
+    built = build_optimizer(cls, groups, **optimizer_kwargs)
+    if scheduler is None:
+        return {"optimizer": built}
+    from lit_optim.scheduler import (  # type: ignore[import-not-found,unused-ignore]  # the schedules part
+        lightning_scheduler_config,
+    )
+
+    trainer = module.trainer if isinstance(module, LightningModule) else None
+    return {"optimizer": built, "lr_scheduler": lightning_scheduler_config(built, scheduler, trainer)}
+
+
+def optimizer_settings(hparams: Mapping[str, Any], ignored: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Pick lit_optim's settings out of a module's ``hparams``; raise on near-miss spellings of them.
+
+    Keys in :data:`OPTIMIZER_HPARAMS` are used, ``optimizer_kwargs`` is unpacked into the optimizer's keyword
+    arguments, every other key is left to the user's module, except a close misspelling of one of our keys
+    (``weight_decy``, ``learning_rate``), which raises unless it is listed in ``ignored``.
+
+    Example:
+        >>> optimizer_settings({"lr": 0.1, "hidden": 32, "optimizer_kwargs": {"betas": (0.9, 0.95)}})
+        {'lr': 0.1, 'betas': (0.9, 0.95)}
+        >>> optimizer_settings({"weight_decy": 0.1})
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown optimizer hyper-parameter 'weight_decy'. Valid: [...]. Did you mean 'weight_decay'? ...
+    """
+    settings: dict[str, Any] = {}
+    for key, value in hparams.items():
+        if key in OPTIMIZER_HPARAMS:
+            settings[key] = value
+            continue
+        if key in ignored:
+            continue
+        near = _ALIASES.get(key) or closest_match(key, OPTIMIZER_HPARAMS)
+        if near is not None and (key in _ALIASES or _similar(key, near)):
+            raise ValueError(
+                f"Unknown optimizer hyper-parameter {key!r}. Valid: {sorted(OPTIMIZER_HPARAMS)}. "
+                f"Did you mean {near!r}? HINT: OptimizerMixin reads only these hparams keys; if {key!r} is your "
+                "own setting, list it in `ignored_hparams` on your class."
+            )
+    extra = settings.pop("optimizer_kwargs", None) or {}
+    if not isinstance(extra, Mapping):
+        raise TypeError(f"The `optimizer_kwargs` hparam must be a mapping, got {extra!r}.")
+    clash = sorted(set(extra) & set(OPTIMIZER_HPARAMS))
+    if clash:
+        raise ValueError(f"`optimizer_kwargs` must not repeat {clash}; set them as their own hparams instead.")
+    settings.update(extra)
+    return settings
+
+
+def _similar(key: str, near: str) -> bool:
+    return difflib.SequenceMatcher(None, key.lower(), near.lower()).ratio() >= 0.85
+
+
+class OptimizerMixin(LightningModule):
+    """A LightningModule whose ``configure_optimizers`` is configured by its saved hyper-parameters.
+
+    Give your ``__init__`` any of the arguments of :func:`configure_optimizers` (``optimizer``, ``lr``,
+    ``weight_decay``, ``overrides``, ``layer_decay``, ``scheduler``) and ``optimizer_kwargs`` (a dict of other
+    optimizer hyper-parameters), call ``self.save_hyperparameters()``, and the optimizer follows them, so
+    LightningCLI (``--model.lr 0.01``), a YAML config and a checkpoint all configure it. Missing keys take
+    :func:`configure_optimizers`' defaults. Other hparams are yours and ignored, except a close misspelling of
+    one of these keys (``weight_decy``, ``learning_rate``, ``wd``), which raises at ``configure_optimizers``;
+    list a genuine own key of that kind in ``ignored_hparams``.
+
+    Example:
+        >>> from torch import nn
+        >>> class Model(OptimizerMixin):
+        ...     def __init__(self, hidden: int = 4, lr: float = 0.01, optimizer: str = "sgd") -> None:
+        ...         super().__init__()
+        ...         self.save_hyperparameters()
+        ...         self.net = nn.Linear(hidden, 1)
+        >>> opt = Model(lr=0.05).configure_optimizers()["optimizer"]
+        >>> type(opt).__name__, [g["lr"] for g in opt.param_groups]
+        ('SGD', [0.05, 0.05])
+    """
+
+    #: Hparams keys that are the user's own even though they look like a misspelled optimizer setting.
+    ignored_hparams: ClassVar[frozenset[str]] = frozenset()
+
+    @override
+    def configure_optimizers(self) -> Any:
+        return configure_optimizers(self, **optimizer_settings(self.hparams, self.ignored_hparams))

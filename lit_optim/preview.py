@@ -1,0 +1,192 @@
+"""The lr curve of a schedule without training: computed by a real :class:`ScheduleLR`, as a table, CSV or PNG."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from lit_optim._durations import TrainingLength, resolve_training_length
+from lit_optim.scheduler import ScheduleLR
+from lit_optim.schedules import Schedule
+
+__all__ = ["LRCurve", "preview_schedule"]
+
+
+@dataclass(frozen=True)
+class LRCurve:
+    """The lr of every param group at every optimizer step of a run (step *s* uses ``lrs[s]``).
+
+    Attributes:
+        names: one name per param group.
+        lrs: per step, the lr of each group.
+        momenta: per step, the momentum/beta1 the schedule sets, or ``None`` when it sets none.
+        steps_per_epoch: steps per epoch when known (for the plot's epoch marks).
+
+    Example:
+        >>> curve = preview_schedule("linear", 4, base_lrs={"body": 0.1, "head": 1.0})
+        >>> print(curve)
+        step  body   head
+           0  0.1    1
+           1  0.075  0.75
+           2  0.05   0.5
+           3  0.025  0.25
+    """
+
+    names: tuple[str, ...]
+    lrs: tuple[tuple[float, ...], ...]
+    momenta: tuple[float, ...] | None = None
+    steps_per_epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.lrs)
+
+    def lr(self, group: int | str) -> list[float]:
+        """The lr of one group (by index or name) at every step."""
+        index = self.names.index(group) if isinstance(group, str) else group
+        return [row[index] for row in self.lrs]
+
+    def table(self, max_rows: int | None = 20) -> str:
+        """The curve as an aligned text table; at most ``max_rows`` evenly spaced steps (the last included)."""
+        n = len(self.lrs)
+        if max_rows is None or n <= max_rows:
+            rows = list(range(n))
+        else:
+            rows = sorted({round(i * (n - 1) / (max_rows - 1)) for i in range(max_rows)})
+        headers = ["step", *self.names] + (["momentum"] if self.momenta is not None else [])
+        cells = [
+            [str(s), *(f"{lr:.6g}" for lr in self.lrs[s])] + ([f"{self.momenta[s]:.6g}"] if self.momenta else [])
+            for s in rows
+        ]
+        widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+        for c in cells:
+            values = [v.ljust(w) for v, w in zip(c[1:], widths[1:], strict=True)]
+            lines.append("  ".join([c[0].rjust(widths[0]), *values]).rstrip())
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write ``step,<group names>[,momentum]`` rows (full precision) to ``path`` and return it."""
+        path = Path(path)
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", *self.names] + (["momentum"] if self.momenta is not None else []))
+            for s, row in enumerate(self.lrs):
+                extra = [repr(self.momenta[s])] if self.momenta is not None else []
+                writer.writerow([s, *(repr(lr) for lr in row), *extra])
+        return path
+
+    def plot(self, path: str | Path, title: str | None = None, log_scale: bool = False) -> Path:
+        """Save the curve as a PNG (one line per group) and return ``path``. Needs the ``plot`` extra.
+
+        Raises:
+            ImportError: matplotlib is not installed.
+        """
+        try:
+            from matplotlib.figure import Figure
+        except ImportError as err:
+            raise ImportError(
+                "LRCurve.plot needs matplotlib: `pip install 'lit_optim[plot]'` (or `pip install matplotlib`)."
+            ) from err
+        fig = Figure(figsize=(7, 3.6), dpi=110, layout="constrained")
+        ax = fig.add_subplot()
+        steps = range(len(self.lrs))
+        for i, name in enumerate(self.names):
+            ax.plot(steps, self.lr(i), label=name, linewidth=1.6)
+        if self.steps_per_epoch is not None and self.steps_per_epoch < len(self.lrs):
+            for boundary in range(self.steps_per_epoch, len(self.lrs), self.steps_per_epoch):
+                ax.axvline(boundary, color="0.85", linewidth=0.8, zorder=0)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("learning rate")
+        if log_scale:
+            ax.set_yscale("log")
+        if title:
+            ax.set_title(title)
+        ax.legend(loc="best", frameon=False)
+        ax.grid(alpha=0.3)
+        path = Path(path)
+        fig.savefig(path, format="png")
+        return path
+
+
+def preview_schedule(
+    schedule: Schedule | str,
+    length: int | TrainingLength | Any,
+    base_lrs: float | Sequence[float] | dict[str, float] | Optimizer | Sequence[dict[str, Any]] = 1.0,
+) -> LRCurve:
+    """The per-step, per-group lr curve of ``schedule``, obtained by stepping a real :class:`ScheduleLR`.
+
+    The scheduler drives a throw-away SGD optimizer holding one tensor per group, so what you see is what
+    ``ScheduleLR`` will set during training (no second formula).
+
+    Args:
+        schedule: a schedule spec or catalogue name.
+        length: the run: total optimizer steps, a :class:`TrainingLength` (e.g.
+            ``TrainingLength.from_loop(max_epochs=..., batches_per_epoch=...)``), or a Trainer.
+        base_lrs: the groups' initial lrs: one number, a list, ``{name: lr}``, an optimizer (its groups'
+            ``initial_lr``/``lr`` and ``name``; it is not modified) or a list of param-group dicts.
+
+    Raises:
+        ValueError: no groups, or what :class:`ScheduleLR` raises for the spec and run.
+
+    Example:
+        >>> from lit_optim.schedules import Cosine
+        >>> curve = preview_schedule(Cosine(warmup="10%"), 1000, base_lrs=[3e-4, 3e-5])
+        >>> len(curve), curve.names, curve.lrs[100]
+        (1000, ('group_0', 'group_1'), (0.0003, 3e-05))
+    """
+    if isinstance(length, TrainingLength):
+        resolved = length
+    elif isinstance(length, int) and not isinstance(length, bool):
+        resolved = TrainingLength(total_steps=length)
+    else:
+        resolved = resolve_training_length(length)
+    names, lrs = _groups(base_lrs)
+    optimizer = torch.optim.SGD(
+        [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr} for lr in lrs], lr=lrs[0], momentum=0.9
+    )
+    scheduler = ScheduleLR(optimizer, schedule, resolved.total_steps, resolved.steps_per_epoch)
+    groups = optimizer.param_groups
+    cycles = scheduler.schedule.momentum(0, resolved.total_steps) is not None
+    rows: list[tuple[float, ...]] = []
+    momenta: list[float] = []
+    for _ in range(resolved.total_steps):
+        rows.append(tuple(float(g["lr"]) for g in groups))
+        if cycles:
+            momenta.append(float(groups[0]["momentum"]))
+        optimizer.step()  # no gradients: a no-op that keeps torch's step-order check satisfied
+        scheduler.step()
+    return LRCurve(tuple(names), tuple(rows), tuple(momenta) if cycles else None, resolved.steps_per_epoch)
+
+
+def _groups(base_lrs: Any) -> tuple[list[str], list[float]]:
+    if isinstance(base_lrs, Optimizer):
+        base_lrs = base_lrs.param_groups
+    if isinstance(base_lrs, dict):
+        names, lrs = [str(k) for k in base_lrs], [float(v) for v in base_lrs.values()]
+    elif isinstance(base_lrs, (int, float)) and not isinstance(base_lrs, bool):
+        names, lrs = ["group_0"], [float(base_lrs)]
+    elif isinstance(base_lrs, Sequence) and all(isinstance(g, dict) for g in base_lrs):
+        names = [str(g.get("name", f"group_{i}")) for i, g in enumerate(base_lrs)]
+        lrs = [float(g.get("initial_lr", g["lr"])) for g in base_lrs]
+    elif isinstance(base_lrs, Sequence) and all(isinstance(v, (int, float)) for v in base_lrs):
+        names, lrs = [f"group_{i}" for i in range(len(base_lrs))], [float(v) for v in base_lrs]
+    else:
+        raise TypeError(
+            "`base_lrs` must be a number, a list of numbers, {name: lr}, an optimizer or a list of param-group "
+            f"dicts, got {base_lrs!r}."
+        )
+    if not lrs:
+        raise ValueError("`base_lrs` holds no param group: give at least one lr.")
+    for name, lr in zip(names, lrs, strict=True):
+        if not lr >= 0:
+            raise ValueError(f"The lr of group {name!r} must be >= 0, got {lr!r}.")
+    return names, lrs

@@ -1,0 +1,216 @@
+"""``ScheduleLR``: a torch lr scheduler driven by a schedule spec, counting optimizer steps."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from lit_optim._durations import TrainingLength, resolve_training_length
+from lit_optim.schedules import Schedule, build_schedule
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+__all__ = ["ScheduleLR", "lightning_scheduler_config"]
+
+
+class ScheduleLR(LRScheduler):
+    """Set each param group's lr to ``initial_lr * schedule.factor(step, total_steps)`` after every step.
+
+    ``last_epoch`` counts optimizer steps done (torch's name, kept so that the Lightning checkpoint and
+    ``LearningRateMonitor`` work unchanged): after construction the optimizer holds the lr of step 0, and each
+    :meth:`step` (called once per real optimizer step) moves to the next. Durations in the spec are resolved
+    once, at construction, against ``total_steps``/``steps_per_epoch``; :meth:`step` only evaluates the spec.
+
+    **Groups added later** (e.g. by ``BaseFinetuning.unfreeze_and_add_param_group``) join the schedule at its
+    current point: a group without ``initial_lr`` gets ``initial_lr = lr / factor(now)`` (its ``lr`` when the
+    factor is 0), so its lr continues from what it was given and then moves in proportion with the others.
+
+    **Resume with a changed schedule.** ``state_dict()`` holds the progress (``last_epoch``), the base lrs
+    and the schedule's identity (``repr`` of the resolved spec, ``total_steps``). If the spec or the total
+    differs on :meth:`load_state_dict`, the new schedule is applied from the saved progress (e.g. a run
+    resumed with a larger ``max_steps`` continues its decay over the longer run) and a warning names both; the
+    lrs are recomputed from the schedule, never taken from the old run.
+
+    If the spec cycles momentum (``OneCycle(cycle_momentum=True)``), each step also sets ``momentum`` (SGD,
+    RMSprop) or ``betas[0]`` (Adam family).
+
+    Args:
+        optimizer: the optimizer whose groups to drive.
+        schedule: a :class:`~lit_optim.schedules.Schedule`, or a catalogue name (``"cosine"``).
+        total_steps: optimizer steps in the run (per rank).
+        steps_per_epoch: optimizer steps per epoch, needed only when a duration is given in epochs.
+        last_epoch: optimizer steps already done; ``-1`` starts fresh (torch's convention).
+
+    Raises:
+        TypeError: ``schedule`` is not a schedule or a name.
+        ValueError: a bad total, a duration that cannot be resolved or does not fit the run, or a momentum
+            schedule on an optimizer without ``momentum``/``betas``.
+
+    Example:
+        >>> import torch
+        >>> from lit_optim.schedules import Cosine
+        >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        >>> sched = ScheduleLR(opt, Cosine(warmup=2), total_steps=6)
+        >>> lrs = []
+        >>> for _ in range(6):
+        ...     lrs.append(round(opt.param_groups[0]["lr"], 4))
+        ...     opt.step()
+        ...     sched.step()
+        >>> lrs
+        [0.0, 0.05, 0.1, 0.0854, 0.05, 0.0146]
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        schedule: Schedule | str,
+        total_steps: int,
+        steps_per_epoch: int | None = None,
+        last_epoch: int = -1,
+    ) -> None:
+        if isinstance(schedule, str):
+            schedule = build_schedule(schedule)
+        if not isinstance(schedule, Schedule):
+            raise TypeError(
+                f"`schedule` must be a lit_optim schedule (e.g. `Cosine(warmup='5%')`) or its name, got {schedule!r}."
+            )
+        length = TrainingLength(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+        self.schedule = schedule.resolve(length)
+        self.total_steps = length.total_steps
+        self.steps_per_epoch = length.steps_per_epoch
+        self._cycles_momentum = self.schedule.momentum(0, self.total_steps) is not None
+        if self._cycles_momentum:
+            for i, group in enumerate(optimizer.param_groups):
+                if "momentum" not in group and "betas" not in group:
+                    raise ValueError(
+                        f"{self.schedule!r} cycles momentum, but param group {i} of {type(optimizer).__name__} "
+                        "has neither `momentum` nor `betas`. Use `cycle_momentum=False`."
+                    )
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float | Tensor]:
+        """The lr of every param group at step ``last_epoch``."""
+        f = self.schedule.factor(self.last_epoch, self.total_steps)
+        groups = self.optimizer.param_groups
+        if len(groups) > len(self.base_lrs):
+            self._adopt_new_groups(groups)
+        return [base * f for base, _ in zip(self.base_lrs, groups, strict=False)]  # saved groups not yet re-added
+
+    _get_closed_form_lr = get_lr
+
+    def step(self, epoch: int | None = None) -> None:
+        """Advance by one optimizer step (``epoch`` is torch's deprecated absolute form)."""
+        super().step(epoch)
+        if self._cycles_momentum:
+            self._set_momentum()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Progress, base lrs and the schedule's identity, as plain values."""
+        return {
+            "last_epoch": self.last_epoch,
+            "_step_count": self._step_count,
+            "base_lrs": list(self.base_lrs),
+            "_last_lr": list(self._last_lr),
+            "schedule": repr(self.schedule),
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the progress; recompute the lrs from the (possibly changed) schedule; warn if it changed."""
+        saved = (state_dict.get("schedule"), state_dict.get("total_steps"))
+        if saved != (repr(self.schedule), self.total_steps):
+            rank_zero_warn(
+                f"Resuming ScheduleLR with a different schedule: saved {saved[0]} over {saved[1]} steps, now "
+                f"{self.schedule!r} over {self.total_steps} steps. The new schedule continues from the saved "
+                f"progress (step {state_dict['last_epoch']})."
+            )
+        self.last_epoch = int(state_dict["last_epoch"])
+        self._step_count = int(state_dict.get("_step_count", self.last_epoch + 1))
+        self.base_lrs = list(state_dict.get("base_lrs", self.base_lrs))
+        values = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, values, strict=True):
+            if isinstance(group["lr"], Tensor):
+                group["lr"].fill_(float(lr))
+            else:
+                group["lr"] = lr
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self._last_lr = [lr.clone() if isinstance(lr, Tensor) else lr for lr in lrs]
+        if self._cycles_momentum:
+            self._set_momentum()
+
+    def _adopt_new_groups(self, groups: list[dict[str, Any]]) -> None:
+        previous = self.schedule.factor(max(self.last_epoch - 1, 0), self.total_steps)
+        for group in groups[len(self.base_lrs) :]:
+            if "initial_lr" not in group:
+                lr = group["lr"]
+                group["initial_lr"] = lr / previous if previous > 0 else lr
+            self.base_lrs.append(group["initial_lr"])
+
+    def _set_momentum(self) -> None:
+        momentum = self.schedule.momentum(self.last_epoch, self.total_steps)
+        for group in self.optimizer.param_groups:
+            if "betas" in group:
+                group["betas"] = (momentum, *group["betas"][1:])
+            elif "momentum" in group:
+                group["momentum"] = momentum
+
+
+def lightning_scheduler_config(
+    optimizer: Optimizer, schedule: Schedule | str, trainer: pl.Trainer, name: str | None = None
+) -> dict[str, Any]:
+    """Lightning's lr-scheduler dict for ``schedule``, its durations resolved against ``trainer``'s run.
+
+    Call it from ``configure_optimizers`` (the Trainer then knows its dataloader and limits). Stepping is
+    per optimizer step (``"interval": "step"``); the scheduler is checkpointed by Lightning.
+
+    Args:
+        optimizer: the optimizer to drive.
+        schedule: a :class:`~lit_optim.schedules.Schedule` or a catalogue name.
+        trainer: the Trainer about to fit (``module.trainer``).
+        name: the name ``LearningRateMonitor`` logs under; defaults to ``"lr-<OptimizerClass>"``.
+
+    Raises:
+        ValueError: the run's total is unknown (set ``max_steps``), or a duration does not fit the run.
+
+    Example:
+        >>> import torch
+        >>> from lit_optim.schedules import Cosine
+        >>> opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)
+        >>> def configure_optimizers(self):  # in your LightningModule
+        ...     return {"optimizer": opt, "lr_scheduler": lightning_scheduler_config(opt, "cosine", self.trainer)}
+        >>> from types import SimpleNamespace  # a Trainer-like stand-in, for the example only
+        >>> trainer = SimpleNamespace(estimated_stepping_batches=100, num_training_batches=50,
+        ...                           accumulate_grad_batches=1, max_steps=100, max_epochs=None)
+        >>> config = lightning_scheduler_config(opt, Cosine(warmup="10%"), trainer)
+        >>> config["scheduler"].total_steps, config["interval"], config["name"]
+        (100, 'step', 'lr-AdamW')
+    """
+    length = resolve_training_length(trainer)
+    scheduler = ScheduleLR(optimizer, schedule, length.total_steps, length.steps_per_epoch)
+    _ensure_stepper(trainer)
+    return {
+        "scheduler": scheduler,
+        "interval": "step",
+        "frequency": 1,
+        "name": name if name is not None else f"lr-{type(optimizer).__name__}",
+    }
+
+
+def _ensure_stepper(trainer: pl.Trainer) -> None:
+    """THE single call site where the ``SchedulerStepper`` callback gets attached to ``trainer``.
+
+    Does nothing until ``lit_optim.callbacks.stepper`` exists; the lead wires the attachment here on merge.
+    """
+    try:
+        importlib.import_module("lit_optim.callbacks.stepper")
+    except ImportError:
+        return
+    # LEAD: attach `stepper.SchedulerStepper()` to `trainer` here when it has none (see ARCHITECTURE.md).
+

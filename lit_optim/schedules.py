@@ -1,0 +1,408 @@
+r"""The schedule catalogue: frozen, keyword-only specs, each a pure ``factor(step, total_steps) -> float``.
+
+The lr of param group *g* after *s* optimizer steps is ``initial_lr[g] * factor(s, total_steps)``. In the
+formulas below, for a schedule with a warmup of :math:`W` steps, :math:`s` counts steps after the warmup and
+:math:`T` is the number of steps left after it (without warmup: the step and the run's total);
+:math:`p = \min(s / T, 1)` is the progress and :math:`m` the ``min_lr`` ratio. Past the end of the run every
+schedule holds its final value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Literal, cast
+
+from lit_optim._durations import Duration, DurationLike
+from lit_optim._one_cycle import OneCycle
+from lit_optim._validation import check_choice, check_positive, check_positive_int, check_ratio, unknown_key_error
+from lit_optim._warmup import Schedule, WarmedSchedule, Warmup, WarmupShape, steps_of
+
+__all__ = [
+    "SCHEDULES",
+    "Constant",
+    "Cosine",
+    "CosineRestarts",
+    "DecayShape",
+    "Exponential",
+    "InverseSqrt",
+    "Linear",
+    "MultiStep",
+    "OneCycle",
+    "Polynomial",
+    "Schedule",
+    "Step",
+    "Warmup",
+    "WarmupShape",
+    "WarmupStableDecay",
+    "build_schedule",
+]
+
+DecayShape = Literal["linear", "cosine", "1-sqrt"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Constant(WarmedSchedule):
+    r"""The base lr throughout (after the optional warmup).
+
+    .. math::
+        f(s) = 1
+
+    Args:
+        warmup: a :class:`Warmup` or its duration (linear from 0).
+        min_lr: unused by this schedule (kept for a uniform signature).
+
+    Example:
+        >>> s = Constant(warmup=Warmup(duration=2, start_factor=0.5))
+        >>> [s.factor(i, 5) for i in range(5)]
+        [0.5, 0.75, 1.0, 1.0, 1.0]
+    """
+
+    def _main(self, step: int, steps: int, run_steps: int) -> float:
+        return 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Linear(WarmedSchedule):
+    r"""Linear decay from the base lr to the floor at the end of the run.
+
+    .. math::
+        f(s) = m + (1 - m)\,(1 - p)
+
+    Args:
+        warmup: a :class:`Warmup` or its duration (linear from 0).
+        min_lr: the final lr as a ratio of each group's initial lr, in ``[0, 1]``.
+
+    Example:
+        >>> [round(Linear(min_lr=0.2).factor(i, 4), 4) for i in range(5)]
+        [1.0, 0.8, 0.6, 0.4, 0.2]
+    """
+
+    def _main(self, step: int, steps: int, run_steps: int) -> float:
+        p = step / steps if step < steps else 1.0
+        m = self.min_lr
+        return m + (1.0 - m) * (1.0 - p)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cosine(WarmedSchedule):
+    r"""Half-cosine decay from the base lr to the floor at the end of the run.
+
+    .. math::
+        f(s) = m + (1 - m)\,\frac{1 + \cos(\pi p)}{2}
+
+    Args:
+        warmup: a :class:`Warmup` or its duration (linear from 0), e.g. ``"5%"``.
+        min_lr: the final lr as a ratio of each group's initial lr, in ``[0, 1]``.
+
+    Example:
+        >>> s = Cosine(warmup=2, min_lr=0.1)
+        >>> [round(s.factor(i, 6), 4) for i in range(7)]
+        [0.0, 0.5, 1.0, 0.8682, 0.55, 0.2318, 0.1]
+    """
+
+    def _main(self, step: int, steps: int, run_steps: int) -> float:
+        p = step / steps if step < steps else 1.0
+        m = self.min_lr
+        return m + (1.0 - m) * (1.0 + math.cos(math.pi * p)) / 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class CosineRestarts(WarmedSchedule):
+    r"""Cosine decay to the floor over cycles that restart at the base lr (SGDR), each ``period_mult`` longer.
+
+    With cycle :math:`i` of length :math:`P_i = P\,k^i` and :math:`t` steps into it:
+
+    .. math::
+        f(s) = m + (1 - m)\,\frac{1 + \cos(\pi t / P_i)}{2}
+
+    Args:
+        period: length :math:`P` of the first cycle (a duration).
+        period_mult: integer factor :math:`k \ge 1` by which each cycle is longer than the previous one.
+        warmup: a :class:`Warmup` or its duration; cycles start after it.
+        min_lr: the lr at the end of each cycle, as a ratio of each group's initial lr.
+
+    Example:
+        >>> s = CosineRestarts(period=2, period_mult=2)
+        >>> [round(s.factor(i, 10), 4) for i in range(7)]
+        [1.0, 0.5, 1.0, 0.8536, 0.5, 0.1464, 1.0]
+    """
+
+    _durations = ("period",)
+    period: DurationLike
+    period_mult: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_int("period_mult", self.period_mult)
+
+    def _main(self, step: int, steps: int, run_steps: int) -> float:
+        length = steps_of(cast(Duration, self.period), run_steps)
+        if self.period_mult == 1:
+            t = step % length
+        else:
+            t = step
+            while t >= length:
+                t -= length
+                length *= self.period_mult
+        m = self.min_lr
+        return m + (1.0 - m) * (1.0 + math.cos(math.pi * t / length)) / 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Polynomial(WarmedSchedule):
+    r"""Polynomial decay from the base lr to the floor at the end of the run (``power=1`` is linear).
+
+    .. math::
+        f(s) = m + (1 - m)\,(1 - p)^{\text{power}}
+
+    Args:
+        power: exponent, > 0.
+        warmup: a :class:`Warmup` or its duration.
+        min_lr: the final lr as a ratio of each group's initial lr.
+
+    Example:
+        >>> [Polynomial(power=2.0).factor(i, 4) for i in range(5)]
+        [1.0, 0.5625, 0.25, 0.0625, 0.0]
+    """
+
+    power: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("power", self.power)
+
+    def _main(self, step: int, steps: int, run_steps: int) -> float:
+        p = step / steps if step < steps else 1.0
+        m = self.min_lr
+        return m + (1.0 - m) * (1.0 - p) ** self.power
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step(WarmedSchedule):
+    r"""Multiply by ``gamma`` every ``every`` steps, never below the floor.
+
+    .. math::
+        f(s) = \max\left(m,\ \gamma^{\lfloor s / E \rfloor}\right)
+
+    Args:
+        every: the interval :math:`E` (a duration, e.g. ``"1ep"``), counted after the warmup.
+        gamma: the factor :math:`\gamma` in ``(0, 1]``.
+        warmup: a :class:`Warmup` or its duration.
+        min_lr: the floor, as a ratio of each group's initial lr.
+
+    Example:
+        >>> [round(Step(every=2, gamma=0.5).factor(i, 10), 4) for i in range(6)]
+        [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    """
+
+    _durations = ("every",)
+    every: DurationLike
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ratio("gamma", self.gamma)
+
+    def _main(self, step: int, steps: int, run_steps: int) -> float:
+        return max(self.min_lr, self.gamma ** (step // steps_of(cast(Duration, self.every), run_steps)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultiStep(WarmedSchedule):
+    r"""Multiply by ``gamma`` at each milestone, never below the floor.
+
+    Milestones are positions in the run, counted from its first step (warmup included); with :math:`n(k)`
+    the number of milestones :math:`\le k` at run step :math:`k = W + s`:
+
+    .. math::
+        f(s) = \max\left(m,\ \gamma^{n(W + s)}\right)
+
+    Args:
+        milestones: durations, e.g. ``("30%", "60%")`` or ``(100, 200)``.
+        gamma: the factor :math:`\gamma` in ``(0, 1]``.
+        warmup: a :class:`Warmup` or its duration.
+        min_lr: the floor, as a ratio of each group's initial lr.
+
+    Example:
+        >>> [MultiStep(milestones=(1, 3), gamma=0.5).factor(i, 10) for i in range(5)]
+        [1.0, 0.5, 0.5, 0.25, 0.25]
+    """
+
+    _durations = ("milestones",)
+    milestones: tuple[DurationLike, ...]
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        milestones: object = self.milestones
+        if isinstance(milestones, list):
+            object.__setattr__(self, "milestones", tuple(milestones))
+        if not isinstance(self.milestones, tuple) or not self.milestones:
+            raise ValueError(f"`milestones` must be a non-empty tuple of durations, got {self.milestones!r}.")
+        super().__post_init__()
+        check_ratio("gamma", self.gamma)
+
+    def _main(self, step: int, steps: int, run_steps: int) -> float:
+        at = step + run_steps - steps
+        n = sum(1 for d in self.milestones if steps_of(cast(Duration, d), run_steps) <= at)
+        return max(self.min_lr, self.gamma**n)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Exponential(WarmedSchedule):
+    r"""Multiply by ``gamma`` every step, never below the floor.
+
+    .. math::
+        f(s) = \max\left(m,\ \gamma^{s}\right)
+
+    Args:
+        gamma: the factor :math:`\gamma` in ``(0, 1]``.
+        warmup: a :class:`Warmup` or its duration.
+        min_lr: the floor, as a ratio of each group's initial lr.
+
+    Example:
+        >>> [Exponential(gamma=0.5, min_lr=0.2).factor(i, 10) for i in range(4)]
+        [1.0, 0.5, 0.25, 0.2]
+    """
+
+    gamma: float
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ratio("gamma", self.gamma)
+
+    def _main(self, step: int, steps: int, run_steps: int) -> float:
+        return max(self.min_lr, self.gamma**step)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InverseSqrt(WarmedSchedule):
+    r"""Inverse square-root decay (Transformer/T5 style), never below the floor.
+
+    With time scale :math:`\tau` (by default the warmup length :math:`W`, which gives the classic
+    :math:`\sqrt{W / k}` at run step :math:`k = W + s`):
+
+    .. math::
+        f(s) = \max\left(m,\ \sqrt{\frac{\tau}{s + \tau}}\right)
+
+    Args:
+        timescale: :math:`\tau` as a duration; required without a warmup.
+        warmup: a :class:`Warmup` or its duration.
+        min_lr: the floor, as a ratio of each group's initial lr.
+
+    Raises:
+        ValueError: neither ``timescale`` nor ``warmup`` is given.
+
+    Example:
+        >>> [InverseSqrt(warmup=4).factor(i, 100) for i in (0, 4, 16, 64)]
+        [0.0, 1.0, 0.5, 0.25]
+    """
+
+    _durations = ("timescale",)
+    timescale: DurationLike | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.timescale is None and self.warmup is None:
+            raise ValueError("InverseSqrt needs a `timescale` or a `warmup` (whose length is then the timescale).")
+
+    def _main(self, step: int, steps: int, run_steps: int) -> float:
+        timescale = cast("Duration | None", self.timescale)
+        tau = run_steps - steps if timescale is None else steps_of(timescale, run_steps)
+        return max(self.min_lr, math.sqrt(tau / (step + tau)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class WarmupStableDecay(WarmedSchedule):
+    r"""Warmup, then the base lr, then a final decay to the floor over the last ``decay`` steps (WSD).
+
+    With :math:`D` decay steps and :math:`q = (s - (T - D)) / D` for :math:`s \ge T - D` (else :math:`f = 1`):
+
+    .. math::
+        f_\text{linear} = m + (1 - m)(1 - q), \quad
+        f_\text{cosine} = m + (1 - m)\frac{1 + \cos(\pi q)}{2}, \quad
+        f_\text{1-sqrt} = m + (1 - m)(1 - \sqrt{q})
+
+    Args:
+        decay: length :math:`D` of the final decay (a duration), default ``"20%"`` of the run.
+        decay_shape: ``"linear"``, ``"cosine"`` or ``"1-sqrt"``.
+        warmup: a :class:`Warmup` or its duration.
+        min_lr: the final lr, as a ratio of each group's initial lr.
+
+    Raises:
+        ValueError: warmup and decay together longer than the run (when resolved).
+
+    Example:
+        >>> s = WarmupStableDecay(warmup=2, decay=4, decay_shape="1-sqrt")
+        >>> [round(s.factor(i, 10), 4) for i in range(11)]
+        [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.2929, 0.134, 0.0]
+    """
+
+    _durations = ("decay",)
+    decay: DurationLike = "20%"
+    decay_shape: DecayShape = "linear"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("decay_shape", self.decay_shape, ["1-sqrt", "cosine", "linear"])
+
+    def _main(self, step: int, steps: int, run_steps: int) -> float:
+        length = steps_of(cast(Duration, self.decay), run_steps)
+        start = steps - length
+        if step < start:
+            return 1.0
+        q = (step - start) / length if step < steps else 1.0
+        m = self.min_lr
+        if self.decay_shape == "linear":
+            return m + (1.0 - m) * (1.0 - q)
+        if self.decay_shape == "cosine":
+            return m + (1.0 - m) * (1.0 + math.cos(math.pi * q)) / 2.0
+        return m + (1.0 - m) * (1.0 - math.sqrt(q))
+
+    def _check_fits(self, total_steps: int) -> None:
+        warmup, decay = self._warmup_steps(), int(cast(Duration, self.decay).value)
+        if warmup + decay > total_steps:
+            raise ValueError(
+                f"WarmupStableDecay: warmup ({warmup} steps) and decay ({decay} steps) together are longer than "
+                f"the run of {total_steps} optimizer steps. Shorten them or lengthen the run."
+            )
+
+
+SCHEDULES: dict[str, type[Schedule]] = {
+    "constant": Constant,
+    "cosine": Cosine,
+    "cosine_restarts": CosineRestarts,
+    "exponential": Exponential,
+    "inverse_sqrt": InverseSqrt,
+    "linear": Linear,
+    "multistep": MultiStep,
+    "one_cycle": OneCycle,
+    "polynomial": Polynomial,
+    "step": Step,
+    "wsd": WarmupStableDecay,
+}
+"""The catalogue by name, for configs: ``build_schedule(name, **params)``."""
+
+
+def build_schedule(name: str, **params: Any) -> Schedule:
+    """Build the catalogue schedule called ``name`` with ``params`` (for YAML/CLI configs).
+
+    Args:
+        name: a key of :data:`SCHEDULES` (``"cosine"``, ``"linear"``, ...).
+        **params: the schedule's keyword arguments.
+
+    Raises:
+        ValueError: an unknown name or parameter (the message lists the valid ones).
+
+    Example:
+        >>> build_schedule("cosine", warmup="5%", min_lr=0.1)
+        Cosine(warmup=Warmup(duration=Duration('5%'), shape='linear', start_factor=0.0), min_lr=0.1)
+    """
+    if not isinstance(name, str) or name not in SCHEDULES:
+        raise unknown_key_error("schedule", str(name), SCHEDULES)
+    cls = SCHEDULES[name]
+    valid = [f.name for f in fields(cls)]
+    for key in params:
+        if key not in valid:
+            raise unknown_key_error(f"parameter of {cls.__name__}", key, valid)
+    return cls(**params)

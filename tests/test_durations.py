@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from torch.utils.data import DataLoader, IterableDataset
+
+from lit_optim._durations import Duration, TrainingLength, parse_duration, resolve_training_length
+from tests.models import TinyModule
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (500, Duration(500, "step")),
+        ("500steps", Duration(500, "step")),
+        ("500 step", Duration(500, "step")),
+        ("2ep", Duration(2, "epoch")),
+        ("0.5epochs", Duration(0.5, "epoch")),
+        ("1 epoch", Duration(1, "epoch")),
+        ("5%", Duration(0.05, "fraction")),
+        ("100%", Duration(1.0, "fraction")),
+        (0.25, Duration(0.25, "fraction")),
+        (1.0, Duration(1.0, "fraction")),
+        (Duration(3, "epoch"), Duration(3, "epoch")),
+    ],
+)
+def test_parse(value: Any, expected: Duration) -> None:
+    assert parse_duration(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        ("5 weeks", ValueError, r"Unknown duration unit 'weeks'\. Valid: \['%', 'ep', 'epoch', 'epochs', 'step'"),
+        ("5stpes", ValueError, r"Unknown duration unit 'stpes'.*Did you mean 'steps'\?"),
+        ("abc", ValueError, r"Invalid `warmup`: Cannot parse 'abc': write a positive number and a unit"),
+        ("-5%", ValueError, r"Cannot parse '-5%'"),
+        (0, ValueError, r"A duration must be > 0, got Duration\('0steps'\)"),
+        (-3, ValueError, r"A duration must be > 0"),
+        ("0ep", ValueError, r"A duration must be > 0"),
+        (0.0, ValueError, r"A duration must be > 0"),
+        (1.5, ValueError, r"fraction of the run must be in \(0, 1\], got 1\.5"),
+        ("150%", ValueError, r"fraction of the run must be in \(0, 1\], got 1\.5"),
+        ("2.5steps", ValueError, r"in steps must be a whole number, got 2\.5"),
+        (True, TypeError, r"`warmup` must be an int, float, str or Duration, got True"),
+        ([5], TypeError, r"`warmup` must be an int, float, str or Duration, got \[5\] \(list\)"),
+        (float("nan"), TypeError, r"must be a number, got nan"),
+    ],
+)
+def test_parse_errors(value: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        parse_duration(value, "warmup")
+
+
+def test_unknown_unit_in_dataclass() -> None:
+    with pytest.raises(ValueError, match=r"Unknown duration unit 'epochs'\. Valid: \['epoch', 'fraction', 'step'\]"):
+        Duration(2, "epochs")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("duration", "length", "steps"),
+    [
+        ("500steps", TrainingLength(1000), 500),
+        ("5%", TrainingLength(1000), 50),
+        ("5%", TrainingLength(30), 2),  # 1.5 rounds to the nearest even step (Python's round)
+        (0.1, TrainingLength(95), 10),  # 9.5 -> 10
+        ("2ep", TrainingLength(1000, 33), 66),
+        ("0.5ep", TrainingLength(1000, 7), 4),  # 3.5 -> 4
+        ("100%", TrainingLength(17), 17),
+    ],
+)
+def test_to_steps(duration: str, length: TrainingLength, steps: int) -> None:
+    assert parse_duration(duration).to_steps(length) == steps
+
+
+def test_to_steps_errors() -> None:
+    with pytest.raises(ValueError, match=r"Cannot resolve 2ep to optimizer steps: the number of steps per epoch"):
+        parse_duration("2ep").to_steps(TrainingLength(100))
+    with pytest.raises(ValueError, match=r"Duration 1% resolves to 0 optimizer steps in a run of 20 steps"):
+        parse_duration("1%").to_steps(TrainingLength(20))
+    with pytest.raises(ValueError, match=r"resolves to 0 optimizer steps"):
+        parse_duration("0.1ep").to_steps(TrainingLength(100, 4))
+
+
+def test_training_length_errors() -> None:
+    with pytest.raises(ValueError, match=r"`total_steps` must be an int >= 1, got 0"):
+        TrainingLength(0)
+    with pytest.raises(TypeError, match=r"`steps_per_epoch` must be an int >= 1, got 2\.5"):
+        TrainingLength(10, 2.5)  # type: ignore[arg-type]
+
+
+class _Probe(TinyModule):
+    """Records ``resolve_training_length`` inside ``configure_optimizers`` and the real optimizer steps."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.length: TrainingLength | None = None
+        self.estimated: int | float | None = None
+        self.steps = 0
+
+    def configure_optimizers(self) -> Any:
+        self.length = resolve_training_length(self.trainer)
+        self.estimated = self.trainer.estimated_stepping_batches
+        return super().configure_optimizers()
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        self.steps += 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "total", "per_epoch"),
+    [
+        ({"max_epochs": 2}, 32, 16),  # 64 samples / batch 4 = 16 batches
+        ({"max_epochs": 2, "accumulate_grad_batches": 3}, 12, 6),  # ceil(16 / 3): the last window has 1 batch
+        ({"max_epochs": 3, "limit_train_batches": 5, "accumulate_grad_batches": 2}, 9, 3),
+        ({"max_epochs": 2, "limit_train_batches": 0.5}, 16, 8),
+        ({"max_epochs": -1, "max_steps": 7}, 7, 16),
+        ({"max_epochs": 5, "max_steps": 20, "accumulate_grad_batches": 3}, 20, 6),  # max_steps caps
+        ({"max_epochs": None, "max_steps": 10}, 10, 16),
+    ],
+)
+def test_resolve_against_trainer(
+    make_trainer: Callable[..., Trainer], overrides: dict[str, Any], total: int, per_epoch: int
+) -> None:
+    model = _Probe()
+    trainer = make_trainer(limit_val_batches=0, **overrides)
+    trainer.fit(model)
+    assert model.length == TrainingLength(total_steps=total, steps_per_epoch=per_epoch)
+    assert model.estimated == total
+    assert model.steps == total  # the Trainer really took that many optimizer steps
+
+
+class _Stream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
+    def __iter__(self) -> Any:
+        for _ in range(8):
+            yield torch.randn(8), torch.randn(1)
+
+
+class _StreamProbe(_Probe):
+    def train_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(_Stream(), batch_size=4)
+
+
+def test_unknown_total_names_max_steps(make_trainer: Callable[..., Trainer]) -> None:
+    trainer = make_trainer(limit_val_batches=0, max_epochs=2)
+    with pytest.raises(ValueError, match=r"total number of optimizer steps is unknown .*Set `max_steps`"):
+        trainer.fit(_StreamProbe())
+
+
+def test_iterable_with_max_steps(make_trainer: Callable[..., Trainer]) -> None:
+    model = _StreamProbe()
+    trainer = make_trainer(limit_val_batches=0, max_epochs=-1, max_steps=3)
+    trainer.fit(model)
+    assert model.length == TrainingLength(total_steps=3, steps_per_epoch=None)

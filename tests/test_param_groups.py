@@ -1,0 +1,414 @@
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from lit_optim import format_groups, param_groups
+from lit_optim.param_groups import _type_flags
+from tests.models import CNN, GPT, FrozenBackbone, GPTModule, RMSNorm, WithEncoder, gpt_block_names
+
+
+def named(module: nn.Module, groups: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Group name -> the (first) names of its parameters, in order."""
+    names: dict[int, str] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), name)
+    return {g["name"]: [names[id(p)] for p in g["params"]] for g in groups}
+
+
+def assert_partition(module: nn.Module, groups: list[dict[str, Any]], include_frozen: bool = False) -> None:
+    """Every (trainable) parameter is in exactly one group; group names are unique."""
+    grouped = [id(p) for g in groups for p in g["params"]]
+    expected = {id(p) for p in module.parameters() if include_frozen or p.requires_grad}
+    assert len(grouped) == len(set(grouped))
+    assert set(grouped) == expected
+    assert len({g["name"] for g in groups}) == len(groups)
+
+
+GPT_DECAY = ["tok_emb.weight", "pos_emb.weight", *gpt_block_names(0)["decay"], *gpt_block_names(1)["decay"]]
+GPT_NO_DECAY = [*gpt_block_names(0)["no_decay"], *gpt_block_names(1)["no_decay"], "ln_f.weight", "ln_f.bias"]
+
+
+def test_gpt_default_groups() -> None:
+    model = GPT()
+    groups = param_groups(model, lr=3e-4, weight_decay=0.1)
+    assert named(model, groups) == {"decay": GPT_DECAY, "no_decay": GPT_NO_DECAY}
+    assert [(g["lr"], g["lr_scale"], g["weight_decay"]) for g in groups] == [(3e-4, 1.0, 0.1), (3e-4, 1.0, 0.0)]
+    assert set(groups[0]) == {"params", "name", "lr", "lr_scale", "weight_decay"}
+    assert_partition(model, groups)
+
+
+def test_tied_lm_head_appears_once_under_first_name() -> None:
+    model = GPT()
+    assert model.lm_head.weight is model.tok_emb.weight
+    groups = param_groups(model)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert ids.count(id(model.tok_emb.weight)) == 1
+    assert "lm_head.weight" not in [n for names in named(model, groups).values() for n in names]
+
+
+def test_exclude_embeddings_also_excludes_the_tied_head() -> None:
+    model = GPT()
+    groups = param_groups(model, decay_embeddings=False)
+    assert named(model, groups) == {
+        "no_decay": ["tok_emb.weight", "pos_emb.weight", *GPT_NO_DECAY],
+        "decay": GPT_DECAY[2:],
+    }
+
+
+def test_tied_parameter_is_not_decayed_if_any_occurrence_says_so() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(2, 2, bias=False)
+            self.norm = nn.LayerNorm((2, 2))  # 2-D weight: only the norm rule excludes it
+            self.norm.weight = self.proj.weight
+
+    model = Tied()
+    assert named(model, param_groups(model)) == {"no_decay": ["proj.weight", "norm.bias"]}
+
+
+def test_cnn_batchnorm_groupnorm() -> None:
+    model = CNN()
+    groups = param_groups(model)
+    assert named(model, groups) == {
+        "decay": ["conv1.weight", "conv2.weight", "fc.weight"],
+        "no_decay": ["conv1.bias", "bn.weight", "bn.bias", "gn.weight", "gn.bias", "fc.bias"],
+    }
+    assert_partition(model, groups)
+
+
+NORM_CLASSES = [
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LazyBatchNorm1d, nn.InstanceNorm1d,
+    nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LazyInstanceNorm2d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
+    nn.LocalResponseNorm, RMSNorm,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", NORM_CLASSES, ids=lambda c: c.__name__)
+def test_every_norm_class_is_a_no_decay_module(cls: type[nn.Module]) -> None:
+    assert _type_flags(cls)[0]
+
+
+@pytest.mark.parametrize("cls", [nn.Linear, nn.Conv2d, nn.Embedding, nn.MultiheadAttention, nn.Dropout])
+def test_other_classes_are_not_norms(cls: type[nn.Module]) -> None:
+    assert not _type_flags(cls)[0]
+
+
+def test_norm_rule_applies_to_multi_dimensional_norm_weights() -> None:
+    class LayerNorm2d(nn.Module):  # timm's ConvNeXt naming
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(2, 3))
+
+    class Odd(nn.LayerNorm):  # a subclass with an unrelated name: caught through its base class
+        pass
+
+    model = nn.Sequential(nn.LayerNorm((2, 3)), nn.RMSNorm((2, 3)), LayerNorm2d(), Odd((2, 3)), nn.Linear(3, 3))
+    assert named(model, param_groups(model)) == {
+        "no_decay": ["0.weight", "0.bias", "1.weight", "2.weight", "3.weight", "3.bias", "4.bias"],
+        "decay": ["4.weight"],
+    }
+
+
+def test_frozen_parameters_left_out_or_included() -> None:
+    model = FrozenBackbone()
+    groups = param_groups(model)
+    assert named(model, groups) == {
+        "decay": ["layers.1.weight", "head.weight"],
+        "no_decay": ["layers.1.bias", "head.bias"],
+    }
+    assert_partition(model, groups)
+    groups = param_groups(model, include_frozen=True)
+    assert named(model, groups) == {
+        "decay": ["embed.weight", "layers.0.weight", "layers.1.weight", "head.weight"],
+        "no_decay": ["embed.bias", "layers.0.bias", "layers.1.bias", "head.bias"],
+    }
+    assert_partition(model, groups, include_frozen=True)
+
+
+def test_frozen_parameters_do_not_shift_layer_ids() -> None:
+    frozen, trainable = FrozenBackbone(), FrozenBackbone().requires_grad_(True)
+    # layers: 2 blocks -> ids 1, 2; embed -> 0; head -> 3 = num_layers.
+    expected = {
+        "layer_00/decay": (["embed.weight"], 0.125),
+        "layer_00/no_decay": (["embed.bias"], 0.125),
+        "layer_01/decay": (["layers.0.weight"], 0.25),
+        "layer_01/no_decay": (["layers.0.bias"], 0.25),
+        "layer_02/decay": (["layers.1.weight"], 0.5),
+        "layer_02/no_decay": (["layers.1.bias"], 0.5),
+        "layer_03/decay": (["head.weight"], 1.0),
+        "layer_03/no_decay": (["head.bias"], 1.0),
+    }
+    groups = param_groups(trainable, layer_decay=0.5)
+    got = {g["name"]: (named(trainable, [g])[g["name"]], g["lr_scale"]) for g in groups}
+    assert got == expected
+    groups = param_groups(frozen, layer_decay=0.5)
+    got = {g["name"]: (named(frozen, [g])[g["name"]], g["lr_scale"]) for g in groups}
+    assert got == {k: v for k, v in expected.items() if k[:8] in ("layer_02", "layer_03")}
+
+
+def test_nested_in_lightning_module() -> None:
+    module = GPTModule()
+    groups = param_groups(module)
+    assert named(module, groups) == {
+        "decay": ["model." + n for n in GPT_DECAY],
+        "no_decay": ["model." + n for n in GPT_NO_DECAY],
+    }
+    assert_partition(module, groups)
+
+
+def test_no_weight_decay_names_resolved_with_submodule_prefix() -> None:
+    model = WithEncoder()
+    groups = param_groups(model)
+    assert named(model, groups) == {
+        "no_decay": ["encoder.cls_token", "encoder.pos_embed", "encoder.proj.bias", "head.bias"],
+        "decay": ["encoder.proj.weight", "head.weight"],
+    }
+    assert_partition(model, groups)
+
+
+def test_extra_no_decay_rules() -> None:
+    model = GPT()
+    groups = param_groups(
+        model,
+        no_decay=[
+            nn.Embedding,  # a module class
+            "blocks.0.mlp.*",  # a glob
+            re.compile(r"out_proj\.weight$"),  # a regex (searched)
+            lambda name, p: name == "blocks.1.attn.in_proj_weight",  # a predicate
+        ],
+    )
+    assert named(model, groups)["decay"] == [
+        "blocks.0.attn.in_proj_weight",
+        "blocks.1.mlp.0.weight",
+        "blocks.1.mlp.2.weight",
+    ]
+    assert_partition(model, groups)
+
+
+def test_layer_decay_gpt_closed_form() -> None:
+    model = GPT()
+    groups = param_groups(model, lr=1.0, weight_decay=0.1, layer_decay=0.75)
+    # 2 blocks: embeddings id 0, blocks 1..2, head (ln_f) id 3 = num_layers; scale = 0.75 ** (3 - id).
+    by_name = named(model, groups)
+    assert list(by_name) == [
+        "layer_00/decay", "layer_01/no_decay", "layer_01/decay", "layer_02/no_decay", "layer_02/decay",
+        "layer_03/no_decay",
+    ]  # fmt: skip
+    assert by_name["layer_00/decay"] == ["tok_emb.weight", "pos_emb.weight"]
+    assert by_name["layer_01/decay"] == gpt_block_names(0)["decay"]
+    assert by_name["layer_02/no_decay"] == gpt_block_names(1)["no_decay"]
+    assert by_name["layer_03/no_decay"] == ["ln_f.weight", "ln_f.bias"]
+    for g in groups:
+        layer = int(g["name"][6:8])
+        assert g["lr_scale"] == 0.75 ** (3 - layer)
+        assert g["lr"] == 1.0 * 0.75 ** (3 - layer)
+        assert g["weight_decay"] == (0.0 if g["name"].endswith("no_decay") else 0.1)
+    assert_partition(model, groups)
+
+
+def test_layer_id_fn_overrides_automatic_assignment() -> None:
+    model = GPT()
+    groups = param_groups(
+        model, lr=1.0, layer_decay=0.5, layer_id_fn=lambda name: 0 if name.startswith("blocks") else 2
+    )
+    assert {g["name"]: g["lr"] for g in groups} == {
+        "layer_02/decay": 1.0, "layer_00/no_decay": 0.25, "layer_00/decay": 0.25, "layer_02/no_decay": 1.0,
+    }  # fmt: skip
+
+
+def test_override_by_glob_and_by_module() -> None:
+    model = GPT()
+    groups = param_groups(
+        model,
+        lr=1.0,
+        weight_decay=0.1,
+        overrides={"blocks.1.*": {"lr_scale": 0.5, "betas": (0.9, 0.95)}, model.ln_f: {"lr": 2.0, "name": "final"}},
+    )
+    by_name = named(model, groups)
+    assert by_name == {
+        "decay": GPT_DECAY[:6],
+        "no_decay": gpt_block_names(0)["no_decay"],
+        "blocks.1/no_decay": gpt_block_names(1)["no_decay"],
+        "blocks.1/decay": gpt_block_names(1)["decay"],
+        "final/no_decay": ["ln_f.weight", "ln_f.bias"],
+    }
+    settings = {g["name"]: {k: v for k, v in g.items() if k not in ("params", "name")} for g in groups}
+    assert settings["blocks.1/decay"] == {"lr": 0.5, "lr_scale": 0.5, "weight_decay": 0.1, "betas": (0.9, 0.95)}
+    assert settings["final/no_decay"] == {"lr": 2.0, "lr_scale": 1.0, "weight_decay": 0.0}
+    assert_partition(model, groups)
+
+
+def test_override_weight_decay_never_applies_to_no_decay_parameters() -> None:
+    model = CNN()
+    groups = param_groups(model, weight_decay=0.1, overrides={"fc.*": {"weight_decay": 0.5}})
+    assert {g["name"]: (named(model, [g])[g["name"]], g["weight_decay"]) for g in groups} == {
+        "decay": (["conv1.weight", "conv2.weight"], 0.1),
+        "no_decay": (["conv1.bias", "bn.weight", "bn.bias", "gn.weight", "gn.bias", "fc.bias"], 0.0),
+        "fc/decay": (["fc.weight"], 0.5),
+    }
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_more_specific_override_wins_whatever_the_order(reverse: bool) -> None:
+    model = GPT()
+    items = [("blocks.*", {"lr": 0.1, "momentum": 0.8}), ("blocks.1.mlp.*", {"lr": 0.2})]
+    groups = param_groups(model, lr=1.0, overrides=dict(reversed(items) if reverse else items), optimizer="sgd")
+    lrs = {n: g["lr"] for g in groups for n in named(model, [g])[g["name"]]}
+    moms = {n: g.get("momentum") for g in groups for n in named(model, [g])[g["name"]]}
+    assert (lrs["blocks.1.mlp.0.weight"], moms["blocks.1.mlp.0.weight"]) == (0.2, 0.8)
+    assert (lrs["blocks.1.attn.in_proj_weight"], lrs["ln_f.bias"]) == (0.1, 1.0)
+    assert {g["name"] for g in groups} >= {"blocks+blocks.1.mlp/decay", "blocks/decay"}
+
+
+def test_equally_specific_overrides_later_wins() -> None:
+    model = CNN()
+    groups = param_groups(model, lr=1.0, overrides={"fc.*": {"lr": 0.1}, model.fc: {"lr": 0.3}})
+    assert [g["lr"] for g in groups if "fc.weight" in named(model, [g])[g["name"]]] == [0.3]
+
+
+def test_override_equal_to_defaults_merges_groups() -> None:
+    model = CNN()
+    groups = param_groups(model, lr=1.0, overrides={"fc.*": {"lr": 1.0, "lr_scale": 1.0}})
+    assert named(model, groups) == named(model, param_groups(model, lr=1.0))
+
+
+def test_override_glob_matches_tied_alias() -> None:
+    model = GPT()
+    groups = param_groups(model, lr=1.0, overrides={"lm_head.*": {"lr": 0.5}})
+    assert named(model, groups)["lm_head/decay"] == ["tok_emb.weight"]
+
+
+def test_format_groups_table() -> None:
+    table = format_groups(param_groups(GPT(), lr=3e-4, weight_decay=0.1, overrides={"ln_f.*": {"betas": (0.9, 0.95)}}))
+    assert table.splitlines() == [
+        "name           tensors  parameters  lr      lr_scale  weight_decay  other",
+        "-------------  -------  ----------  ------  --------  ------------  -----------------",
+        "decay          10       1,672       0.0003  1         0.1",
+        "no_decay       14       192         0.0003  1         0",
+        "ln_f/no_decay  2        16          0.0003  1         0             betas=(0.9, 0.95)",
+    ]
+
+
+def test_groups_are_deterministic() -> None:
+    model = GPT()
+    first = param_groups(model, layer_decay=0.8, overrides={"blocks.0.*": {"lr_scale": 2.0}})
+    second = param_groups(model, layer_decay=0.8, overrides={"blocks.0.*": {"lr_scale": 2.0}})
+    assert [(g["name"], [id(p) for p in g["params"]]) for g in first] == [
+        (g["name"], [id(p) for p in g["params"]]) for g in second
+    ]
+
+
+# --- bad input ---
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"lr": -0.1}, ValueError, r"`lr` must be >= 0 and finite, got -0.1"),
+        ({"weight_decay": -1.0}, ValueError, r"`weight_decay` must be >= 0 and finite, got -1.0"),
+        ({"layer_decay": 0.0}, ValueError, r"`layer_decay` must be in \(0, 1\], got 0.0"),
+        ({"layer_decay": 1.5}, ValueError, r"`layer_decay` must be in \(0, 1\], got 1.5"),
+        ({"layer_id_fn": lambda n: 0}, ValueError, r"`layer_id_fn` is only used with `layer_decay`"),
+        ({"layer_decay": 0.5, "layer_id_fn": lambda n: -1}, ValueError, r"int >= 0, got -1 for parameter 'tok_emb"),
+        ({"layer_decay": 0.5, "layer_id_fn": lambda n: "1"}, TypeError, r"int >= 0, got '1' \(str\)"),
+        ({"no_decay": [3]}, TypeError, r"Each `no_decay` rule must be .*, got 3 \(int\)"),
+        ({"overrides": {3: {"lr": 1.0}}}, TypeError, r"glob string or an nn.Module, got 3 \(int\)"),
+        ({"overrides": {"blocks.*": 0.1}}, TypeError, r"Override 'blocks.\*' must map to a dict of settings, got 0.1"),
+        ({"overrides": {"blocks.*": {"lr": -1.0}}}, ValueError, r"`overrides\['blocks.\*'\]\['lr'\]` must be >= 0"),
+        ({"overrides": {"blocks.*": {"params": []}}}, ValueError, r"Unknown setting 'params'"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        param_groups(GPT(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("key", "closest"), [("weight_decy", "weight_decay"), ("lr_sclae", "lr_scale"), ("beta", "betas")]
+)
+def test_misspelled_override_key(key: str, closest: str) -> None:
+    with pytest.raises(ValueError, match=rf"Unknown setting '{key}'\. Valid: \[.*\]\. Did you mean '{closest}'\?"):
+        param_groups(GPT(), overrides={"blocks.*": {key: 0.1}})
+
+
+def test_override_key_checked_against_the_given_optimizer() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown setting 'betas'\. Valid: \['dampening', .*\]\. It appears in override 'blocks.\*'; "
+        r"settings are the hyper-parameters of SGD plus lit_optim's 'lr_scale' and 'name'\.",
+    ):
+        param_groups(GPT(), overrides={"blocks.*": {"betas": (0.9, 0.9)}}, optimizer="sgd")
+    groups = param_groups(GPT(), overrides={"blocks.*": {"momentum": 0.5}}, optimizer="sgd")
+    assert [(g["name"], g.get("momentum")) for g in groups] == [
+        ("decay", None), ("blocks/no_decay", 0.5), ("blocks/decay", 0.5), ("no_decay", None),
+    ]  # fmt: skip
+
+
+def test_pattern_matching_nothing_shows_names_and_closest() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"Override pattern 'blocks.9.\*' matched no parameter\. Parameters look like: 'tok_emb.weight', "
+        r"'pos_emb.weight', 'blocks.0.ln1.weight', \.\.\. Did you mean 'blocks.1.\*'\? "
+        r"HINT: patterns are fnmatch globs",
+    ):
+        param_groups(GPT(), overrides={"blocks.9.*": {"lr": 0.1}})
+
+
+def test_pattern_that_is_a_module_name_gets_a_hint() -> None:
+    with pytest.raises(ValueError, match=r"'ln_f' is a module name; use 'ln_f.\*' or pass the module itself"):
+        param_groups(GPT(), overrides={"ln_f": {"lr": 0.1}})
+
+
+def test_override_module_outside_the_model() -> None:
+    with pytest.raises(ValueError, match=r"Override module Linear is not a submodule of GPT"):
+        param_groups(GPT(), overrides={nn.Linear(2, 2): {"lr": 0.1}})
+
+
+def test_partly_overlapping_overrides_with_different_values_are_ambiguous() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"Parameter 'blocks.0.attn.in_proj_weight' is claimed by overrides 'blocks.0.\*' \(lr=0.1\) and "
+        r"'\*.attn.\*' \(lr=0.2\), which overlap only partly",
+    ):
+        param_groups(GPT(), overrides={"blocks.0.*": {"lr": 0.1}, "*.attn.*": {"lr": 0.2}})
+
+
+def test_ambiguity_settled_by_an_override_for_the_overlap() -> None:
+    model = GPT()
+    overrides = {"blocks.0.*": {"lr": 0.1}, "*.attn.*": {"lr": 0.2}, "blocks.0.attn.*": {"lr": 0.3}}
+    groups = param_groups(model, overrides=overrides)
+    lrs = {n: g["lr"] for g in groups for n in named(model, [g])[g["name"]]}
+    assert (lrs["blocks.0.attn.in_proj_weight"], lrs["blocks.0.mlp.0.weight"], lrs["blocks.1.attn.in_proj_bias"]) == (
+        0.3, 0.1, 0.2,
+    )  # fmt: skip
+
+
+def test_same_values_in_overlapping_overrides_are_fine() -> None:
+    groups = param_groups(GPT(), overrides={"blocks.0.*": {"lr": 0.1}, "*.attn.*": {"lr": 0.1}})
+    assert {g["lr"] for g in groups} == {0.1, 1e-3}
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (
+            FrozenBackbone().requires_grad_(False),
+            r"FrozenBackbone has no trainable parameters to optimize \(all 8 are frozen; pass include_frozen=True",
+        ),
+        (nn.ReLU(), r"ReLU has no trainable parameters to optimize \(it has none\)"),
+    ],
+)
+def test_no_trainable_parameters(model: nn.Module, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        param_groups(model)
+
+
+def test_layer_decay_without_module_list_asks_for_layer_id_fn() -> None:
+    with pytest.raises(ValueError, match=r"Sequential has no nn.ModuleList of blocks\. HINT: pass `layer_id_fn"):
+        param_groups(nn.Sequential(nn.Linear(2, 2)), layer_decay=0.5)

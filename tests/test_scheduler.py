@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler
+
+from lit_optim.scheduler import ScheduleLR, lightning_scheduler_config
+from lit_optim.schedules import Constant, Cosine, Linear, Schedule, Warmup
+
+BASE_LRS = (0.1, 0.03, 1e-4)
+
+
+def make_optimizer(cls: type[torch.optim.Optimizer] = torch.optim.SGD, **kwargs: Any) -> torch.optim.Optimizer:
+    groups = [{"params": [torch.zeros(2, requires_grad=True)], "lr": lr} for lr in BASE_LRS]
+    return cls(groups, **kwargs)
+
+
+def drive(scheduler: LRScheduler, steps: int) -> list[list[float]]:
+    """The lr of every group used at each of ``steps`` optimizer steps."""
+    opt = scheduler.optimizer
+    lrs = []
+    for _ in range(steps):
+        lrs.append([float(g["lr"]) for g in opt.param_groups])
+        opt.step()
+        scheduler.step()
+    return lrs
+
+
+def ours(schedule: Schedule, total: int, steps: int | None = None, **kwargs: Any) -> list[list[float]]:
+    """Our lrs over ``steps`` optimizer steps (default: the run's ``total``)."""
+    return drive(ScheduleLR(make_optimizer(), schedule, total, **kwargs), total if steps is None else steps)
+
+
+def torchs(make: Callable[[torch.optim.Optimizer], LRScheduler], steps: int) -> list[list[float]]:
+    return drive(make(make_optimizer()), steps)
+
+
+def assert_curves_equal(a: list[list[float]], b: list[list[float]], rel: float = 1e-12) -> None:
+    assert len(a) == len(b)
+    for step, (x, y) in enumerate(zip(a, b, strict=True)):
+        assert x == pytest.approx(y, rel=rel, abs=1e-15), f"step {step}: {x} != {y}"
+
+
+def test_constant_with_linear_warmup_matches_linear_lr() -> None:
+    expected = torchs(lambda o: LinearLR(o, start_factor=0.25, end_factor=1.0, total_iters=7), 20)
+    assert_curves_equal(ours(Constant(warmup=Warmup(duration=7, start_factor=0.25)), 20), expected)
+
+
+def test_linear_decay_matches_linear_lr() -> None:
+    expected = torchs(lambda o: LinearLR(o, start_factor=1.0, end_factor=0.1, total_iters=20), 21)
+    assert_curves_equal(ours(Linear(min_lr=0.1), 20, steps=21), expected)  # and holds the floor after
+
+
+@pytest.mark.parametrize("min_lr", [0.0, 0.05])
+def test_cosine_matches_cosine_annealing_lr(min_lr: float) -> None:
+    total = 30
+
+    def make(o: torch.optim.Optimizer) -> LRScheduler:
+        # torch's eta_min is absolute and shared by the groups; ours is a ratio per group: compare one group
+        for g in o.param_groups[1:]:
+            g["lr"] = BASE_LRS[0]
+        return CosineAnnealingLR(o, T_max=total, eta_min=min_lr * BASE_LRS[0])
+
+    expected = [row[:1] for row in torchs(make, total)]
+    got = [row[:1] for row in ours(Cosine(min_lr=min_lr), total)]
+    assert_curves_equal(got, expected, rel=1e-9)  # torch's recursive form accumulates rounding
+
+
+def test_cosine_with_warmup_closed_form_every_group() -> None:
+    total, warmup, m = 50, 5, 0.1
+    got = ours(Cosine(warmup=warmup, min_lr=m), total)
+    for s, row in enumerate(got):
+        if s < warmup:
+            f = s / warmup
+        else:
+            p = (s - warmup) / (total - warmup)
+            f = m + (1 - m) * (1 + math.cos(math.pi * p)) / 2
+        assert row == pytest.approx([b * f for b in BASE_LRS], rel=1e-14, abs=0)
+
+
+def test_fraction_and_epoch_durations_resolve_once() -> None:
+    sched = ScheduleLR(make_optimizer(), Cosine(warmup="2ep"), total_steps=100, steps_per_epoch=7)
+    assert sched.schedule == Cosine(warmup=Warmup(duration=14))
+    sched = ScheduleLR(make_optimizer(), Cosine(warmup="5%"), total_steps=100)
+    assert sched.schedule == Cosine(warmup=Warmup(duration=5))
+
+
+def test_string_schedule_name() -> None:
+    sched = ScheduleLR(make_optimizer(), "cosine", total_steps=10)
+    assert sched.schedule == Cosine()
+
+
+def test_construction_errors() -> None:
+    with pytest.raises(TypeError, match=r"`schedule` must be a lit_optim schedule .* got <function"):
+        ScheduleLR(make_optimizer(), lambda s: 1.0, total_steps=10)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Unknown schedule 'cosin'\. Valid: \[.*\]\. Did you mean 'cosine'\?"):
+        ScheduleLR(make_optimizer(), "cosin", total_steps=10)
+    with pytest.raises(ValueError, match=r"`total_steps` must be an int >= 1, got 0"):
+        ScheduleLR(make_optimizer(), Cosine(), total_steps=0)
+    with pytest.raises(ValueError, match=r"The warmup \(10steps\) resolves to 10 steps, not shorter than the run"):
+        ScheduleLR(make_optimizer(), Cosine(warmup=10), total_steps=10)
+    with pytest.raises(ValueError, match=r"The warmup \(1ep\) resolves to 12 steps, not shorter than the run of 10"):
+        ScheduleLR(make_optimizer(), Cosine(warmup="1ep"), total_steps=10, steps_per_epoch=12)
+    with pytest.raises(ValueError, match=r"Cannot resolve 1ep to optimizer steps: the number of steps per epoch"):
+        ScheduleLR(make_optimizer(), Cosine(warmup="1ep"), total_steps=10)
+    with pytest.raises(ValueError, match=r"Duration 1% resolves to 0 optimizer steps in a run of 10 steps"):
+        ScheduleLR(make_optimizer(), Cosine(warmup="1%"), total_steps=10)
+
+
+def test_group_added_later_joins_at_current_point() -> None:
+    opt = make_optimizer()
+    sched = ScheduleLR(opt, Linear(), total_steps=10)
+    drive(sched, 4)  # now at step 4: factor 0.6
+    opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "lr": 0.06})
+    opt.step()
+    sched.step()  # step 5: factor 0.5
+    assert opt.param_groups[3]["initial_lr"] == pytest.approx(0.1)
+    assert opt.param_groups[3]["lr"] == pytest.approx(0.05)
+    assert [g["lr"] for g in opt.param_groups[:3]] == pytest.approx([b * 0.5 for b in BASE_LRS])
+    assert sched.get_last_lr() == pytest.approx([b * 0.5 for b in (*BASE_LRS, 0.1)])
+
+
+def test_group_added_with_initial_lr_keeps_it() -> None:
+    opt = make_optimizer()
+    sched = ScheduleLR(opt, Linear(), total_steps=10)
+    drive(sched, 4)
+    opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "lr": 0.5, "initial_lr": 0.2})
+    opt.step()
+    sched.step()
+    assert opt.param_groups[3]["lr"] == pytest.approx(0.1)
+
+
+def test_resume_is_exact() -> None:
+    schedule, total = Cosine(warmup=3, min_lr=0.1), 12
+    straight = ours(schedule, total)
+    opt = make_optimizer()
+    sched = ScheduleLR(opt, schedule, total)
+    first = drive(sched, 5)
+    opt_state, sched_state = opt.state_dict(), sched.state_dict()
+    assert sched_state["schedule"] == repr(sched.schedule)
+    assert sched_state["total_steps"] == total
+
+    opt2 = make_optimizer()
+    sched2 = ScheduleLR(opt2, schedule, total)
+    opt2.load_state_dict(opt_state)
+    sched2.load_state_dict(sched_state)
+    assert first + drive(sched2, total - 5) == straight
+
+
+def test_resume_with_changed_schedule_recomputes_from_progress() -> None:
+    opt = make_optimizer()
+    sched = ScheduleLR(opt, Linear(), total_steps=10)
+    drive(sched, 4)
+    state = sched.state_dict()
+
+    opt2 = make_optimizer()
+    sched2 = ScheduleLR(opt2, Linear(), total_steps=20)  # the run was extended
+    with pytest.warns(UserWarning, match=r"Resuming ScheduleLR with a different schedule: saved Linear\(.*\) over 10"):
+        sched2.load_state_dict(state)
+    assert sched2.last_epoch == 4
+    assert [g["lr"] for g in opt2.param_groups] == pytest.approx([b * (1 - 4 / 20) for b in BASE_LRS])
+    opt2.step()
+    sched2.step()
+    assert [g["lr"] for g in opt2.param_groups] == pytest.approx([b * (1 - 5 / 20) for b in BASE_LRS])
+
+
+def test_state_dict_is_plain() -> None:
+    state = ScheduleLR(make_optimizer(), Cosine(warmup="10%"), total_steps=10).state_dict()
+    assert set(state) == {"last_epoch", "_step_count", "base_lrs", "_last_lr", "schedule", "total_steps",
+                          "steps_per_epoch"}
+    assert state["schedule"] == "Cosine(warmup=Warmup(duration=Duration('1steps'), shape='linear', " \
+        "start_factor=0.0), min_lr=0.0)"
+
+
+def test_lightning_scheduler_config(make_trainer: Callable[..., Any]) -> None:
+    from tests.models import TinyModule
+
+    captured: dict[str, Any] = {}
+
+    class Model(TinyModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            config = lightning_scheduler_config(opt, Cosine(warmup="1ep"), self.trainer, name="lr")
+            captured.update(config)
+            return {"optimizer": opt, "lr_scheduler": config}
+
+    trainer = make_trainer(max_epochs=3, limit_train_batches=4, limit_val_batches=0)
+    trainer.fit(Model())
+    sched = captured["scheduler"]
+    assert {k: v for k, v in captured.items() if k != "scheduler"} == {"interval": "step", "frequency": 1, "name": "lr"}
+    assert (sched.total_steps, sched.steps_per_epoch) == (12, 4)
+    assert sched.schedule == Cosine(warmup=Warmup(duration=4))
+    assert trainer.lr_scheduler_configs[0].scheduler is sched
+    assert sched.last_epoch == 12  # Lightning stepped it once per optimizer step
