@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         Pretrain(backbone), DataLoader(pretrain_set, batch_size=64, shuffle=True)
     )
 
+    pretrained = {k: v.clone() for k, v in backbone.state_dict().items()}
+
     train_set, val_set = torch.utils.data.random_split(task_set, [0.8, 0.2], torch.Generator().manual_seed(0))
     model = FineTune(backbone)
     unfreeze = UnfreezeBackbone(unfreeze_at_epoch=1 if fast else 2)
@@ -188,7 +190,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(format_groups([{k: g[k] for k in columns} for g in optimizer.param_groups]))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     print(f"\nval_loss {metrics['val_loss']:.3f}, val_acc {metrics['val_acc']:.3f}; metrics: {logger.log_dir}")
-    return {"trainer": trainer, "model": model, "metrics": metrics, "log_dir": Path(logger.log_dir)}
+    return {"trainer": trainer, "model": model, "pretrained": pretrained, "unfreeze": unfreeze, "metrics": metrics,
+            "log_dir": Path(logger.log_dir)}
 
 
 if __name__ == "__main__":
