@@ -17,8 +17,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._timing import interleaved_medians, print_json, print_table  # noqa: E402
-from lit_optim import param_groups  # noqa: E402
+from benchmarks._timing import interleaved_medians, print_json, print_table
+from lit_optim import param_groups
 
 SIZES = (100, 1_000, 10_000)
 

@@ -6,6 +6,7 @@ from lit_optim._durations import (
     parse_duration,
     resolve_training_length,
 )
+from lit_optim.callbacks.clipping import ClipResult, GradientClipping, clip_gradients
 from lit_optim.callbacks.lr_logger import LearningRateLogger
 from lit_optim.configure import OptimizerMixin, configure_optimizers
 from lit_optim.optimizers import build_optimizer
@@ -32,11 +33,13 @@ from lit_optim.schedules import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ClipResult",
     "Constant",
     "Cosine",
     "CosineRestarts",
     "Duration",
     "Exponential",
+    "GradientClipping",
     "InverseSqrt",
     "LRCurve",
     "LearningRateLogger",
@@ -54,6 +57,7 @@ __all__ = [
     "__version__",
     "build_optimizer",
     "build_schedule",
+    "clip_gradients",
     "configure_optimizers",
     "format_groups",
     "lightning_scheduler_config",

@@ -33,7 +33,7 @@ def steps_of(duration: Duration, total_steps: int) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class Warmup:
-    r"""A warmup from ``start_factor`` up to the schedule's starting value over ``duration``.
+    r"""A warmup from ``start_factor`` up to the base lr (where every schedule starts) over ``duration``.
 
     With :math:`W` warmup steps, :math:`s < W` and start factor :math:`a`:
 
@@ -87,6 +87,11 @@ class Schedule:
 
     Subclasses are frozen dataclasses; ``_durations`` names their duration fields so :meth:`resolve` can
     turn epochs and fractions into steps once.
+
+    Example:
+        >>> from lit_optim.schedules import Step
+        >>> Step(every="1ep", gamma=0.5).resolve(TrainingLength(total_steps=100, steps_per_epoch=30))
+        Step(warmup=None, min_lr=0.0, every=Duration('30steps'), gamma=0.5)
     """
 
     _durations: ClassVar[tuple[str, ...]] = ()

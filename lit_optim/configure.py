@@ -71,7 +71,8 @@ def configure_optimizers(
         lightning_scheduler_config,
     )
 
-    trainer = module.trainer if isinstance(module, LightningModule) else None
+    # `LightningModule.trainer` raises outside a fit; hand the schedules part `None` there (and for plain modules).
+    trainer = module._trainer if isinstance(module, LightningModule) else None
     return {"optimizer": built, "lr_scheduler": lightning_scheduler_config(built, scheduler, trainer)}
 
 

@@ -8,6 +8,7 @@ at the top level and inside every group, against the optimizer's own ``__init__`
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -25,6 +26,17 @@ GROUP_KEYS = frozenset({"params", "name", "lr_scale"})
 OptimizerLike = str | type[Optimizer]
 
 
+def _import_optimizer(path: str) -> type[Optimizer]:
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"Cannot import optimizer {path!r}: {error}. HINT: use 'package.module.ClassName'.") from None
+    if not (isinstance(found, type) and issubclass(found, Optimizer)):
+        raise TypeError(f"{path!r} is not a torch.optim.Optimizer subclass, got {found!r}.")
+    return found
+
+
 @functools.cache
 def _torch_optimizers() -> dict[str, type[Optimizer]]:
     """Every concrete ``torch.optim.Optimizer`` subclass exported by ``torch.optim``, by lower-case name."""
@@ -39,7 +51,8 @@ def resolve_optimizer(optimizer: OptimizerLike) -> type[Optimizer]:
     """Return the optimizer class for a case-insensitive ``torch.optim`` name, or check a class.
 
     Args:
-        optimizer: a name such as ``"adamw"``, ``"AdamW"``, ``"sgd"`` (any optimizer in ``torch.optim``), or a
+        optimizer: a name such as ``"adamw"``, ``"AdamW"``, ``"sgd"`` (any optimizer in ``torch.optim``), a
+            dotted import path such as ``"my_package.Lion"`` (handy in YAML/LightningCLI configs), or a
             ``torch.optim.Optimizer`` subclass (third-party classes too).
 
     Raises:
@@ -50,6 +63,8 @@ def resolve_optimizer(optimizer: OptimizerLike) -> type[Optimizer]:
         >>> resolve_optimizer("adamw")
         <class 'torch.optim.adamw.AdamW'>
     """
+    if isinstance(optimizer, str) and "." in optimizer:
+        return _import_optimizer(optimizer)
     if isinstance(optimizer, str):
         classes = _torch_optimizers()
         found = classes.get(optimizer.lower())
@@ -89,11 +104,16 @@ def hyperparameter_names(optimizer: type[Optimizer]) -> frozenset[str] | None:
     return names
 
 
-def _check_values(where: str, settings: Mapping[str, Any]) -> None:
+def _check_values(settings: Mapping[str, Any], where: str = "") -> None:
     for key in ("lr", "weight_decay"):
         value = settings.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            check_non_negative(f"{key}{where}", value)
+            try:
+                check_non_negative(key, value)
+            except ValueError as error:
+                if not where:
+                    raise
+                raise ValueError(f"In the {where}: {error}") from None
 
 
 def _check_group(index: int, group: Mapping[str, Any], cls: type[Optimizer], names: frozenset[str] | None) -> None:
@@ -108,12 +128,13 @@ def _check_group(index: int, group: Mapping[str, Any], cls: type[Optimizer], nam
             if key == "weight_decay" and group[key] == 0:
                 continue  # lit_optim's groups always record weight_decay; 0 is true for any optimizer
             raise unknown_key_error(
-                f"key in the {label} for {cls.__name__}",
+                "key",
                 key,
                 allowed,
-                hint=f"Valid keys are {cls.__name__}'s hyper-parameters plus lit_optim's {sorted(GROUP_KEYS)}.",
+                hint=f"It appears in the {label}; group keys are the hyper-parameters of {cls.__name__} plus "
+                f"lit_optim's {sorted(GROUP_KEYS)}.",
             )
-    _check_values(f" in the {label}", group)
+    _check_values(group, label)
 
 
 def build_optimizer(
@@ -146,15 +167,15 @@ def build_optimizer(
         >>> build_optimizer("adamw", nn.Linear(2, 1).parameters(), weight_decy=0.1)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: Unknown hyper-parameter for AdamW 'weight_decy'. Valid: [...]. Did you mean 'weight_decay'?
+        ValueError: Unknown AdamW hyper-parameter 'weight_decy'. Valid: [...]. Did you mean 'weight_decay'?
     """
     cls = resolve_optimizer(optimizer)
     names = hyperparameter_names(cls)
     if names is not None:
         for key in hyperparameters:
             if key not in names:
-                raise unknown_key_error(f"hyper-parameter for {cls.__name__}", key, names)
-    _check_values("", hyperparameters)
+                raise unknown_key_error(f"{cls.__name__} hyper-parameter", key, names)
+    _check_values(hyperparameters)
     materialised: list[Any] = list(params)
     for index, item in enumerate(materialised):
         if isinstance(item, Mapping):

@@ -66,6 +66,11 @@ class _Walk:
             for leaf, param in own.items():
                 if param is None:
                     continue
+                if type(param) is not nn.Parameter and isinstance(param, nn.parameter.UninitializedParameter):
+                    raise ValueError(
+                        f"Parameter {prefix + leaf!r} of {type(mod).__name__} is not initialized yet (a lazy module), "
+                        "so its shape and decay rule are unknown. HINT: run one forward pass before grouping."
+                    )
                 flag = module_flag or param.ndim <= 1 or leaf.endswith("bias")
                 index = seen.get(id(param))
                 if index is not None:  # tied: keep the first name; no decay if any occurrence says so
@@ -288,10 +293,14 @@ def _order_params(groups: list[dict[str, Any]], order: list[nn.Parameter]) -> No
 _TABLE_KEYS = frozenset({"params", "name", "lr", "lr_scale", "weight_decay"})
 
 
-def format_groups(groups: Iterable[Mapping[str, Any]]) -> str:
+def format_groups(groups: Iterable[Mapping[str, Any]] | torch.optim.Optimizer) -> str:
     """Return a text table of parameter groups: name, tensors, parameters, lr, scale, weight decay, others.
 
-    Works on the output of :func:`param_groups` and on ``optimizer.param_groups``.
+    Works on the output of :func:`param_groups` and on an optimizer; for an optimizer, the "other" column only
+    shows the settings where a group differs from the optimizer's defaults.
+
+    Args:
+        groups: group dicts, or an optimizer whose ``param_groups`` to show.
 
     Example:
         >>> print(format_groups(param_groups(nn.Linear(3, 2), lr=0.1)))
@@ -300,11 +309,18 @@ def format_groups(groups: Iterable[Mapping[str, Any]]) -> str:
         decay     1        6           0.1  1         0.01
         no_decay  1        2           0.1  1         0
     """
+    defaults: Mapping[str, Any] = {}
+    if isinstance(groups, torch.optim.Optimizer):
+        defaults, groups = groups.defaults, groups.param_groups
     headers = ["name", "tensors", "parameters", "lr", "lr_scale", "weight_decay", "other"]
     rows = []
     for index, group in enumerate(groups):
         params = list(group["params"])
-        others = ", ".join(f"{k}={_short(v)}" for k, v in group.items() if k not in _TABLE_KEYS)
+        others = ", ".join(
+            f"{k}={_short(v)}"
+            for k, v in group.items()
+            if k not in _TABLE_KEYS and not (k in defaults and _freeze(defaults[k]) == _freeze(v))
+        )
         rows.append(
             [
                 str(group.get("name", index)),

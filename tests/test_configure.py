@@ -4,7 +4,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lightning as L  # noqa: N812  (Lightning's documented alias)
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -55,7 +55,7 @@ def test_returns_lightning_dict_with_checked_optimizer() -> None:
 
 
 def test_bad_input_reaches_the_user() -> None:
-    with pytest.raises(ValueError, match=r"Unknown hyper-parameter for AdamW 'momentum'"):
+    with pytest.raises(ValueError, match=r"Unknown AdamW hyper-parameter 'momentum'"):
         configure_optimizers(nn.Linear(2, 2), "adamw", momentum=0.9)
     with pytest.raises(ValueError, match=r"Unknown optimizer 'adamx'.*Did you mean 'Adamax'\?"):
         configure_optimizers(nn.Linear(2, 2), "adamx")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,8 +152,60 @@ def test_unknown_total_names_max_steps(make_trainer: Callable[..., Trainer]) -> 
         trainer.fit(_StreamProbe())
 
 
+def test_endless_run_names_max_steps(make_trainer: Callable[..., Trainer]) -> None:
+    trainer = make_trainer(limit_val_batches=0, max_epochs=-1)
+    with pytest.raises(ValueError, match=r"unknown \(max_steps=-1, max_epochs=-1, .*Set `max_steps` on the Trainer"):
+        trainer.fit(_Probe())
+
+
 def test_iterable_with_max_steps(make_trainer: Callable[..., Trainer]) -> None:
     model = _StreamProbe()
     trainer = make_trainer(limit_val_batches=0, max_epochs=-1, max_steps=3)
     trainer.fit(model)
     assert model.length == TrainingLength(total_steps=3, steps_per_epoch=None)
+
+
+DDP_SCRIPT = """
+import json, sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from lit_optim import Cosine, lightning_scheduler_config, resolve_training_length
+from tests.models import TinyModule
+
+
+class Model(TinyModule):
+    def configure_optimizers(self):
+        self.length = resolve_training_length(self.trainer)
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        return {"optimizer": opt, "lr_scheduler": lightning_scheduler_config(opt, Cosine(warmup="1ep"), self.trainer)}
+
+    def on_before_optimizer_step(self, optimizer):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+model = Model()
+model.lrs = []
+trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, limit_val_batches=0, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+trainer.fit(model)
+out = {"total": model.length.total_steps, "per_epoch": model.length.steps_per_epoch, "lrs": model.lrs,
+       "estimated": trainer.estimated_stepping_batches, "global_step": trainer.global_step}
+(Path(sys.argv[1]) / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
+"""
+
+
+@pytest.mark.ddp
+def test_resolution_is_per_rank_under_ddp(tmp_path: Path) -> None:
+    from lit_optim.preview import preview_schedule
+    from lit_optim.schedules import Cosine
+    from tests.ddp import run_ddp
+
+    ranks = run_ddp(DDP_SCRIPT, tmp_path)
+    # 64 samples / batch 4 = 16 batches, split over 2 ranks: 8 optimizer steps per epoch and rank
+    expected = [row[0] for row in preview_schedule(Cosine(warmup="1ep"), TrainingLength(16, 8), 0.1).lrs]
+    for out in ranks:
+        assert (out["total"], out["per_epoch"], out["estimated"], out["global_step"]) == (16, 8, 16, 16)
+        assert out["lrs"] == expected

@@ -85,7 +85,7 @@ def test_third_party_class_is_checked_against_its_signature() -> None:
     ]
     with pytest.raises(
         ValueError,
-        match=r"Unknown hyper-parameter for Lion 'beta'\. Valid: \['betas', 'lr', 'weight_decay'\]\. "
+        match=r"Unknown Lion hyper-parameter 'beta'\. Valid: \['betas', 'lr', 'weight_decay'\]\. "
         r"Did you mean 'betas'\?",
     ):
         build_optimizer(Lion, nn.Linear(2, 2).parameters(), beta=(0.8, 0.9))
@@ -102,7 +102,7 @@ def test_optimizer_taking_kwargs_is_not_checked() -> None:
 def test_unknown_top_level_kwarg(key: str, closest: str) -> None:
     with pytest.raises(
         ValueError,
-        match=rf"Unknown hyper-parameter for AdamW '{key}'\. Valid: \[.*'amsgrad'.*\]\. Did you mean '{closest}'\?",
+        match=rf"Unknown AdamW hyper-parameter '{key}'\. Valid: \[.*'amsgrad'.*\]\. Did you mean '{closest}'\?",
     ):
         build_optimizer("adamw", nn.Linear(2, 2).parameters(), **{key: 0.1})
 
@@ -112,12 +112,12 @@ def test_unknown_key_inside_a_group_names_the_group() -> None:
     groups[1]["lr_sclae"] = 2.0
     with pytest.raises(
         ValueError,
-        match=r"Unknown key in the parameter group 'no_decay' \(index 1\) for AdamW 'lr_sclae'\. Valid: \[.*\]\. "
-        r"Did you mean 'lr_scale'\? Valid keys are AdamW's hyper-parameters plus lit_optim's "
+        match=r"Unknown key 'lr_sclae'\. Valid: \[.*\]\. Did you mean 'lr_scale'\? It appears in the parameter "
+        r"group 'no_decay' \(index 1\); group keys are the hyper-parameters of AdamW plus lit_optim's "
         r"\['lr_scale', 'name', 'params'\]\.",
     ):
         build_optimizer("adamw", groups)
-    with pytest.raises(ValueError, match=r"Unknown key in the parameter group 0 for SGD 'betas'"):
+    with pytest.raises(ValueError, match=r"Unknown key 'betas'.* It appears in the parameter group 0; .* of SGD"):
         build_optimizer("sgd", [{"params": [nn.Parameter(torch.ones(1))], "betas": (0.9, 0.9)}], lr=0.1)
 
 
@@ -131,11 +131,11 @@ def test_group_without_params() -> None:
     [
         ({"lr": -1.0}, None, r"`lr` must be >= 0 and finite, got -1.0"),
         ({"weight_decay": -0.5}, None, r"`weight_decay` must be >= 0 and finite, got -0.5"),
-        ({}, [{"lr": -0.1}], r"`lr in the parameter group 0` must be >= 0 and finite, got -0.1"),
+        ({}, [{"lr": -0.1}], r"In the parameter group 0: `lr` must be >= 0 and finite, got -0.1\."),
         (
             {},
             [{"name": "g", "weight_decay": float("inf")}],
-            r"`weight_decay in the parameter group 'g' \(index 0\)` must be >= 0 and finite",
+            r"In the parameter group 'g' \(index 0\): `weight_decay` must be >= 0 and finite, got inf\.",
         ),
     ],
 )
@@ -152,7 +152,7 @@ def test_zero_weight_decay_group_key_accepted_for_optimizer_without_weight_decay
     # weight_decay=0 makes decay and no_decay identical, so they merge into one group.
     assert [(g["name"], g["weight_decay"], len(g["params"])) for g in opt.param_groups] == [("decay", 0.0, 2)]
     with pytest.raises(
-        ValueError, match=r"Unknown key in the parameter group 'decay' \(index 0\) for Rprop 'weight_decay'"
+        ValueError, match=r"Unknown key 'weight_decay'.* It appears in the parameter group 'decay' \(index 0\)"
     ):
         build_optimizer("rprop", param_groups(nn.Linear(2, 2), weight_decay=0.1))
 
@@ -188,3 +188,12 @@ def test_group_names_travel_into_state_dict() -> None:
     saved = opt.state_dict()["param_groups"]
     assert [g["name"] for g in saved] == [g["name"] for g in opt.param_groups]
     assert [g["lr_scale"] for g in saved] == [0.125, 0.25, 0.25, 0.5, 0.5, 1.0]
+
+
+def test_dotted_import_path() -> None:
+    assert resolve_optimizer("torch.optim.SGD") is torch.optim.SGD
+    assert resolve_optimizer("tests.test_optimizers.Lion") is Lion
+    with pytest.raises(ValueError, match=r"Cannot import optimizer 'tests.test_optimizers.Lino': .*'package.module"):
+        resolve_optimizer("tests.test_optimizers.Lino")
+    with pytest.raises(TypeError, match=r"'torch.nn.Linear' is not a torch.optim.Optimizer subclass"):
+        resolve_optimizer("torch.nn.Linear")

@@ -412,3 +412,80 @@ def test_no_trainable_parameters(model: nn.Module, match: str) -> None:
 def test_layer_decay_without_module_list_asks_for_layer_id_fn() -> None:
     with pytest.raises(ValueError, match=r"Sequential has no nn.ModuleList of blocks\. HINT: pass `layer_id_fn"):
         param_groups(nn.Sequential(nn.Linear(2, 2)), layer_decay=0.5)
+
+
+def test_format_groups_of_an_optimizer_shows_only_non_default_settings() -> None:
+    model = CNN()
+    groups = param_groups(model, lr=0.1, overrides={"fc.*": {"betas": (0.8, 0.9)}}, optimizer="adam")
+    opt = torch.optim.Adam(groups, lr=0.1, betas=(0.9, 0.99))
+    assert format_groups(opt).splitlines() == [
+        "name         tensors  parameters  lr   lr_scale  weight_decay  other",
+        "-----------  -------  ----------  ---  --------  ------------  ----------------",
+        "decay        2        252         0.1  1         0.01",
+        "no_decay     5        20          0.1  1         0",
+        "fc/decay     1        8           0.1  1         0.01          betas=(0.8, 0.9)",
+        "fc/no_decay  1        2           0.1  1         0             betas=(0.8, 0.9)",
+    ]
+
+
+def test_include_frozen_with_layer_decay_keeps_ids() -> None:
+    model = FrozenBackbone()
+    groups = param_groups(model, layer_decay=0.5, include_frozen=True)
+    assert [(g["name"], g["lr_scale"]) for g in groups] == [
+        ("layer_00/decay", 0.125), ("layer_00/no_decay", 0.125), ("layer_01/decay", 0.25),
+        ("layer_01/no_decay", 0.25), ("layer_02/decay", 0.5), ("layer_02/no_decay", 0.5),
+        ("layer_03/decay", 1.0), ("layer_03/no_decay", 1.0),
+    ]  # fmt: skip
+    assert_partition(model, groups, include_frozen=True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [
+        ([("blocks.*", {"lr": 0.1})], TypeError, r"`overrides` must be a mapping pattern -> settings, got list"),
+        ({"blocks.*": {"name": 3}}, TypeError, r"`overrides\['blocks.\*'\]\['name'\]` must be a string, got 3"),
+        ({"blocks.*": {"lr_scale": -2.0}}, ValueError, r"`overrides\['blocks.\*'\]\['lr_scale'\]` must be >= 0"),
+    ],
+)
+def test_bad_overrides(overrides: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        param_groups(GPT(), overrides=overrides)
+
+
+@pytest.mark.parametrize("model_cls", [GPT, CNN, FrozenBackbone, WithEncoder, GPTModule])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"decay_embeddings": False, "include_frozen": True},
+        {"layer_decay": 0.7, "layer_id_fn": lambda name: name.count(".")},
+        {"overrides": {"*.weight": {"lr_scale": 0.5}, "*.bias": {"lr": 0.2}}, "no_decay": ["*.0.*"]},
+    ],
+    ids=["defaults", "frozen-embeddings", "layer-fn", "overrides"],
+)
+def test_every_parameter_in_exactly_one_group(model_cls: type[nn.Module], kwargs: dict[str, Any]) -> None:
+    model = model_cls()
+    groups = param_groups(model, **kwargs)
+    assert_partition(model, groups, include_frozen=kwargs.get("include_frozen", False))
+    for g in groups:
+        assert g["lr"] == pytest.approx(g["lr_scale"] * (0.2 if "bias" in g["name"] else 1e-3))
+        assert (g["weight_decay"] == 0.0) == g["name"].endswith("no_decay")
+
+
+def test_readme_table_is_the_real_output() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Parameter groups and optimizers") :]
+    table = section[section.index("```text\n") + 8 :].split("```")[0].rstrip("\n")
+    model = GPT()
+    overrides = {model.ln_f: {"lr_scale": 2.0}, "blocks.*.mlp.*": {"betas": (0.9, 0.95)}}
+    assert table == format_groups(param_groups(model, lr=3e-4, weight_decay=0.1, layer_decay=0.8, overrides=overrides))
+
+
+def test_lazy_parameters_must_be_materialized_first() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.LazyLinear(3))
+    with pytest.raises(ValueError, match=r"Parameter '1.weight' of LazyLinear is not initialized yet .*forward pass"):
+        param_groups(model)
+    model(torch.ones(1, 2))
+    assert named(model, param_groups(model)) == {"decay": ["0.weight", "1.weight"], "no_decay": ["0.bias", "1.bias"]}

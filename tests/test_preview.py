@@ -159,13 +159,14 @@ class _Scheduled(TinyModule):
         (Step(every="1ep", gamma=0.5), {"max_epochs": 4, "limit_train_batches": 0.25, "accumulate_grad_batches": 3}),
         (Cosine(warmup="20%"), {"max_epochs": -1, "max_steps": 9}),
         (OneCycle(), {"max_epochs": 10, "max_steps": 12}),
+        (Cosine(warmup="10%"), {"max_epochs": 2, "val_check_interval": 0.25, "limit_val_batches": 2}),
     ],
 )
 def test_trainer_applies_the_preview(
     make_trainer: Callable[..., Trainer], schedule: Schedule, overrides: dict[str, Any]
 ) -> None:
     recorder = _Recorder()
-    trainer = make_trainer(limit_val_batches=0, callbacks=[recorder], **overrides)
+    trainer = make_trainer(**{"limit_val_batches": 0, "callbacks": [recorder], **overrides})
     trainer.fit(_Scheduled(schedule))
     curve = preview_schedule(schedule, trainer, base_lrs={"body": 0.1, "head": 0.5})
     assert len(recorder.lrs) == len(curve) == trainer.global_step

@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler
 
+from lit_optim._durations import TrainingLength
 from lit_optim.scheduler import ScheduleLR, lightning_scheduler_config
 from lit_optim.schedules import Constant, Cosine, Linear, Schedule, Warmup
+from tests.models import TinyModule
 
 BASE_LRS = (0.1, 0.03, 1e-4)
 
@@ -177,8 +182,6 @@ def test_state_dict_is_plain() -> None:
 
 
 def test_lightning_scheduler_config(make_trainer: Callable[..., Any]) -> None:
-    from tests.models import TinyModule
-
     captured: dict[str, Any] = {}
 
     class Model(TinyModule):
@@ -196,3 +199,126 @@ def test_lightning_scheduler_config(make_trainer: Callable[..., Any]) -> None:
     assert sched.schedule == Cosine(warmup=Warmup(duration=4))
     assert trainer.lr_scheduler_configs[0].scheduler is sched
     assert sched.last_epoch == 12  # Lightning stepped it once per optimizer step
+
+
+# --------------------------------------------- through Lightning's checkpoint (Lightning's own step interval)
+
+
+class _Recorder(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        self.lrs.append([float(g["lr"]) for g in optimizer.param_groups])
+
+
+class _Scheduled(TinyModule):
+    def __init__(self, schedule: Schedule) -> None:
+        super().__init__()
+        self.schedule = schedule
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(
+            [{"params": self.net[0].parameters(), "lr": 0.1}, {"params": self.net[2].parameters(), "lr": 0.02}]
+        )
+        return {"optimizer": opt, "lr_scheduler": lightning_scheduler_config(opt, self.schedule, self.trainer)}
+
+
+class _SaveEveryStep(Callback):
+    """Saves ``step=N.ckpt`` after each optimizer step (stateless, unlike ModelCheckpoint, so resuming needs
+    no matching callback)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        trainer.save_checkpoint(self.folder / f"step={trainer.global_step}.ckpt")
+
+
+# Lightning notes that a mid-epoch resume with a plain DataLoader replays the epoch's batches from its start;
+# the lr trajectory (what these tests check) is a function of the optimizer step and is unaffected.
+MID_EPOCH = pytest.mark.filterwarnings("ignore:.*resuming from a checkpoint that ended before the epoch ended.*")
+
+RUN: dict[str, Any] = {"max_epochs": 3, "limit_train_batches": 4, "limit_val_batches": 0}
+
+
+@pytest.fixture
+def straight_run(make_trainer: Callable[..., Trainer], tmp_path: Path) -> tuple[list[list[float]], Path]:
+    """An uninterrupted run of 12 steps saving a checkpoint after every optimizer step."""
+    recorder = _Recorder()
+    make_trainer(callbacks=[recorder, _SaveEveryStep(tmp_path / "ckpt")], **RUN).fit(_Scheduled(SCHEDULE))
+    assert len(recorder.lrs) == 12
+    return recorder.lrs, tmp_path / "ckpt"
+
+
+SCHEDULE = Cosine(warmup=3, min_lr=0.1)
+
+
+@MID_EPOCH
+@pytest.mark.parametrize("stop", [2, 4, 7, 11])  # mid-warmup, at an epoch boundary, mid-epoch, last step
+def test_resume_from_lightning_checkpoint(
+    make_trainer: Callable[..., Trainer], straight_run: tuple[list[list[float]], Path], stop: int
+) -> None:
+    lrs, folder = straight_run
+    ckpt = folder / f"step={stop}.ckpt"
+    # the scheduler's state is plain values, so the checkpoint loads with weights_only=True
+    state = torch.load(ckpt, weights_only=True)["lr_schedulers"][0]
+    assert (state["last_epoch"], state["total_steps"], state["schedule"]) == (stop, 12, repr(SCHEDULE.resolve(
+        TrainingLength(12, 4))))
+    resumed = _Recorder()
+    make_trainer(callbacks=[resumed], **RUN).fit(_Scheduled(SCHEDULE), ckpt_path=ckpt)  # no warning: same schedule
+    assert resumed.lrs == lrs[stop:]
+
+
+@MID_EPOCH
+def test_resume_with_longer_run_continues_new_schedule(
+    make_trainer: Callable[..., Trainer], straight_run: tuple[list[list[float]], Path]
+) -> None:
+    _, folder = straight_run
+    resumed = _Recorder()
+    trainer = make_trainer(callbacks=[resumed], **{**RUN, "max_epochs": 5})
+    with pytest.warns(UserWarning, match=r"saved Cosine\(.*\) over 12 steps, now Cosine\(.*\) over 20 steps\. The new "
+                      r"schedule continues from the saved progress \(step 6\)"):
+        trainer.fit(_Scheduled(SCHEDULE), ckpt_path=folder / "step=6.ckpt")
+    expected = [[0.1 * SCHEDULE.factor(s, 20), 0.02 * SCHEDULE.factor(s, 20)] for s in range(6, 20)]
+    assert resumed.lrs == expected
+
+
+def test_tensor_lrs_are_filled_in_place() -> None:
+    lr = torch.tensor(0.1)
+    opt = torch.optim.AdamW([{"params": [torch.zeros(2, requires_grad=True)], "lr": lr}])
+    sched = ScheduleLR(opt, Linear(warmup=2), total_steps=6)
+    got = [float(v[0]) for v in drive(sched, 6)]
+    assert got == pytest.approx([0.0, 0.05, 0.1, 0.075, 0.05, 0.025], rel=1e-6)
+    assert opt.param_groups[0]["lr"] is lr  # same tensor, updated in place (capturable optimizers rely on it)
+    fresh = torch.optim.AdamW([{"params": [torch.zeros(2)], "lr": torch.tensor(0.1)}])
+    restored = ScheduleLR(fresh, Linear(warmup=2), 6)
+    restored.load_state_dict(sched.state_dict())
+    assert float(restored.optimizer.param_groups[0]["lr"]) == 0.0  # step 6 of 6: the end of the decay
+
+
+def test_learning_rate_monitor_logs_named_groups(make_trainer: Callable[..., Trainer], tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    class Named(TinyModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(
+                [
+                    {"params": self.net[0].parameters(), "lr": 0.1, "name": "body"},
+                    {"params": self.net[2].parameters(), "lr": 0.5, "name": "head"},
+                ]
+            )
+            config = lightning_scheduler_config(opt, Cosine(warmup=2), self.trainer, name="lr")
+            return {"optimizer": opt, "lr_scheduler": config}
+
+    logger = CSVLogger(tmp_path / "logs", name="", version="")
+    trainer = make_trainer(max_steps=5, logger=logger, log_every_n_steps=1, limit_val_batches=0,
+                           callbacks=[LearningRateMonitor(logging_interval="step")])
+    trainer.fit(Named())
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["lr/body"]]
+    f_ = [Cosine(warmup=2).factor(s, 5) for s in range(5)]
+    assert [(int(r["step"]), float(r["lr/body"]), float(r["lr/head"])) for r in rows] == [
+        (s, 0.1 * f_[s], 0.5 * f_[s]) for s in range(5)
+    ]

@@ -1,0 +1,129 @@
+"""``clip_gradients``: the clipping of ``GradientClipping`` as a function, for manual optimization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lit_optim._grad_norms import clip_by_coef_, clip_coef, clip_value_, grouped_norms
+from lit_optim._validation import check_choice, check_positive
+
+__all__ = ["ClipResult", "check_norm_type", "clip_gradients", "group_names", "optimizer_grads"]
+
+
+def check_norm_type(value: object) -> float:
+    """Return ``value`` as float if it is a number > 0 (``inf`` allowed), else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"`norm_type` must be a number > 0 or float('inf'), got {value!r}.")
+    return float(value)
+
+
+def group_names(optimizer: Optimizer) -> list[str]:
+    """Return each group's ``name`` when it has one, else ``group{i}``; duplicates get their index appended."""
+    names: list[str] = []
+    for i, group in enumerate(optimizer.param_groups):
+        name = str(group.get("name") or f"group{i}")
+        names.append(name if name not in names else f"{name}_{i}")
+    return names
+
+
+def optimizer_grads(optimizer: Optimizer) -> list[list[Tensor]]:
+    """The existing gradients of each param group."""
+    return [[p.grad for p in g["params"] if p.grad is not None] for g in optimizer.param_groups]
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """What one clipping call measured and did. Tensors stay on the device (no host sync).
+
+    Attributes:
+        total_norm: pre-clip global norm of all gradients of the optimizer (``norm_type``).
+        group_norms: pre-clip norm of each param group, by group name (empty under FSDP1).
+        threshold: the norm threshold applied (``None`` in value/AGC modes).
+        clip_coef: the factor the gradients were multiplied by (1 = untouched; ``None`` in value/AGC modes).
+        skipped: whether the step was skipped because the norm was non-finite (gradients set to ``None``).
+    """
+
+    total_norm: Tensor
+    group_norms: dict[str, Tensor]
+    threshold: Tensor | None = None
+    clip_coef: Tensor | None = None
+    skipped: bool = False
+
+
+def clip_gradients(
+    optimizer: Optimizer | LightningOptimizer,
+    max_norm: float = 1.0,
+    norm_type: float = 2.0,
+    *,
+    mode: Literal["norm", "value"] = "norm",
+    clip_value: float = 1.0,
+    skip_nonfinite: bool = False,
+    scaler: torch.amp.GradScaler | None = None,
+    foreach: bool | None = None,
+) -> ClipResult:
+    """Clip the gradients of ``optimizer`` in place and return the pre-clip norms (for manual optimization).
+
+    Call it in ``training_step`` after ``self.manual_backward(loss)`` and before ``opt.step()``. Under fp16 AMP
+    the gradients are still scaled there: pass ``scaler=self.trainer.precision_plugin.scaler`` and the norms
+    and thresholds are computed on the unscaled values (the gradients stay scaled, so ``GradScaler`` still
+    unscales them once and skips non-finite steps itself). Norms are global under DDP and FSDP2/DTensor.
+
+    Args:
+        optimizer: the optimizer (or Lightning's wrapper from ``self.optimizers()``).
+        max_norm: largest allowed global norm (``mode="norm"``), as in ``torch.nn.utils.clip_grad_norm_``.
+        norm_type: the p of the p-norm; ``float("inf")`` for the max norm.
+        mode: ``"norm"`` scales all gradients by ``min(max_norm / (norm + 1e-6), 1)``; ``"value"`` clamps each
+            element to ``[-clip_value, clip_value]``.
+        clip_value: the clamp bound of ``mode="value"``.
+        skip_nonfinite: set every gradient to ``None`` when the global norm is inf/nan, so ``opt.step()``
+            changes nothing (one host sync). Ignored with ``scaler``, which skips such steps itself.
+        scaler: the ``GradScaler`` whose scale the gradients still carry, if any.
+        foreach: force (``True``) or forbid (``False``) the batched ``torch._foreach_*`` kernels.
+
+    Returns:
+        A ``ClipResult`` with the pre-clip global and per-group norms.
+
+    Raises:
+        ValueError: on an unknown ``mode`` or a non-positive ``max_norm``, ``norm_type`` or ``clip_value``.
+
+    Example:
+        >>> layer = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD([{"params": [layer.weight], "name": "w"}, {"params": [layer.bias]}], lr=0.1)
+        >>> layer.weight.grad, layer.bias.grad = torch.tensor([[3.0, 0.0]]), torch.tensor([4.0])
+        >>> result = clip_gradients(opt, max_norm=1.0)
+        >>> round(result.total_norm.item(), 4), sorted(result.group_norms)
+        (5.0, ['group1', 'w'])
+        >>> [round(v, 4) for v in layer.weight.grad.flatten().tolist() + layer.bias.grad.tolist()]
+        [0.6, 0.0, 0.8]
+    """
+    check_choice("mode", mode, ("norm", "value"))
+    max_norm = check_positive("max_norm", max_norm)
+    norm_type = check_norm_type(norm_type)
+    clip_value = check_positive("clip_value", clip_value)
+    opt = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
+    grads = optimizer_grads(opt)
+    total, per_group = grouped_norms(grads, norm_type, foreach)
+    scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+    if scale != 1.0:
+        total, per_group = total / scale, per_group / scale
+    names = group_names(opt)
+    group_norms = dict(zip(names, per_group.unbind(), strict=True))
+    if skip_nonfinite and scale == 1.0 and not bool(torch.isfinite(total)):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        return ClipResult(total, group_norms, skipped=True)
+    flat = [g for gs in grads for g in gs]
+    if mode == "value":
+        clip_value_(flat, clip_value * scale, foreach)
+        return ClipResult(total, group_norms)
+    threshold = torch.full((), max_norm, device=total.device)  # a fill kernel, no host-to-device copy
+    coef = clip_coef(threshold, total)
+    clip_by_coef_(flat, coef, foreach)
+    return ClipResult(total, group_norms, threshold, coef)

@@ -1,0 +1,670 @@
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from lightning import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
+from torch import nn
+
+from lit_optim import GradientClipping, clip_gradients
+from lit_optim._clip_thresholds import PercentileThreshold, ZScoreThreshold
+from lit_optim._grad_norms import agc_, grouped_norms
+from tests.models import TinyModule
+
+NORM_TYPES = [1.0, 2.0, 3.5, math.inf]
+
+
+class RecordingLogger(Logger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.logged.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def series(self, key: str) -> list[float]:
+        return [m[key] for _, m in self.logged if key in m]
+
+
+class GradRecorder(Callback):
+    """Copies every parameter's gradient in ``on_before_optimizer_step`` (place before/after the clipper)."""
+
+    def __init__(self) -> None:
+        self.grads: list[list[torch.Tensor]] = []
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        self.grads.append([p.grad.detach().clone() for p in pl_module.parameters() if p.grad is not None])
+
+
+class GroupedModule(TinyModule):
+    """Two named param groups (weights / biases)."""
+
+    def configure_optimizers(self) -> Any:
+        weights = [p for n, p in self.named_parameters() if n.endswith("weight")]
+        biases = [p for n, p in self.named_parameters() if n.endswith("bias")]
+        return torch.optim.SGD([{"params": weights, "name": "decay"}, {"params": biases}], lr=0.1)
+
+
+def _grouped_grads(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 3), nn.Linear(3, 2))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 3
+    groups = [
+        {"params": [model[0].weight, model[1].weight], "name": "body"},
+        {"params": [model[0].bias, model[1].bias]},
+        {"params": [model[2].weight, model[2].bias], "name": "head"},
+    ]
+    return model, torch.optim.SGD(groups, lr=0.1)
+
+
+def _in_group_order(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+# -- norm maths against torch -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm_type", NORM_TYPES)
+def test_norm_and_clipped_grads_equal_torch(norm_type: float) -> None:
+    _, opt = _grouped_grads()
+    params = _in_group_order(opt)
+    reference = [p.grad.clone() for p in params]
+    ref_params = [nn.Parameter(p.detach().clone()) for p in params]
+    for rp, g in zip(ref_params, reference, strict=True):
+        rp.grad = g.clone()
+    torch_norm = torch.nn.utils.clip_grad_norm_(ref_params, max_norm=0.5, norm_type=norm_type)
+
+    result = clip_gradients(opt, max_norm=0.5, norm_type=norm_type)
+
+    assert torch.equal(result.total_norm, torch_norm)
+    for p, rp in zip(params, ref_params, strict=True):
+        assert torch.equal(p.grad, rp.grad)
+    assert result.clip_coef is not None
+    assert result.clip_coef.item() < 1.0
+    # per-group norms: torch's norm of each group's (pre-clip) gradients
+    groups = {"body": reference[0:2], "group1": reference[2:4], "head": reference[4:6]}
+    assert set(result.group_norms) == set(groups)
+    for name, grads in groups.items():
+        expected = torch.nn.utils.get_total_norm(grads, norm_type)
+        torch.testing.assert_close(result.group_norms[name], expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("norm_type", NORM_TYPES)
+def test_group_norms_compose_to_total(norm_type: float) -> None:
+    _, opt = _grouped_grads(seed=3)
+    total, per_group = grouped_norms([[p.grad for p in g["params"]] for g in opt.param_groups], norm_type)
+    torch.testing.assert_close(torch.linalg.vector_norm(per_group, norm_type), total)
+
+
+def test_no_clipping_below_threshold_keeps_grads() -> None:
+    _, opt = _grouped_grads()
+    before = [p.grad.clone() for p in _in_group_order(opt)]
+    result = clip_gradients(opt, max_norm=1e6)
+    assert result.clip_coef is not None
+    assert result.clip_coef.item() == 1.0
+    for p, g in zip(_in_group_order(opt), before, strict=True):
+        assert torch.equal(p.grad, g)
+
+
+def test_value_clipping_equals_torch() -> None:
+    _, opt = _grouped_grads()
+    params = _in_group_order(opt)
+    expected = [p.grad.clone() for p in params]
+    ref = [nn.Parameter(torch.zeros_like(g)) for g in expected]
+    for r, g in zip(ref, expected, strict=True):
+        r.grad = g.clone()
+    torch.nn.utils.clip_grad_value_(ref, clip_value=0.7)
+    clip_gradients(opt, mode="value", clip_value=0.7)
+    for p, r in zip(params, ref, strict=True):
+        assert torch.equal(p.grad, r.grad)
+    assert max(p.grad.abs().max().item() for p in params) == pytest.approx(0.7)
+
+
+def test_agc_matches_published_formula_by_hand() -> None:
+    w = nn.Parameter(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
+    b = nn.Parameter(torch.tensor([1.0, 0.0]))
+    w.grad = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
+    b.grad = torch.tensor([0.05, 0.0])
+    clipped = agc_([w, b], clipping=0.1, eps=1e-3)
+    # row 0: ||G||/||W|| = 1/5 > 0.1 -> rescaled to norm 0.1 * 5 = 0.5
+    # row 1: ||W|| = 0 -> eps = 1e-3; ||G|| = 1 > 0.1 * 1e-3 -> rescaled to norm 1e-4
+    # bias (one unit, whole vector): 0.05 / 1 <= 0.1 -> untouched
+    torch.testing.assert_close(w.grad, torch.tensor([[0.3, 0.4], [1e-4, 0.0]]))
+    assert torch.equal(b.grad, torch.tensor([0.05, 0.0]))
+    assert clipped.item() == 2
+
+
+def test_clip_gradients_skips_nonfinite() -> None:
+    _, opt = _grouped_grads()
+    opt.param_groups[0]["params"][0].grad[0, 0] = math.nan
+    result = clip_gradients(opt, skip_nonfinite=True)
+    assert result.skipped
+    assert all(p.grad is None for p in _in_group_order(opt))
+
+
+def test_clip_gradients_with_scaled_fp16_grads_uses_unscaled_norm() -> None:
+    _, opt = _grouped_grads()
+    params = _in_group_order(opt)
+    true_grads = [p.grad.clone() for p in params]
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.ones(()))  # as `scaler.scale(loss)` would: initialises the scale
+    for p in params:
+        p.grad.mul_(1024.0)
+    result = clip_gradients(opt, max_norm=0.5, scaler=scaler)
+    expected_norm = torch.nn.utils.get_total_norm(true_grads)
+    torch.testing.assert_close(result.total_norm, expected_norm)
+    scaler.unscale_(opt)
+    ref = [nn.Parameter(torch.zeros_like(g)) for g in true_grads]
+    for r, g in zip(ref, true_grads, strict=True):
+        r.grad = g.clone()
+    torch.nn.utils.clip_grad_norm_(ref, 0.5)
+    for p, r in zip(params, ref, strict=True):
+        torch.testing.assert_close(p.grad, r.grad)
+
+
+# -- adaptive rules ------------------------------------------------------------------------------------------
+
+
+def test_percentile_threshold_equals_numpy_percentile() -> None:
+    rule = PercentileThreshold(percentile=30.0, window=4)
+    norms = [2.0, 7.0, math.inf, 1.0, 5.0, 3.0, 9.0]
+    for i, n in enumerate(norms):
+        threshold = rule.update(torch.tensor(n)).item()
+        window = [v for v in norms[max(0, i - 3) : i + 1] if math.isfinite(v)]
+        assert rule.history == window
+        assert threshold == pytest.approx(np.percentile(window, 30.0), rel=1e-6)
+
+
+def test_zscore_threshold_follows_its_formula() -> None:
+    z, a, warm = 2.0, 0.9, 3
+    rule = ZScoreThreshold(z_threshold=z, ema_decay=a, warmup_steps=warm)
+    norms = [1.0, 2.0, 3.0, math.nan, 2.5, 20.0, 2.0]
+    mean = var = 0.0
+    count = 0
+    for g in norms:
+        threshold = rule.update(torch.tensor(g)).item()
+        if count < warm:
+            assert threshold == math.inf
+        else:
+            assert threshold == pytest.approx(mean + z * math.sqrt(var), rel=1e-5)
+        if not math.isfinite(g):
+            continue
+        if count < warm:
+            new_mean = mean + (g - mean) / (count + 1)
+            var = var + ((g - mean) * (g - new_mean) - var) / (count + 1)
+            mean = new_mean
+        else:
+            gc = min(g, threshold)
+            mean = a * mean + (1 - a) * gc
+            var = a * var + (1 - a) * (gc - mean) ** 2
+        count += 1
+    assert rule.stats == pytest.approx((count, mean, var), rel=1e-5)
+    assert np.var([1.0, 2.0, 3.0]) == pytest.approx(2 / 3)  # the warm-up variance is the population one
+
+
+# -- through a Trainer ---------------------------------------------------------------------------------------
+
+
+def test_trainer_logs_exact_keys_and_torch_norms(make_trainer: Callable[..., Trainer]) -> None:
+    logger, before, after = RecordingLogger(), GradRecorder(), GradRecorder()
+    clip = GradientClipping(max_norm=0.05, log_every_n_steps=2)
+    trainer = make_trainer(max_steps=5, logger=logger, callbacks=[before, clip, after])
+    trainer.fit(GroupedModule())
+    logged = [(s, m) for s, m in logger.logged if any(k.startswith("grad_clip/") for k in m)]
+    assert [s for s, _ in logged] == [1, 3]
+    expected_keys = {
+        "grad_clip/norm",
+        "grad_clip/norm/decay",
+        "grad_clip/norm/group1",
+        "grad_clip/threshold",
+        "grad_clip/clip_coef",
+        "grad_clip/clipped",
+    }
+    for step, metrics in logged:
+        assert set(metrics) == expected_keys
+        grads = before.grads[step]
+        norm = torch.nn.utils.get_total_norm(grads).item()
+        assert metrics["grad_clip/norm"] == pytest.approx(norm, rel=1e-6)
+        weights = [g for g in grads if g.ndim == 2]
+        assert metrics["grad_clip/norm/decay"] == pytest.approx(torch.nn.utils.get_total_norm(weights).item(), rel=1e-6)
+        assert metrics["grad_clip/threshold"] == pytest.approx(0.05)
+        assert metrics["grad_clip/clip_coef"] == pytest.approx(min(1.0, 0.05 / (norm + 1e-6)), rel=1e-6)
+        assert metrics["grad_clip/clipped"] == 1.0
+    for step_grads in after.grads:
+        assert torch.nn.utils.get_total_norm(step_grads).item() == pytest.approx(0.05, rel=1e-4)
+
+
+def test_once_per_optimizer_step_with_accumulation(make_trainer: Callable[..., Trainer]) -> None:
+    logger, before = RecordingLogger(), GradRecorder()
+    clip = GradientClipping(max_norm=1e6, log_every_n_steps=1)
+    trainer = make_trainer(
+        max_steps=3, accumulate_grad_batches=2, logger=logger, callbacks=[before, clip]
+    )
+    trainer.fit(TinyModule())
+    assert len(logger.series("grad_clip/norm")) == 3
+    assert len(before.grads) == 3
+    for norm, grads in zip(logger.series("grad_clip/norm"), before.grads, strict=True):
+        assert norm == pytest.approx(torch.nn.utils.get_total_norm(grads).item(), rel=1e-6)
+
+
+def test_percentile_mode_threshold_equals_numpy_of_history(make_trainer: Callable[..., Trainer]) -> None:
+    logger, before = RecordingLogger(), GradRecorder()
+    clip = GradientClipping(mode="percentile", percentile=25.0, window=3, log_every_n_steps=1)
+    trainer = make_trainer(max_steps=6, logger=logger, callbacks=[before, clip])
+    trainer.fit(TinyModule())
+    norms = [torch.nn.utils.get_total_norm(g).item() for g in before.grads]
+    thresholds = logger.series("grad_clip/threshold")
+    for i, threshold in enumerate(thresholds):
+        assert threshold == pytest.approx(np.percentile(norms[max(0, i - 2) : i + 1], 25.0), rel=1e-5)
+    rule = clip.threshold_rule()
+    assert isinstance(rule, PercentileThreshold)
+    assert rule.history == pytest.approx(norms[-3:], rel=1e-6)
+
+
+def test_agc_mode_in_trainer_respects_exclusions(make_trainer: Callable[..., Trainer]) -> None:
+    before, after = GradRecorder(), GradRecorder()
+    clip = GradientClipping(mode="agc", agc_clipping=0.001, agc_exclude=["net.2.*"])
+    model = TinyModule()
+    trainer = make_trainer(max_steps=1, callbacks=[before, clip, after])
+    weights = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(model)
+    names = [n for n, _ in model.named_parameters()]
+    for name, w, g, g_after in zip(names, weights, before.grads[0], after.grads[0], strict=True):
+        if name.startswith("net.2."):
+            assert torch.equal(g, g_after)
+            continue
+        dims = tuple(range(1, w.ndim)) if w.ndim > 1 else None
+        w_norm = w.norm(dim=dims, keepdim=True) if dims else w.norm()
+        g_norm = g.norm(dim=dims, keepdim=True) if dims else g.norm()
+        limit = 0.001 * w_norm.clamp(min=1e-3)
+        expected = torch.where(g_norm > limit, g * limit / g_norm, g)
+        torch.testing.assert_close(g_after, expected)
+        assert not torch.equal(g, g_after)
+
+
+def test_agc_exclude_pattern_must_match(make_trainer: Callable[..., Trainer]) -> None:
+    trainer = make_trainer(max_steps=1, callbacks=[GradientClipping(mode="agc", agc_exclude=["head.*"])])
+    with pytest.raises(ValueError, match=r"pattern 'head\.\*' matched no parameter.*'net\.0\.weight'"):
+        trainer.fit(TinyModule())
+
+
+class InfGradModule(TinyModule):
+    def __init__(self, bad_steps: set[int]) -> None:
+        super().__init__()
+        self.bad_steps = bad_steps
+
+    def on_after_backward(self) -> None:
+        if self.trainer.global_step in self.bad_steps:
+            self.net[0].weight.grad[0, 0] = math.inf
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+class Snapshot(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.before: tuple[list[torch.Tensor], dict[str, Any]] | None = None
+        self.after: tuple[list[torch.Tensor], dict[str, Any]] | None = None
+
+    def _take(self, trainer: Trainer, module: LightningModule) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        params = [p.detach().clone() for p in module.parameters()]
+        state = pickle.loads(pickle.dumps(trainer.optimizers[0].state_dict()))
+        return params, state
+
+    def on_train_batch_start(self, trainer: Trainer, module: LightningModule, batch: Any, idx: int) -> None:
+        if idx == self.step:
+            self.before = self._take(trainer, module)
+
+    def on_train_batch_end(self, trainer: Trainer, module: LightningModule, *args: Any) -> None:
+        if args[-1] == self.step:
+            self.after = self._take(trainer, module)
+
+
+def test_inf_gradient_skips_step(make_trainer: Callable[..., Trainer]) -> None:
+    logger, snap = RecordingLogger(), Snapshot(step=2)
+    clip = GradientClipping(skip_nonfinite=True, log_every_n_steps=1)
+    trainer = make_trainer(max_steps=4, logger=logger, callbacks=[clip, snap])
+    trainer.fit(InfGradModule(bad_steps={2}))
+    assert snap.before is not None
+    assert snap.after is not None
+    for p0, p1 in zip(snap.before[0], snap.after[0], strict=True):
+        assert torch.equal(p0, p1)
+    state0, state1 = snap.before[1]["state"], snap.after[1]["state"]
+    assert state0.keys() == state1.keys()
+    for k in state0:
+        for name in state0[k]:
+            assert torch.equal(state0[k][name], state1[k][name]), name
+    assert clip.skipped_steps == 1
+    assert logger.series("grad_clip/skipped_steps") == [0.0, 0.0, 1.0, 1.0]
+    assert math.isinf(logger.series("grad_clip/norm")[2])
+    clip_logs = [m for _, m in logger.logged if "grad_clip/norm" in m]
+    assert "grad_clip/threshold" not in clip_logs[2]
+    assert clip_logs[3]["grad_clip/threshold"] == 1.0
+
+
+def test_consecutive_skips_raise(make_trainer: Callable[..., Trainer]) -> None:
+    clip = GradientClipping(skip_nonfinite=True, max_consecutive_skips=3)
+    trainer = make_trainer(max_steps=10, callbacks=[clip])
+    with pytest.raises(RuntimeError, match=r"non-finite on 3 consecutive optimizer steps"):
+        trainer.fit(InfGradModule(bad_steps=set(range(10))))
+    assert clip.skipped_steps == 3
+
+
+def test_skips_not_in_a_row_do_not_raise(make_trainer: Callable[..., Trainer]) -> None:
+    clip = GradientClipping(skip_nonfinite=True, max_consecutive_skips=2)
+    trainer = make_trainer(max_steps=5, callbacks=[clip])
+    trainer.fit(InfGradModule(bad_steps={0, 2, 4}))
+    assert clip.skipped_steps == 3
+
+
+@pytest.mark.parametrize("mode", ["percentile", "zscore"])
+def test_resume_restores_history_exactly(mode: str, make_trainer: Callable[..., Trainer], tmp_path: Path) -> None:
+    def clipper() -> GradientClipping:
+        return GradientClipping(mode=mode, percentile=50.0, window=6, warmup_steps=2, z_threshold=0.5)  # type: ignore[arg-type]
+
+    def module() -> TinyModule:
+        torch.manual_seed(1)
+        return TinyModule(n=16)
+
+    straight = clipper()
+    m_straight = module()
+    make_trainer(max_epochs=2, callbacks=[straight]).fit(m_straight)
+
+    first = clipper()
+    m_first = module()
+    trainer = make_trainer(max_epochs=1, callbacks=[first])
+    trainer.fit(m_first)
+    ckpt = tmp_path / "half.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    resumed = clipper()
+    m_resumed = module()
+    make_trainer(max_epochs=2, callbacks=[resumed]).fit(m_resumed, ckpt_path=ckpt)
+
+    assert resumed.state_dict() == straight.state_dict()
+    assert resumed.state_dict() != first.state_dict()
+    for a, b in zip(m_straight.parameters(), m_resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_bf16_mixed_on_cpu(make_trainer: Callable[..., Trainer]) -> None:
+    logger, before, after = RecordingLogger(), GradRecorder(), GradRecorder()
+    clip = GradientClipping(max_norm=0.05, log_every_n_steps=1)
+    trainer = make_trainer(
+        max_steps=3, precision="bf16-mixed", logger=logger, callbacks=[before, clip, after]
+    )
+    trainer.fit(TinyModule())
+    norms = logger.series("grad_clip/norm")
+    assert len(norms) == 3
+    for norm, grads, clipped in zip(norms, before.grads, after.grads, strict=True):
+        assert norm == pytest.approx(torch.nn.utils.get_total_norm(grads).item(), rel=1e-6)
+        assert torch.nn.utils.get_total_norm(clipped).item() == pytest.approx(0.05, rel=1e-4)
+
+
+def test_manual_optimization_with_clip_gradients(make_trainer: Callable[..., Trainer]) -> None:
+    class Manual(TinyModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.results: list[tuple[float, float]] = []
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            opt = self.optimizers()
+            loss = nn.functional.mse_loss(self(batch[0]), batch[1])
+            opt.zero_grad()
+            self.manual_backward(loss)
+            reference = torch.nn.utils.get_total_norm([p.grad for p in self.parameters()]).item()
+            result = clip_gradients(opt, max_norm=0.01)
+            after = torch.nn.utils.get_total_norm([p.grad for p in self.parameters()]).item()
+            self.results.append((result.total_norm.item() - reference, after))
+            opt.step()
+            return loss
+
+    model = Manual()
+    make_trainer(max_steps=2).fit(model)
+    assert len(model.results) == 2
+    for diff, after in model.results:
+        assert diff == 0.0
+        assert after == pytest.approx(0.01, rel=1e-4)
+
+
+def test_refuses_double_clipping(make_trainer: Callable[..., Trainer]) -> None:
+    trainer = make_trainer(max_steps=1, gradient_clip_val=1.0, callbacks=[GradientClipping()])
+    with pytest.raises(ValueError, match=r"gradient_clip_val=1\.0.*would clip twice"):
+        trainer.fit(TinyModule())
+
+
+# -- arguments, state ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"max_norm": 0.0}, ValueError, r"`max_norm` must be > 0 and finite, got 0\.0"),
+        ({"max_norm": -1}, ValueError, r"`max_norm` must be > 0 and finite, got -1"),
+        (
+            {"mode": "percentil"},
+            ValueError,
+            r"one of \['agc', 'norm', 'percentile', 'value', 'zscore'\], got 'percentil'\. Did you mean 'percentile'\?",
+        ),
+        ({"percentile": 0.0}, ValueError, r"`percentile` must be in \(0, 100\], got 0\.0"),
+        ({"percentile": 100.5}, ValueError, r"`percentile` must be in \(0, 100\], got 100\.5"),
+        ({"window": 0}, ValueError, r"`window` must be an int >= 1, got 0"),
+        ({"norm_type": 0}, ValueError, r"`norm_type` must be a number > 0 or float\('inf'\), got 0"),
+        ({"clip_value": -0.5}, ValueError, r"`clip_value` must be > 0"),
+        ({"ema_decay": 1.0}, ValueError, r"`ema_decay` must be in \(0, 1\), got 1\.0"),
+        ({"agc_exclude": "head.*"}, TypeError, r"`agc_exclude` must be a list of name patterns"),
+        ({"log_every_n_steps": 0}, ValueError, r"`log_every_n_steps` must be an int >= 1, got 0"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        GradientClipping(**kwargs)
+
+
+def test_clip_gradients_bad_arguments() -> None:
+    _, opt = _grouped_grads()
+    with pytest.raises(ValueError, match=r"`mode` must be one of \['norm', 'value'\], got 'agc'"):
+        clip_gradients(opt, mode="agc")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`max_norm` must be > 0 and finite, got -2"):
+        clip_gradients(opt, max_norm=-2)
+
+
+def test_state_key_names_settings_and_instances_coexist() -> None:
+    a, b = GradientClipping(max_norm=1.0), GradientClipping(mode="percentile", percentile=5.0, window=10)
+    assert a.state_key == "GradientClipping{'mode': 'norm', 'max_norm': 1.0, 'norm_type': 2.0}"
+    assert b.state_key == "GradientClipping{'mode': 'percentile', 'percentile': 5.0, 'window': 10, 'norm_type': 2.0}"
+    restored = pickle.loads(pickle.dumps(b))
+    assert restored.state_key == b.state_key
+    assert restored.state_dict() == {"skipped_steps": 0, "consecutive_skips": 0, "rules": {}}
+
+
+@pytest.mark.parametrize("norm_type", NORM_TYPES)
+def test_mixed_dtypes_and_empty_tensors(norm_type: float) -> None:
+    torch.manual_seed(0)
+    a, b, c = torch.randn(4, 3), torch.randn(5, dtype=torch.float64), torch.randn(2, 2)
+    empty = torch.zeros(0)
+    total, per_group = grouped_norms([[a, b], [empty, c], []], norm_type)
+    assert torch.equal(total, torch.nn.utils.get_total_norm([a, b, c], norm_type))  # same buckets, same order
+    expected = [
+        torch.nn.utils.get_total_norm([a, b], norm_type),
+        torch.nn.utils.get_total_norm([c], norm_type).double(),
+        torch.tensor(0.0, dtype=torch.float64),
+    ]
+    torch.testing.assert_close(per_group.double(), torch.stack(expected))
+
+
+def _raise_sync(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("host-device sync on a step that logs nothing")
+
+
+class SyncGuardedClipping(GradientClipping):
+    """Fails if the clipper reads a tensor value on the host (`.item()`, `.tolist()`, `bool()`, `float()`)."""
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        saved = {name: getattr(torch.Tensor, name) for name in ("item", "tolist", "__bool__", "__float__")}
+        try:
+            for name in saved:
+                setattr(torch.Tensor, name, _raise_sync)
+            super().on_before_optimizer_step(trainer, pl_module, optimizer)
+        finally:
+            for name, fn in saved.items():
+                setattr(torch.Tensor, name, fn)
+
+
+@pytest.mark.parametrize("mode", ["norm", "value", "agc", "percentile", "zscore"])
+def test_no_host_sync_when_nothing_is_logged(mode: str, make_trainer: Callable[..., Trainer]) -> None:
+    clip = SyncGuardedClipping(mode=mode, log_every_n_steps=100, warmup_steps=1)  # type: ignore[arg-type]
+    make_trainer(max_steps=3, logger=RecordingLogger(), callbacks=[clip]).fit(TinyModule())
+
+
+def test_sync_guard_catches_the_documented_syncs(make_trainer: Callable[..., Trainer]) -> None:
+    logging = SyncGuardedClipping(log_every_n_steps=1)
+    with pytest.raises(AssertionError, match="host-device sync"):
+        make_trainer(max_steps=1, logger=RecordingLogger(), callbacks=[logging]).fit(TinyModule())
+    skipping = SyncGuardedClipping(skip_nonfinite=True, log_every_n_steps=100)
+    with pytest.raises(AssertionError, match="host-device sync"):
+        make_trainer(max_steps=1, logger=RecordingLogger(), callbacks=[skipping]).fit(TinyModule())
+
+
+class TwoOptimizers(TinyModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        first, second = self.optimizers()
+        loss = nn.functional.mse_loss(self(batch[0]), batch[1])
+        first.zero_grad()
+        second.zero_grad()
+        self.manual_backward(loss)
+        first.step()
+        second.step()
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return [torch.optim.SGD(self.net[0].parameters(), lr=0.1), torch.optim.SGD(self.net[2].parameters(), lr=0.1)]
+
+
+class OptimizerGradRecorder(Callback):
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        self.norms.append(torch.nn.utils.get_total_norm(grads).item())
+
+
+def test_manual_optimization_two_optimizers_prefixes(make_trainer: Callable[..., Trainer]) -> None:
+    logger, before, after = RecordingLogger(), OptimizerGradRecorder(), OptimizerGradRecorder()
+    clip = GradientClipping(max_norm=0.01, log_every_n_steps=1)
+    make_trainer(max_steps=4, logger=logger, callbacks=[before, clip, after]).fit(TwoOptimizers())
+    opt0, opt1 = logger.series("grad_clip/opt0/norm"), logger.series("grad_clip/opt1/norm")
+    assert len(opt0) == len(opt1) == 2  # 4 optimizer steps, alternating
+    assert opt0 == pytest.approx(before.norms[0::2], rel=1e-6)
+    assert opt1 == pytest.approx(before.norms[1::2], rel=1e-6)
+    assert {k for _, m in logger.logged for k in m if k.startswith("grad_clip/opt1/")} == {
+        "grad_clip/opt1/norm",
+        "grad_clip/opt1/norm/group0",
+        "grad_clip/opt1/threshold",
+        "grad_clip/opt1/clip_coef",
+        "grad_clip/opt1/clipped",
+    }
+    assert after.norms == pytest.approx([min(n, 0.01) for n in before.norms], rel=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:`training_step` returned `None`:UserWarning")  # on purpose, below
+def test_step_without_gradients_leaves_history_alone(make_trainer: Callable[..., Trainer]) -> None:
+    class SkipsBatch(TinyModule):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return None if batch_idx == 1 else super().training_step(batch, batch_idx)
+
+    logger = RecordingLogger()
+    clip = GradientClipping(mode="percentile", window=10, log_every_n_steps=1)
+    make_trainer(max_steps=4, logger=logger, callbacks=[clip]).fit(SkipsBatch())
+    rule = clip.threshold_rule()
+    assert isinstance(rule, PercentileThreshold)
+    assert len(rule.history) == 3
+    assert len(logger.series("grad_clip/norm")) == 3
+
+
+@pytest.mark.parametrize(
+    ("mode", "keys"),
+    [
+        ("value", {"grad_clip/norm", "grad_clip/norm/group0", "grad_clip/clipped"}),
+        ("agc", {"grad_clip/norm", "grad_clip/norm/group0", "grad_clip/clipped_units", "grad_clip/clipped"}),
+    ],
+)
+def test_value_and_agc_modes_log_their_keys(
+    mode: str, keys: set[str], make_trainer: Callable[..., Trainer]
+) -> None:
+    class WeightRecorder(GradRecorder):
+        def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+            self.grads.append([p.detach().clone() for p in pl_module.parameters()])
+
+    logger, before, after, weights = RecordingLogger(), GradRecorder(), GradRecorder(), WeightRecorder()
+    units_seen: list[int] = []
+    clip = GradientClipping(mode=mode, clip_value=0.05, agc_clipping=1e-4, log_every_n_steps=1)  # type: ignore[arg-type]
+    make_trainer(max_steps=2, logger=logger, callbacks=[weights, before, clip, after]).fit(TinyModule())
+    logged = [m for _, m in logger.logged if "grad_clip/norm" in m]
+    assert len(logged) == 2
+    for metrics, grads, clipped in zip(logged, before.grads, after.grads, strict=True):
+        assert set(metrics) == keys
+        assert metrics["grad_clip/clipped"] == 1.0
+        assert metrics["grad_clip/norm"] == pytest.approx(torch.nn.utils.get_total_norm(grads).item(), rel=1e-6)
+        if mode == "value":
+            for g, c in zip(grads, clipped, strict=True):
+                assert torch.equal(c, g.clamp(-0.05, 0.05))
+        else:
+            units = 0
+            for w, g in zip(weights.grads[len(units_seen)], grads, strict=True):
+                dims = tuple(range(1, w.ndim)) or None
+                limit = 1e-4 * torch.linalg.vector_norm(w, dim=dims).clamp(min=1e-3)
+                units += int((torch.linalg.vector_norm(g, dim=dims) > limit).sum())
+            units_seen.append(units)
+            assert metrics["grad_clip/clipped_units"] == units > 0
+
+
+def _fake_trainer(strategy: Any, optimizers: int = 1) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(gradient_clip_val=None, strategy=strategy, optimizers=[object()] * optimizers)
+
+
+def test_refuses_deepspeed_with_a_pointer_to_its_config() -> None:
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    strategy = DeepSpeedStrategy.__new__(DeepSpeedStrategy)  # deepspeed is not installed here
+    with pytest.raises(ValueError, match=r"DeepSpeed clips inside its engine.*'gradient_clipping'"):
+        GradientClipping().on_fit_start(_fake_trainer(strategy), TinyModule())
+
+
+def test_fsdp1_refuses_agc_and_several_optimizers() -> None:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    strategy = FSDPStrategy.__new__(FSDPStrategy)
+    with pytest.raises(ValueError, match=r"`mode='agc'` needs whole parameters; FSDP1 shards them"):
+        GradientClipping(mode="agc").on_fit_start(_fake_trainer(strategy), TinyModule())
+    with pytest.raises(ValueError, match=r"covers all parameters, but there are 2 optimizers"):
+        GradientClipping().on_fit_start(_fake_trainer(strategy, optimizers=2), TinyModule())

@@ -1,0 +1,124 @@
+"""The whole lit_optim stack adds no host-device sync on training steps where nothing is logged.
+
+A guard switches on at ``on_train_batch_start`` (first callback) and off at ``on_train_batch_end`` (last
+callback) of every batch, so everything in between (Lightning's step, the stack's hooks, the optimizer's step
+post-hooks) runs under it. On CPU the guard makes every Python-level tensor-to-host conversion raise; on CUDA it
+is ``torch.cuda.set_sync_debug_mode("error")``. The model logs nothing and the callbacks log every 1000 steps, so
+only the first step (global step 0) may sync; the guard starts from the second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from lit_optim import Cosine, GradientClipping, LearningRateLogger, configure_optimizers
+from tests.models import TinyModule
+
+_CONVERSIONS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy")
+
+
+@contextmanager
+def _no_host_conversions() -> Iterator[None]:
+    saved = {name: getattr(torch.Tensor, name) for name in _CONVERSIONS}
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("host-device sync on a step that logs nothing")
+
+    try:
+        for name in _CONVERSIONS:
+            setattr(torch.Tensor, name, refuse)
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+class _GuardOn(Callback):
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.guarded_steps = 0
+        self._cm: Any = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == 0:
+            return
+        self.guarded_steps += 1
+        if self.device == "cuda":
+            torch.cuda.set_sync_debug_mode("error")
+        else:
+            self._cm = _no_host_conversions()
+            self._cm.__enter__()
+
+    def release(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+        elif self._cm is not None:
+            self._cm.__exit__(None, None, None)
+            self._cm = None
+
+
+class _GuardOff(Callback):
+    def __init__(self, on: _GuardOn) -> None:
+        self.on = on
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.on.release()
+
+    def on_exception(self, *args: Any) -> None:
+        self.on.release()
+
+
+class QuietModule(TinyModule):
+    """Logs nothing, so Lightning itself has no reason to sync; uses the whole lit_optim stack."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def configure_optimizers(self) -> Any:
+        return configure_optimizers(self, "adamw", lr=1e-2, weight_decay=0.1, scheduler=Cosine(warmup="20%"))
+
+
+def _fit_guarded(device: str, make_trainer: Any, **trainer_kwargs: Any) -> tuple[_GuardOn, L.Trainer]:
+    on = _GuardOn(device)
+    callbacks = [on, GradientClipping(max_norm=0.5, log_every_n_steps=1000),
+                 LearningRateLogger(log_every_n_steps=1000), _GuardOff(on)]
+    trainer = make_trainer(accelerator=device, max_steps=8, callbacks=callbacks,
+                           logger=L.pytorch.loggers.CSVLogger(trainer_kwargs.pop("root")), **trainer_kwargs)
+    trainer.fit(QuietModule())
+    return on, trainer
+
+
+def test_stack_is_sync_free_on_cpu(make_trainer: Any, tmp_path: Any) -> None:
+    on, trainer = _fit_guarded("cpu", make_trainer, root=tmp_path)
+    assert trainer.global_step == 8
+    assert on.guarded_steps == 7
+
+
+def test_guard_catches_a_sync(make_trainer: Any, tmp_path: Any) -> None:
+    # The same run logging every step must trip the guard: proves the guard is live.
+    on = _GuardOn("cpu")
+    callbacks = [on, GradientClipping(max_norm=0.5, log_every_n_steps=1), _GuardOff(on)]
+    trainer = make_trainer(max_steps=3, callbacks=callbacks, logger=L.pytorch.loggers.CSVLogger(tmp_path))
+    with pytest.raises(AssertionError, match="host-device sync"):
+        trainer.fit(QuietModule())
+
+
+@pytest.mark.gpu
+def test_stack_is_sync_free_on_cuda(make_trainer: Any, tmp_path: Any) -> None:
+    on, _ = _fit_guarded("cuda", make_trainer, root=tmp_path)
+    assert on.guarded_steps == 7
+
+
+@pytest.mark.gpu
+def test_stack_is_sync_free_on_cuda_bf16(make_trainer: Any, tmp_path: Any) -> None:
+    on, _ = _fit_guarded("cuda", make_trainer, root=tmp_path, precision="bf16-mixed")
+    assert on.guarded_steps == 7
