@@ -15,7 +15,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from lit_optim import Cosine, GradientClipping, LearningRateLogger, ScheduleLR
+from lit_optim import Cosine, GradientClipping, LearningRateLogger, Linear, ScheduleLR
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -300,6 +300,15 @@ def test_cli_command_line_overrides_optimizer_settings(tmp_path: Path) -> None:
     assert type(optimizer).__name__ == "SGD"
     rows = [(g["name"], g["lr"], g["weight_decay"], g["momentum"]) for g in optimizer.param_groups]
     assert rows == [("head/decay", 0.005, 0.05, 0.8), ("decay", 0.01, 0.05, 0.8), ("no_decay", 0.01, 0.0, 0.8)]
+
+
+@pytest.mark.usefixtures("no_argv")
+def test_cli_chooses_the_schedule_by_class_path(tmp_path: Path) -> None:
+    cli_module = load_example("cli")
+    args = cli_args(tmp_path, "--model.scheduler=lit_optim.Linear", "--model.scheduler.min_lr=0.2", "--model.n_layer=1")
+    cli = cli_module.cli_main(args, run=False)
+    # The YAML's `warmup: 10%` carries over to the new class; `min_lr` comes from the command line.
+    assert cli.model.hparams["scheduler"] == Linear(warmup="10%", min_lr=0.2)
 
 
 @pytest.mark.usefixtures("no_argv")
