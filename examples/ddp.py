@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from char_gpt import CharDataModule, CharGPT
 
-from lit_optim import Cosine, GradientClipping, LearningRateLogger, configure_optimizers
+from lit_optim import Cosine, GradientClipping, LearningRateLogger, ScheduleLR, configure_optimizers
 
 FAST_ENV = "LIT_OPTIM_EXAMPLE_FAST"
 
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainer.fit(model, datamodule=data)
 
     scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(scheduler, ScheduleLR)
     summary = {
         "rank": trainer.global_rank,
         "world_size": trainer.world_size,

@@ -146,10 +146,11 @@ class UnfreezeBackbone(BaseFinetuning):
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         if epoch != self.unfreeze_at_epoch:
             return
-        self.make_trainable(pl_module.backbone)
-        groups = param_groups(
-            pl_module.backbone, lr=self.lr, weight_decay=self.weight_decay, layer_decay=self.layer_decay
-        )
+        backbone = pl_module.backbone
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"UnfreezeBackbone needs a `backbone` submodule, got {type(backbone).__name__}.")
+        self.make_trainable(backbone)
+        groups = param_groups(backbone, lr=self.lr, weight_decay=self.weight_decay, layer_decay=self.layer_decay)
         for group in groups:
             group["name"] = f"backbone/{group['name']}"
             optimizer.add_param_group(group)
