@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_optim import Plateau, SchedulerStepper, build_optimizer, param_groups, plateau_scheduler_config
+from lit_optim import Plateau, configure_optimizers
 
 FAST_ENV = "LIT_OPTIM_EXAMPLE_FAST"
 
@@ -58,9 +58,9 @@ class Regressor(L.LightningModule):
         self.log("val_loss", F.mse_loss(self(x), y))
 
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer("sgd", param_groups(self, lr=self.lr, weight_decay=1e-4), momentum=0.9)
+        # Adds a SchedulerStepper to the Trainer (it has none): it owns the stepping of this scheduler.
         plateau = Plateau("val_loss", factor=0.5, patience=self.patience, warmup_steps=self.warmup_steps)
-        return {"optimizer": optimizer, "lr_scheduler": plateau_scheduler_config(optimizer, plateau, name="plateau")}
+        return configure_optimizers(self, "sgd", lr=self.lr, weight_decay=1e-4, momentum=0.9, scheduler=plateau)
 
 
 class EpochPrinter(Callback):
@@ -83,11 +83,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train = DataLoader(regression_data(512, seed=0), batch_size=32, shuffle=True)  # 16 steps per epoch
     val = DataLoader(regression_data(256, seed=1), batch_size=256)
     model = Regressor(warmup_steps=20 if fast else 50, patience=0 if fast else 2)
-    stepper = SchedulerStepper()
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_epochs=8 if fast else 30, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        callbacks=[EpochPrinter(), stepper],
+        callbacks=[EpochPrinter()],
     )
     trainer.fit(model, train, val)
     scheduler = trainer.lr_scheduler_configs[0].scheduler

@@ -8,9 +8,11 @@ from lit_optim._durations import (
 )
 from lit_optim.callbacks.clipping import ClipResult, GradientClipping, clip_gradients
 from lit_optim.callbacks.lr_logger import LearningRateLogger
+from lit_optim.callbacks.stepper import SchedulerStepper, ensure_stepper
 from lit_optim.configure import OptimizerMixin, configure_optimizers
 from lit_optim.optimizers import build_optimizer
 from lit_optim.param_groups import format_groups, param_groups
+from lit_optim.plateau import Plateau, PlateauLR, plateau_scheduler_config
 from lit_optim.preview import LRCurve, preview_schedule
 from lit_optim.scheduler import ScheduleLR, lightning_scheduler_config
 from lit_optim.schedules import (
@@ -47,9 +49,12 @@ __all__ = [
     "MultiStep",
     "OneCycle",
     "OptimizerMixin",
+    "Plateau",
+    "PlateauLR",
     "Polynomial",
     "Schedule",
     "ScheduleLR",
+    "SchedulerStepper",
     "Step",
     "TrainingLength",
     "Warmup",
@@ -59,10 +64,12 @@ __all__ = [
     "build_schedule",
     "clip_gradients",
     "configure_optimizers",
+    "ensure_stepper",
     "format_groups",
     "lightning_scheduler_config",
     "param_groups",
     "parse_duration",
+    "plateau_scheduler_config",
     "preview_schedule",
     "resolve_training_length",
 ]

@@ -14,8 +14,11 @@ from typing_extensions import override
 from lit_optim._validation import closest_match
 from lit_optim.optimizers import build_optimizer, resolve_optimizer
 from lit_optim.param_groups import param_groups
+from lit_optim.plateau import Plateau, plateau_scheduler_config
+from lit_optim.scheduler import lightning_scheduler_config
+from lit_optim.schedules import Schedule, build_schedule
 
-__all__ = ["OPTIMIZER_HPARAMS", "OptimizerMixin", "configure_optimizers"]
+__all__ = ["OPTIMIZER_HPARAMS", "OptimizerMixin", "configure_optimizers", "scheduler_config"]
 
 #: The ``hparams`` keys :class:`OptimizerMixin` reads (the arguments of :func:`configure_optimizers`).
 OPTIMIZER_HPARAMS = ("optimizer", "lr", "weight_decay", "overrides", "layer_decay", "scheduler", "optimizer_kwargs")
@@ -67,13 +70,43 @@ def configure_optimizers(
     built = build_optimizer(cls, groups, **optimizer_kwargs)
     if scheduler is None:
         return {"optimizer": built}
-    from lit_optim.scheduler import (  # type: ignore[import-not-found,unused-ignore]  # the schedules part
-        lightning_scheduler_config,
-    )
+    return {"optimizer": built, "lr_scheduler": scheduler_config(built, scheduler, module)}
 
-    # `LightningModule.trainer` raises outside a fit; hand the schedules part `None` there (and for plain modules).
+
+def scheduler_config(optimizer: Optimizer, scheduler: Any, module: nn.Module) -> dict[str, Any]:
+    """Lightning's ``lr_scheduler`` dict for a schedule spec, a catalogue name, or a ``{"name": ..., **params}``.
+
+    Durations resolve against the Trainer ``module`` is attached to, and a
+    :class:`~lit_optim.callbacks.stepper.SchedulerStepper` is added to that Trainer when it has none, so the
+    schedule advances once per real optimizer step.
+
+    Raises:
+        ValueError: when ``module`` is not attached to a Trainer (the run's length is unknown), or the spec is
+            not a known schedule.
+    """
+    if isinstance(scheduler, str):
+        scheduler = build_schedule(scheduler)
+    elif isinstance(scheduler, Mapping):
+        params = dict(scheduler)
+        if "name" not in params:
+            raise ValueError(f"A schedule given as a mapping needs a 'name' key (e.g. 'cosine'), got {scheduler!r}.")
+        scheduler = build_schedule(params.pop("name"), **params)
+    if not isinstance(scheduler, (Schedule, Plateau)):
+        raise TypeError(
+            "`scheduler` must be a lit_optim schedule (e.g. `Cosine(warmup='5%')`, `Plateau('val_loss')`), a "
+            f"catalogue name such as 'cosine', or a mapping with a 'name' key; got {scheduler!r}."
+        )
+    # `LightningModule.trainer` raises outside a fit; plain modules have none.
     trainer = module._trainer if isinstance(module, LightningModule) else None
-    return {"optimizer": built, "lr_scheduler": lightning_scheduler_config(built, scheduler, trainer)}
+    if isinstance(scheduler, Plateau):
+        return plateau_scheduler_config(optimizer, scheduler, trainer)
+    if trainer is None:
+        raise ValueError(
+            f"`scheduler={scheduler!r}` needs the run's length, which comes from the Trainer: call "
+            "`configure_optimizers(self, ...)` from your LightningModule's `configure_optimizers` during `fit`, or "
+            "build `ScheduleLR(optimizer, schedule, total_steps)` yourself."
+        )
+    return lightning_scheduler_config(optimizer, scheduler, trainer)
 
 
 def optimizer_settings(hparams: Mapping[str, Any], ignored: frozenset[str] = frozenset()) -> dict[str, Any]:

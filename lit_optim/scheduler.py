@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.utilities import rank_zero_warn
@@ -204,13 +203,9 @@ def lightning_scheduler_config(
 
 
 def _ensure_stepper(trainer: pl.Trainer) -> None:
-    """THE single call site where the ``SchedulerStepper`` callback gets attached to ``trainer``.
+    """THE single call site where the ``SchedulerStepper`` callback gets attached to ``trainer``."""
+    if hasattr(trainer, "callbacks"):  # a real Trainer (the docstring example passes a stand-in)
+        from lit_optim.callbacks.stepper import ensure_stepper
 
-    Does nothing until ``lit_optim.callbacks.stepper`` exists; the lead wires the attachment here on merge.
-    """
-    try:
-        importlib.import_module("lit_optim.callbacks.stepper")
-    except ImportError:
-        return
-    # LEAD: attach `stepper.SchedulerStepper()` to `trainer` here when it has none (see ARCHITECTURE.md).
+        ensure_stepper(trainer)
 

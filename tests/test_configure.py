@@ -7,11 +7,11 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from torch import nn
 
-from lit_optim import OptimizerMixin, configure_optimizers
+from lit_optim import Cosine, OptimizerMixin, SchedulerStepper, configure_optimizers, preview_schedule
 from lit_optim.configure import OPTIMIZER_HPARAMS, optimizer_settings
 from tests.models import GPTModule, TinyModule, gpt_block_names
 
@@ -111,12 +111,59 @@ def test_resume_restores_grouped_optimizer_exactly(make_trainer: Callable[..., L
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
-def test_scheduler_is_wired_to_the_schedules_part() -> None:
-    scheduler = pytest.importorskip("lit_optim.scheduler")
-    schedules = pytest.importorskip("lit_optim.schedules")
-    config = configure_optimizers(nn.Linear(2, 2), scheduler=schedules.Constant())
-    assert set(config) == {"optimizer", "lr_scheduler"}
-    assert isinstance(config["lr_scheduler"]["scheduler"], scheduler.ScheduleLR)
+class _LrRecorder(Callback):
+    """Records every group's lr right before each real optimizer step."""
+
+    def __init__(self) -> None:
+        self.lrs: list[dict[str, float]] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        self.lrs.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+
+
+class _Scheduled(TinyModule):
+    def __init__(self, scheduler: Any) -> None:
+        super().__init__()
+        self.scheduler = scheduler
+
+    def configure_optimizers(self) -> Any:
+        return configure_optimizers(self, "adamw", lr=0.01, overrides={"net.2.*": {"lr_scale": 0.5}},
+                                    scheduler=self.scheduler)
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [Cosine(warmup="25%", min_lr=0.1), "cosine", {"name": "linear", "warmup": 2}],
+    ids=["spec", "name", "mapping"],
+)
+def test_scheduler_through_a_real_trainer_follows_the_preview(
+    scheduler: Any, make_trainer: Callable[..., L.Trainer]
+) -> None:
+    recorder = _LrRecorder()
+    trainer = make_trainer(max_epochs=2, limit_train_batches=5, accumulate_grad_batches=2, callbacks=[recorder])
+    model = _Scheduled(scheduler)
+    trainer.fit(model)
+    assert sum(isinstance(c, SchedulerStepper) for c in trainer.callbacks) == 1  # attached once, by the config
+    optimizer = trainer.optimizers[0]
+    spec = trainer.lr_scheduler_configs[0].scheduler.schedule
+    curve = preview_schedule(spec, 6, [{"name": g["name"], "lr": g["initial_lr"]} for g in optimizer.param_groups])
+    assert len(recorder.lrs) == 6  # ceil(5 / 2) optimizer steps per epoch, 2 epochs
+    for name in ("decay", "no_decay", "net.2/decay"):
+        assert [row[name] for row in recorder.lrs] == curve.lr(name)[:6]
+
+
+def test_scheduler_without_a_trainer_names_the_fix() -> None:
+    with pytest.raises(ValueError, match=r"needs the run's length.*ScheduleLR\(optimizer, schedule, total_steps\)"):
+        configure_optimizers(nn.Linear(2, 2), scheduler=Cosine())
+
+
+def test_scheduler_of_unknown_kind_or_name_raises() -> None:
+    with pytest.raises(TypeError, match="`scheduler` must be a lit_optim schedule"):
+        configure_optimizers(nn.Linear(2, 2), scheduler=torch.optim.lr_scheduler.StepLR)
+    with pytest.raises(ValueError, match=r"Unknown schedule 'cosin'.*Did you mean 'cosine'"):
+        configure_optimizers(nn.Linear(2, 2), scheduler="cosin")
+    with pytest.raises(ValueError, match="needs a 'name' key"):
+        configure_optimizers(nn.Linear(2, 2), scheduler={"warmup": 2})
 
 
 class MixinModel(OptimizerMixin, TinyModule):

@@ -1,0 +1,87 @@
+"""Decide whether a scheduler is stepped per optimizer step, per epoch, or after validation runs."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from torch.optim import lr_scheduler as tl
+
+from lit_optim.plateau import PlateauLR
+
+__all__ = ["Interval", "infer_interval"]
+
+Interval = Literal["epoch", "plateau", "step"]
+
+# Schedulers whose arguments are counted in calls to `step()` and imply a length: (class, attribute).
+_LENGTH_ARGS: tuple[tuple[type[tl.LRScheduler], str], ...] = (
+    (tl.StepLR, "step_size"),
+    (tl.MultiStepLR, "milestones"),
+    (tl.CosineAnnealingLR, "T_max"),
+    (tl.CosineAnnealingWarmRestarts, "T_0"),
+    (tl.LinearLR, "total_iters"),
+    (tl.ConstantLR, "total_iters"),
+    (tl.PolynomialLR, "total_iters"),
+)
+
+
+def _length(scheduler: object) -> int | None:
+    for cls, attr in _LENGTH_ARGS:
+        if isinstance(scheduler, cls):
+            value = getattr(scheduler, attr)
+            if attr == "milestones":
+                return int(max(value)) if value else None
+            return int(value)
+    return None
+
+
+def infer_interval(
+    scheduler: object, configured: str, max_epochs: int | None, total_steps: float
+) -> tuple[Interval, str | None]:
+    """Return ``(interval, why_ambiguous)`` for one scheduler.
+
+    ``why_ambiguous`` is ``None`` when the choice is clear, else a sentence for a one-time warning.
+
+    Rules: ``ReduceLROnPlateau`` -> ``"plateau"``; lit_optim's ``PlateauLR``, ``OneCycleLR``, ``CyclicLR`` and
+    any config that says ``interval="step"`` (Lightning's default is ``"epoch"``, so ``"step"`` was chosen on
+    purpose) -> ``"step"``. For an epoch-parameterised torch scheduler the length its arguments imply
+    (``step_size``, ``max(milestones)``, ``T_max``, ``T_0``, ``total_iters``) is compared with ``max_epochs``:
+    at most ``max_epochs`` -> ``"epoch"``; more than ``max_epochs`` but at most the total optimizer steps ->
+    ``"step"``. Without a known ``max_epochs``, or for ``ExponentialLR`` (no length), or for a scheduler we do
+    not know, the configured interval is kept; the first two are reported as ambiguous.
+
+    Example:
+        >>> import torch
+        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> infer_interval(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=1000), "epoch", 10, 1000)
+        ('step', None)
+    """
+    if isinstance(scheduler, tl.ReduceLROnPlateau):
+        return "plateau", None
+    if isinstance(scheduler, (PlateauLR, tl.OneCycleLR, tl.CyclicLR)) or configured == "step":
+        return "step", None
+    epochs = max_epochs if max_epochs is not None and max_epochs > 0 else None
+    name = type(scheduler).__name__
+    if isinstance(scheduler, tl.ExponentialLR):
+        return "epoch", (f"{name} has no length to compare with the run; stepping it once per epoch.")
+    length = _length(scheduler)
+    if length is None:
+        return ("step" if configured == "step" else "epoch"), None
+    if epochs is None:
+        chosen: Interval = "step" if length <= total_steps else "epoch"
+        return chosen, (
+            f"{name} spans {length} calls to step() and `max_epochs` is not set (total optimizer steps: "
+            f"{_fmt(total_steps)}); stepping it once per {chosen}."
+        )
+    if length <= epochs:
+        return "epoch", None
+    if length <= total_steps:
+        return "step", None
+    return "epoch", (
+        f"{name} spans {length} calls to step(), more than both `max_epochs`={epochs} and the "
+        f"{_fmt(total_steps)} optimizer steps of the run; stepping it once per epoch."
+    )
+
+
+def _fmt(total: float) -> str:
+    return "unknown" if math.isinf(total) or total < 0 else str(int(total))

@@ -1,0 +1,572 @@
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torchmetrics
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from torch.optim import lr_scheduler as tl
+
+from lit_optim import Plateau, PlateauLR, SchedulerStepper, plateau_scheduler_config
+from tests.ddp import run_ddp
+from tests.models import TinyModule
+
+# ----------------------------------------------------------------------------- pure semantics vs torch
+
+METRICS = [1.0, 0.9, 0.95, 0.95, 0.95, 0.8, 0.80001, 0.85, 0.85, 0.85, 0.85, 0.7, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"factor": 0.5, "patience": 1},
+        {"factor": 0.5, "patience": 0, "cooldown": 2},
+        {"factor": 0.3, "patience": 1, "threshold": 0.1, "threshold_mode": "abs"},
+        {"factor": 0.5, "patience": 1, "threshold": 0.2},
+        {"factor": 0.5, "patience": 1, "mode": "max"},
+        {"factor": 0.5, "patience": 0, "mode": "max", "threshold_mode": "abs", "threshold": 0.01},
+        {"factor": 0.1, "patience": 0, "eps": 0.05},
+    ],
+)
+@pytest.mark.parametrize("min_lr", [0.0, 0.2, (0.5, 0.05)])
+def test_same_metric_sequence_gives_same_lrs_as_torch(options: dict[str, Any], min_lr: Any) -> None:
+    def optimizer() -> torch.optim.Optimizer:
+        params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+        return torch.optim.SGD([{"params": [params[0]], "lr": 0.1}, {"params": [params[1]], "lr": 0.02}])
+
+    ours_opt, torch_opt = optimizer(), optimizer()
+    ours = PlateauLR(ours_opt, Plateau("m", min_lr=min_lr, **options))
+    ratios = min_lr if isinstance(min_lr, tuple) else (min_lr, min_lr)
+    reference = tl.ReduceLROnPlateau(torch_opt, min_lr=[ratios[0] * 0.1, ratios[1] * 0.02], **options)
+    for value in METRICS:
+        ours.step_metric(value)
+        reference.step(value)
+        assert [g["lr"] for g in ours_opt.param_groups] == [g["lr"] for g in torch_opt.param_groups]
+        assert (ours.best, ours._state.num_bad_epochs, ours._state.cooldown_counter) == (
+            reference.best,
+            reference.num_bad_epochs,
+            reference.cooldown_counter,
+        )
+
+
+def test_absolute_min_lr_matches_torch() -> None:
+    ours_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    torch_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    ours = PlateauLR(ours_opt, Plateau("m", factor=0.5, patience=0, min_lr=0.03, min_lr_mode="absolute"))
+    reference = tl.ReduceLROnPlateau(torch_opt, factor=0.5, patience=0, min_lr=0.03)
+    for _ in range(5):
+        ours.step_metric(1.0)
+        reference.step(1.0)
+    assert ours_opt.param_groups[0]["lr"] == torch_opt.param_groups[0]["lr"] == 0.03
+    assert ours.reductions == 2
+
+
+def test_nonfinite_metric_counts_as_no_improvement_and_warns_once() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = PlateauLR(opt, Plateau("m", factor=0.5, patience=1))
+    sched.step_metric(1.0)
+    with pytest.warns(RuntimeWarning, match=r"monitored metric 'm' is nan; it counts as no improvement"):
+        sched.step_metric(math.nan)
+    assert sched.best == 1.0
+    sched.step_metric(-math.inf)  # no second warning (warnings are errors here)
+    assert opt.param_groups[0]["lr"] == 0.5
+    assert sched.best == 1.0
+
+
+@pytest.mark.parametrize(("step", "factor"), [(0, 0.1), (1, 0.325), (2, 0.55), (4, 1.0), (9, 1.0)])
+def test_warmup_formula(step: int, factor: float) -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+    sched = PlateauLR(opt, Plateau("m", warmup_steps=4, warmup_start_factor=0.1))
+    for _ in range(step):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.2 * factor, rel=1e-12)
+
+
+def test_reduction_during_warmup_scales_the_warmup() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = PlateauLR(opt, Plateau("m", factor=0.5, patience=0, warmup_steps=4))
+    opt.step()
+    sched.step()
+    sched.step_metric(1.0)
+    sched.step_metric(1.0)
+    assert opt.param_groups[0]["lr"] == 0.5 * 0.25
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == 0.5 * 0.5
+
+
+def test_mode_follows_torchmetrics_higher_is_better() -> None:
+    assert Plateau("val_acc", mode=torchmetrics.classification.BinaryAccuracy()).mode == "max"
+    assert Plateau("val_mse", mode=torchmetrics.MeanSquaredError()).mode == "min"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"mode": "minimum"}, ValueError, r"`mode` must be one of \['max', 'min'\], got 'minimum'. Did you mean 'min'"),
+        ({"mode": object()}, ValueError, r"`mode` must be one of \['max', 'min'\] or a torchmetrics Metric"),
+        ({"factor": 1.0}, ValueError, r"`factor` must be in \(0, 1\), got 1.0"),
+        ({"factor": 0}, ValueError, r"`factor` must be in \(0, 1\], got 0"),
+        ({"patience": -1}, ValueError, r"`patience` must be an int >= 0, got -1"),
+        ({"patience": 1.5}, TypeError, r"`patience` must be an int >= 0, got 1.5 \(float\)"),
+        ({"cooldown": -2}, ValueError, r"`cooldown` must be an int >= 0, got -2"),
+        ({"threshold": -0.1}, ValueError, r"`threshold` must be >= 0 and finite, got -0.1"),
+        ({"threshold_mode": "relative"}, ValueError, r"`threshold_mode` must be one of \['abs', 'rel'\]"),
+        ({"min_lr": -1.0}, ValueError, r"`min_lr` must be >= 0 and finite, got -1.0"),
+        ({"min_lr_mode": "abs"}, ValueError, r"`min_lr_mode` must be one of \['absolute', 'ratio'\], got 'abs'"),
+        ({"warmup_start_factor": 2.0}, ValueError, r"`warmup_start_factor` must be in \[0, 1\], got 2.0"),
+        ({"on_missing_monitor": "skip"}, ValueError, r"`on_missing_monitor` must be one of \['raise', 'warn'\]"),
+    ],
+)
+def test_bad_spec(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        Plateau("val_loss", **kwargs)
+
+
+def test_bad_monitor_and_min_lr_length() -> None:
+    with pytest.raises(TypeError, match=r"`monitor` must be a non-empty metric name, got ''"):
+        Plateau("")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ValueError, match=r"`min_lr` has 2 values but the optimizer has 1 parameter groups"):
+        PlateauLR(opt, Plateau("m", min_lr=(0.1, 0.2)))
+
+
+def test_spec_pickles_and_state_is_plain() -> None:
+    spec = Plateau("val_loss", factor=0.5, min_lr=[0.1, 0.2])  # type: ignore[arg-type]
+    assert spec.min_lr == (0.1, 0.2)
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    state = PlateauLR(opt, Plateau("m")).state_dict()
+    assert all(isinstance(v, (int, float, list)) for v in state.values())
+
+
+# ----------------------------------------------------------------------------- through a Trainer
+
+
+def scripted_value(global_step: int) -> float:
+    """A metric with plateaus: it improves every 24 optimizer steps and gets slowly worse in between."""
+    return 1.0 - 0.1 * (global_step // 24) + 0.0025 * (global_step % 24)
+
+
+class ScriptedModule(TinyModule):
+    """Logs ``val_metric`` = ``scripted_value(global_step)`` from ``validation_step``."""
+
+    def __init__(self, scheduler: str = "torch", log_if: Callable[[int], bool] = lambda step: True, **spec: Any):
+        super().__init__(n=32)
+        self.scheduler, self.log_if, self.spec = scheduler, log_if, spec
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        if self.log_if(self.trainer.global_step):
+            self.log("val_metric", torch.tensor(scripted_value(self.trainer.global_step)))
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        if self.scheduler == "torch":
+            sched = tl.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_metric"}}
+        spec = {"factor": 0.5, "patience": 1, **self.spec}
+        return {"optimizer": opt, "lr_scheduler": plateau_scheduler_config(opt, Plateau("val_metric", **spec))}
+
+
+class ValidationRecorder(Callback):
+    """After each non-sanity validation (after the stepper): (global_step, metric or None, lr)."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, float | None, float]] = []
+        self.step_lrs: list[float] = []
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            logged = pl_module.log_if(trainer.global_step)  # type: ignore[operator]
+            value = scripted_value(trainer.global_step) if logged else None
+            self.runs.append((trainer.global_step, value, trainer.optimizers[0].param_groups[0]["lr"]))
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        self.step_lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def torch_reference(values: list[float | None]) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = tl.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+    lrs = []
+    for value in values:
+        if value is not None:
+            sched.step(value)
+        lrs.append(opt.param_groups[0]["lr"])
+    return lrs
+
+
+CADENCES = {
+    "every-epoch": ({"max_epochs": 6, "limit_train_batches": 4}, [4, 8, 12, 16, 20, 24]),
+    "val_check_interval=0.5": (
+        {"max_epochs": 3, "limit_train_batches": 4, "val_check_interval": 0.5},
+        [2, 4, 6, 8, 10, 12],
+    ),
+    "val_check_interval=3-steps": (
+        {"max_epochs": 2, "limit_train_batches": 7, "val_check_interval": 3},
+        [3, 6, 10, 13],
+    ),
+    "check_val_every_n_epoch=2": (
+        {"max_epochs": 6, "limit_train_batches": 3, "check_val_every_n_epoch": 2},
+        [6, 12, 18],
+    ),
+    "check_val_every_n_epoch=None": (
+        {
+            "max_steps": 20,
+            "max_epochs": -1,
+            "limit_train_batches": 4,
+            "val_check_interval": 5,
+            "check_val_every_n_epoch": None,
+        },
+        [5, 10, 15, 20],
+    ),
+    "limit_val_batches+sanity": (
+        {"max_epochs": 4, "limit_train_batches": 4, "limit_val_batches": 1, "num_sanity_val_steps": 2},
+        [4, 8, 12, 16],
+    ),
+}
+
+
+@pytest.mark.parametrize("scheduler", ["torch", "lit_optim"])
+@pytest.mark.parametrize("cadence", list(CADENCES))
+def test_one_step_per_validation_run_for_every_cadence(
+    make_trainer: Callable[..., Trainer], scheduler: str, cadence: str
+) -> None:
+    overrides, val_steps = CADENCES[cadence]
+    recorder = ValidationRecorder()
+    model = ScriptedModule(scheduler)
+    trainer = make_trainer(callbacks=[SchedulerStepper(), recorder], **overrides)
+    trainer.fit(model)
+    assert [step for step, _, _ in recorder.runs] == val_steps
+    values = [value for _, value, _ in recorder.runs]
+    assert [lr for _, _, lr in recorder.runs] == torch_reference(values)
+    assert min(lr for _, _, lr in recorder.runs) < 0.1  # the script does reduce
+
+
+@pytest.mark.parametrize("scheduler", ["torch", "lit_optim"])
+def test_validation_without_the_metric_never_reuses_a_stale_value(
+    make_trainer: Callable[..., Trainer], scheduler: str
+) -> None:
+    recorder = ValidationRecorder()
+    model = ScriptedModule(scheduler, log_if=lambda step: step % 8 != 0)
+    trainer = make_trainer(callbacks=[SchedulerStepper(), recorder], max_epochs=6, limit_train_batches=4)
+    with pytest.warns(RuntimeWarning, match=r"'val_metric' holds a value from before this validation run; skipping"):
+        trainer.fit(model)
+    values = [value for _, value, _ in recorder.runs]
+    assert values.count(None) == 3
+    assert [lr for _, _, lr in recorder.runs] == torch_reference(values)
+
+
+def test_unknown_monitor_lists_logged_metrics(make_trainer: Callable[..., Trainer]) -> None:
+    class Module(ScriptedModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return {"optimizer": opt, "lr_scheduler": plateau_scheduler_config(opt, Plateau("val_metrc"))}
+
+    trainer = make_trainer(callbacks=[SchedulerStepper()], limit_train_batches=2)
+    with pytest.raises(ValueError, match=r"Unknown plateau monitor 'val_metrc'. Valid: \[.*'val_metric'.*\]. Did you "):
+        trainer.fit(Module())
+
+
+def test_unknown_monitor_can_warn_and_skip(make_trainer: Callable[..., Trainer]) -> None:
+    class Module(ScriptedModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            spec = Plateau("val_metrc", patience=0, on_missing_monitor="warn")
+            return {"optimizer": opt, "lr_scheduler": plateau_scheduler_config(opt, spec)}
+
+    model = Module()
+    trainer = make_trainer(callbacks=[SchedulerStepper()], limit_train_batches=2, max_epochs=3)
+    with pytest.warns(RuntimeWarning, match=r"monitor 'val_metrc' was not logged by this validation run. Skipping"):
+        trainer.fit(model)
+    assert model.optimizers().param_groups[0]["lr"] == 0.1
+
+
+def test_plateau_without_validation_loop_raises(make_trainer: Callable[..., Trainer]) -> None:
+    trainer = make_trainer(callbacks=[SchedulerStepper()], limit_train_batches=2, limit_val_batches=0)
+    with pytest.raises(ValueError, match=r"monitors 'val_metric' after validation runs, but this run has no valid"):
+        trainer.fit(ScriptedModule("lit_optim"))
+
+
+def test_rop_in_manual_optimization_needs_a_monitor(make_trainer: Callable[..., Trainer]) -> None:
+    class Manual(ScriptedModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            opt = self.optimizers()
+            loss = torch.nn.functional.mse_loss(self(batch[0]), batch[1])
+            self.manual_backward(loss)
+            opt.step()
+            opt.zero_grad()
+
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return [opt], [tl.ReduceLROnPlateau(opt, factor=0.5, patience=1)]
+
+    with pytest.raises(ValueError, match=r"ReduceLROnPlateau needs a metric to monitor.*SchedulerStepper\(monitor="):
+        make_trainer(callbacks=[SchedulerStepper()], limit_train_batches=2).fit(Manual())
+    recorder = ValidationRecorder()
+    trainer = make_trainer(
+        callbacks=[SchedulerStepper(monitor="val_metric"), recorder], max_epochs=6, limit_train_batches=4
+    )
+    trainer.fit(Manual())
+    values = [value for _, value, _ in recorder.runs]
+    assert [lr for _, _, lr in recorder.runs] == torch_reference(values)
+
+
+class NanModule(ScriptedModule):
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        self.log("val_metric", torch.tensor(math.nan if self.trainer.current_epoch >= 1 else 1.0))
+
+
+def test_nan_metric_in_training_reduces_after_patience(make_trainer: Callable[..., Trainer]) -> None:
+    model = NanModule("lit_optim", patience=1)
+    trainer = make_trainer(callbacks=[SchedulerStepper()], limit_train_batches=2, max_epochs=4)
+    with pytest.warns(RuntimeWarning, match=r"'val_metric' is nan; it counts as no improvement \(warned once\)"):
+        trainer.fit(model)
+    assert model.optimizers().param_groups[0]["lr"] == 0.05  # epochs 1, 2 bad -> one reduction, epoch 3 bad
+
+
+class MetricModule(TinyModule):
+    """Logs a torchmetrics MeanSquaredError object; the plateau's mode comes from the Metric."""
+
+    def __init__(self) -> None:
+        super().__init__(n=32)
+        self.val_mse = torchmetrics.MeanSquaredError()
+        self.values: list[float] = []
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = batch
+        self.val_mse(self(x), y + self.trainer.global_step)  # grows with training: never improves
+        self.log("val_mse", self.val_mse)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.values.append(float(self.val_mse.compute()))
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        spec = Plateau("val_mse", mode=self.val_mse, factor=0.5, patience=0)
+        return {"optimizer": opt, "lr_scheduler": plateau_scheduler_config(opt, spec)}
+
+
+@pytest.mark.parametrize("val_check_interval", [1.0, 0.5])
+def test_torchmetrics_metric_at_epoch_and_step_cadence(
+    make_trainer: Callable[..., Trainer], val_check_interval: float
+) -> None:
+    model = MetricModule()
+    recorder = ValidationRecorder()
+    model.log_if = lambda step: False  # type: ignore[method-assign]  # the recorder reads values from the model
+    trainer = make_trainer(
+        callbacks=[SchedulerStepper(), recorder],
+        limit_train_batches=4,
+        max_epochs=2,
+        val_check_interval=val_check_interval,
+    )
+    trainer.fit(model)
+    runs = 2 if val_check_interval == 1.0 else 4
+    assert len(model.values) == runs
+    assert model.values == sorted(model.values)  # strictly worse each time, so: one reduction per run after the 1st
+    assert [lr for _, _, lr in recorder.runs] == [0.1 * 0.5**k for k in range(runs)]
+
+
+class MemoryLogger(Logger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+
+def test_reductions_are_logged_and_printed(
+    make_trainer: Callable[..., Trainer], caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = MemoryLogger()
+    trainer = make_trainer(callbacks=[SchedulerStepper()], logger=logger, limit_train_batches=4, max_epochs=6)
+    with caplog.at_level(logging.INFO):
+        trainer.fit(ScriptedModule("lit_optim"))
+    logged = [(step, m["plateau/reductions"]) for step, m in logger.metrics if "plateau/reductions" in m]
+    reference = torch_reference([scripted_value(s) for s in (4, 8, 12, 16, 20, 24)])
+    expected, count, previous = [], 0, 0.1
+    for step, lr in zip((4, 8, 12, 16, 20, 24), reference, strict=True):
+        count += lr < previous
+        previous = lr
+        expected.append((step, float(count)))
+    assert logged == expected
+    lines = [r.getMessage() for r in caplog.records if "learning rate reduced" in r.getMessage()]
+    assert len(lines) == count > 0
+    assert "val_metric=" in lines[0]
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def _run(tmp_path: Path, model: ScriptedModule, ckpt_path: str | None = None, **kwargs: Any) -> ValidationRecorder:
+    recorder = ValidationRecorder()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, **kwargs.pop("checkpoint", {}))
+    trainer = Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[SchedulerStepper(), recorder, checkpoint],
+        default_root_dir=tmp_path,
+        **kwargs,
+    )
+    trainer.fit(model, ckpt_path=ckpt_path)
+    return recorder
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed:UserWarning")  # resuming into a fresh folder
+@pytest.mark.filterwarnings("ignore:.*your dataloader is not resumable")  # about data order; LRs are what we check
+@pytest.mark.parametrize(
+    ("where", "checkpoint", "ckpt_name"),
+    [
+        ("end-of-epoch", {"every_n_epochs": 1}, "epoch=1-step=8.ckpt"),
+        ("mid-epoch-validation", {"save_on_train_epoch_end": False}, "epoch=1-step=6.ckpt"),
+        # Not a validation batch: Lightning resumed from a checkpoint saved on a validation batch (before that
+        # validation ran) skips that validation, so no plateau step can happen for it (documented in README).
+        ("mid-epoch-steps", {"every_n_train_steps": 5}, "epoch=1-step=5.ckpt"),
+        ("mid-warmup", {"every_n_train_steps": 3}, "epoch=0-step=3.ckpt"),
+    ],
+)
+@pytest.mark.parametrize("scheduler", ["torch", "lit_optim"])
+def test_resume_continues_exactly_like_an_uninterrupted_run(
+    tmp_path: Path, where: str, checkpoint: dict[str, Any], ckpt_name: str, scheduler: str
+) -> None:
+    def model() -> ScriptedModule:
+        if scheduler == "torch":
+            return ScriptedModule("torch")
+        return ScriptedModule("lit_optim", warmup_steps=5, warmup_start_factor=0.2)
+
+    kwargs = {"max_epochs": 5, "limit_train_batches": 4, "val_check_interval": 0.5}
+    straight_model, resumed_model = model(), model()
+    straight = _run(tmp_path / "a", straight_model, checkpoint=checkpoint, **kwargs)
+    resumed = _run(
+        tmp_path / "b", resumed_model, ckpt_path=str(tmp_path / "a" / ckpt_name), checkpoint=checkpoint, **kwargs
+    )
+    resume_step = int(ckpt_name.split("step=")[1].split(".")[0])
+    assert resumed.step_lrs == straight.step_lrs[resume_step:]
+    assert resumed.runs == [run for run in straight.runs if run[0] > resume_step]
+    assert min(lr for _, _, lr in straight.runs) < 0.1
+    steppers = [
+        next(c for c in m.trainer.callbacks if isinstance(c, SchedulerStepper)) for m in (straight_model, resumed_model)
+    ]
+    assert steppers[0].reductions == steppers[1].reductions == {0: 4}  # the count carried over the checkpoint
+    assert resumed_model.lr_schedulers().state_dict() == straight_model.lr_schedulers().state_dict()
+
+
+# ----------------------------------------------------------------------------- 2-process DDP
+
+DDP_SCRIPT = """
+import json, sys
+from pathlib import Path
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback
+from lit_optim import Plateau, SchedulerStepper, plateau_scheduler_config
+from tests.models import TinyModule
+
+class Ranked(TinyModule):
+    def validation_step(self, batch, batch_idx):
+        # unsynced, different per rank: rank 0 sees a flat metric (alone it would reduce), rank 1 an improving one
+        step = self.trainer.global_step
+        value = 1.0 if self.global_rank == 0 else 1.0 / (1 + step)
+        self.log("val_metric", torch.tensor(value))
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        spec = Plateau("val_metric", factor=0.5, patience=0, warmup_steps=3)
+        return {"optimizer": opt, "lr_scheduler": plateau_scheduler_config(opt, spec)}
+
+class Record(Callback):
+    def __init__(self):
+        self.steps, self.epochs = [], []
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.steps.append(optimizer.param_groups[0]["lr"])
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epochs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+record = Record()
+trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=4, limit_train_batches=3,
+                  limit_val_batches=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, num_sanity_val_steps=0, callbacks=[SchedulerStepper(), record])
+model = Ranked(n=48)
+trainer.fit(model)
+sched = trainer.lr_scheduler_configs[0].scheduler
+out = {"steps": record.steps, "epochs": record.epochs, "last_epoch": sched.last_epoch,
+       "reductions": sched.reductions, "global_step": trainer.global_step}
+(Path(sys.argv[1]) / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
+"""
+
+
+@pytest.mark.ddp
+def test_ddp_ranks_take_identical_plateau_decisions(tmp_path: Path) -> None:
+    rank0, rank1 = run_ddp(DDP_SCRIPT, tmp_path)
+    assert rank0["steps"] == rank1["steps"]
+    assert rank0["epochs"] == rank1["epochs"]
+    assert rank0["reductions"] == rank1["reductions"]
+    # 48 samples / batch 4 = 12 batches, split over 2 ranks = 6, limited to 3 per rank per epoch
+    assert rank0["last_epoch"] == rank1["last_epoch"] == rank0["global_step"] == 12
+    assert rank0["steps"][:4] == pytest.approx([0.0, 0.1 / 3, 0.2 / 3, 0.1], rel=1e-12)
+    assert rank0["reductions"] == 0  # the rank mean improves every run; rank 0 alone would have reduced
+
+
+def test_config_with_trainer_attaches_the_stepper(make_trainer: Callable[..., Trainer]) -> None:
+    class Module(ScriptedModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            spec = Plateau("val_metric", factor=0.5, patience=1)
+            return {"optimizer": opt, "lr_scheduler": plateau_scheduler_config(opt, spec, self.trainer, name="lr")}
+
+    recorder = ValidationRecorder()
+    trainer = make_trainer(callbacks=[recorder], max_epochs=6, limit_train_batches=4)
+    model = Module()
+    trainer.fit(model)
+    assert sum(isinstance(c, SchedulerStepper) for c in trainer.callbacks) == 1
+    assert trainer.lr_scheduler_configs[0].name == "lr"
+    values = [value for _, value, _ in recorder.runs]
+    reference = torch_reference(values)
+    # the stepper was appended after the recorder, so the recorder sees each run's lr before its plateau step
+    assert [lr for _, _, lr in recorder.runs] == [0.1, *reference[:-1]]
+    assert model.optimizers().param_groups[0]["lr"] == reference[-1] < 0.1
+
+
+def test_lightning_strict_false_warns_and_skips_for_torch_rop(make_trainer: Callable[..., Trainer]) -> None:
+    class Module(ScriptedModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            sched = tl.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_metrc", "strict": False}}
+
+    model = Module()
+    trainer = make_trainer(callbacks=[SchedulerStepper()], limit_train_batches=2, max_epochs=3)
+    with pytest.warns(RuntimeWarning, match=r"monitor 'val_metrc' was not logged by this validation run. Skipping"):
+        trainer.fit(model)
+    assert model.optimizers().param_groups[0]["lr"] == 0.1
+    assert model.lr_schedulers().last_epoch == 0
