@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Mapping
 
 
@@ -49,3 +51,10 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def quiet() -> None:
+    """Silence Lightning's banners and warnings so benchmark output is only the tables."""
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -30,7 +30,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import TinyTransformer
-from _timing import print_json, print_table
+from _timing import print_json, print_table, quiet
 
 from lit_optim import Cosine, GradientClipping, LearningRateLogger, configure_optimizers
 
@@ -112,4 +112,5 @@ def run(quick: bool = False) -> dict[str, float]:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    quiet()
     print_json(run(quick="--quick" in sys.argv))

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import print_json, print_table
+from _timing import print_json, print_table, quiet
 
 # module name -> {ratio key: target}
 BENCHMARKS: dict[str, dict[str, float]] = {
@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, dict[str, float]] = {
     "bench_schedule": {"schedule_vs_lambdalr": 1.2},
     "bench_clip": {"clip_vs_torch": 1.1},
     "bench_lr_logger": {"logger_vs_lightning": 1.0},
+    "bench_stepper": {"stepper_fit_ratio": 1.03},
     "bench_stack": {"stack_vs_builtin": 1.0, "stack_vs_bare": 1.03},
 }
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
+    quiet()
     ratios: dict[str, float] = {}
     rows: list[dict[str, object]] = []
     for module_name, targets in BENCHMARKS.items():

@@ -62,20 +62,33 @@ class TrainingLength:
         """The length of a Lightning fit loop, counted as :func:`resolve_training_length` does, without a Trainer.
 
         Args:
-            max_epochs: epochs to train.
+            max_epochs: epochs to train; ``-1`` (endless, as in the Trainer) needs ``max_steps``.
             batches_per_epoch: training batches per epoch and rank, after ``limit_train_batches``.
             accumulate_grad_batches: batches per optimizer step.
             max_steps: a cap on the optimizer steps, ``-1`` for none.
 
+        Raises:
+            ValueError: a count below 1, or ``max_epochs=-1`` without ``max_steps`` (the total is unknown).
+
         Example:
             >>> TrainingLength.from_loop(max_epochs=3, batches_per_epoch=10, accumulate_grad_batches=4)
             TrainingLength(total_steps=9, steps_per_epoch=3)
+            >>> TrainingLength.from_loop(max_epochs=-1, batches_per_epoch=10, max_steps=25)
+            TrainingLength(total_steps=25, steps_per_epoch=10)
         """
-        check_positive_int("max_epochs", max_epochs)
+        endless = max_epochs == -1 and not isinstance(max_epochs, bool)
+        if endless and max_steps == -1:
+            raise ValueError(
+                "A run that is endless (`max_epochs=-1`) without `max_steps`: the total is unknown. Pass `max_steps`."
+            )
+        if not endless:
+            if isinstance(max_epochs, int) and not isinstance(max_epochs, bool) and max_epochs < 1:
+                raise ValueError(f"`max_epochs` must be an int >= 1 (or -1 with `max_steps`), got {max_epochs!r}.")
+            check_positive_int("max_epochs", max_epochs)
         check_positive_int("batches_per_epoch", batches_per_epoch)
         check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
         per_epoch = math.ceil(batches_per_epoch / accumulate_grad_batches)
-        total = per_epoch * max_epochs
+        total = max_steps if endless else per_epoch * max_epochs
         if max_steps != -1:
             total = min(total, check_positive_int("max_steps", max_steps))
         return cls(total_steps=total, steps_per_epoch=per_epoch)
@@ -213,7 +226,8 @@ def resolve_training_length(trainer: pl.Trainer) -> TrainingLength:
         trainer: a Trainer attached to a model (inside ``configure_optimizers`` or later).
 
     Raises:
-        ValueError: the total is unknown (an iterable dataset or ``max_epochs=-1`` without ``max_steps``).
+        ValueError: the total is unknown (an iterable dataset or ``max_epochs=-1`` without ``max_steps``, or a
+            Trainer with no model attached yet).
 
     Only the attributes named above are read, so a Trainer-like description works too (as in the
     example: 10 batches per epoch accumulated by 3 is 4 steps per epoch, the last one over a single batch).
@@ -233,6 +247,12 @@ def resolve_training_length(trainer: pl.Trainer) -> TrainingLength:
     accumulate = trainer.accumulate_grad_batches
     steps_per_epoch = math.ceil(batches / accumulate) if 0 < batches < math.inf else None
     if not 0 < estimated < math.inf:
+        if hasattr(trainer, "fit_loop") and getattr(trainer, "lightning_module", None) is None:
+            raise ValueError(
+                "Cannot resolve the schedule: the total number of optimizer steps is unknown: the Trainer has no "
+                "model attached yet, so it knows no dataloader. Call this inside `configure_optimizers` (or once "
+                "`trainer.fit(model)` has started), or describe the run with `TrainingLength.from_loop(...)`."
+            )
         raise ValueError(
             "Cannot resolve the schedule: the total number of optimizer steps is unknown "
             f"(max_steps={trainer.max_steps!r}, max_epochs={trainer.max_epochs!r}, "

@@ -52,11 +52,14 @@ def assign_layer_ids(
             block_of.setdefault(id(param), index + 1)
     embedding_ids = {id(p) for m in module.modules() if isinstance(m, _EMBEDDING_TYPES) for p in m.parameters()}
     head = len(main) + 1
+    # Parameters registered before the first block (a stem, patch or token embedding) are the input layer.
+    first_block = next((i for i, p in enumerate(params) if id(p) in block_of), len(params))
     ids = []
-    for param, name in zip(params, names, strict=True):
+    for index, (param, name) in enumerate(zip(params, names, strict=True)):
         in_block = block_of.get(id(param))
         if in_block is not None:
             ids.append(in_block)
         else:
-            ids.append(0 if id(param) in embedding_ids or _is_embedding_name(name) else head)
+            is_input = index < first_block or id(param) in embedding_ids or _is_embedding_name(name)
+            ids.append(0 if is_input else head)
     return ids, head

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
 from lit_optim._durations import Duration, DurationLike, TrainingLength, parse_duration
-from lit_optim._validation import check_choice
+from lit_optim._validation import check_choice, unknown_key_error
 
 __all__ = ["Schedule", "WarmedSchedule", "Warmup", "WarmupShape", "steps_of"]
 
@@ -144,15 +145,23 @@ class Schedule:
 class WarmedSchedule(Schedule):
     """A schedule with an optional :class:`Warmup` and a floor ``min_lr`` (ratio of each group's initial lr).
 
+    ``warmup`` is a :class:`Warmup`, its duration (a linear warmup from 0), or a mapping of :class:`Warmup`'s
+    arguments (how a YAML/CLI config spells it, e.g. ``{"duration": "5%", "shape": "cosine"}``).
     The main schedule :meth:`_main` sees steps counted from the end of the warmup, and the steps left.
     """
 
-    warmup: Warmup | DurationLike | None = None
+    warmup: Warmup | DurationLike | Mapping[str, Any] | None = None
     min_lr: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.warmup is not None and not isinstance(self.warmup, Warmup):
+        if isinstance(self.warmup, Mapping):
+            valid = [f.name for f in dataclasses.fields(Warmup)]
+            for key in self.warmup:
+                if key not in valid:
+                    raise unknown_key_error("parameter of Warmup", str(key), valid)
+            object.__setattr__(self, "warmup", Warmup(**self.warmup))
+        elif self.warmup is not None and not isinstance(self.warmup, Warmup):
             object.__setattr__(self, "warmup", Warmup(duration=self.warmup))
         m = self.min_lr
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 1:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from lightning.pytorch import LightningModule
@@ -12,8 +12,8 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_optim._validation import closest_match
-from lit_optim.optimizers import build_optimizer, resolve_optimizer
-from lit_optim.param_groups import param_groups
+from lit_optim.optimizers import build_optimizer, hyperparameter_names, resolve_optimizer
+from lit_optim.param_groups import NoDecayRule, param_groups
 from lit_optim.plateau import Plateau, plateau_scheduler_config
 from lit_optim.scheduler import lightning_scheduler_config
 from lit_optim.schedules import Schedule, build_schedule
@@ -21,7 +21,17 @@ from lit_optim.schedules import Schedule, build_schedule
 __all__ = ["OPTIMIZER_HPARAMS", "OptimizerMixin", "configure_optimizers", "scheduler_config"]
 
 #: The ``hparams`` keys :class:`OptimizerMixin` reads (the arguments of :func:`configure_optimizers`).
-OPTIMIZER_HPARAMS = ("optimizer", "lr", "weight_decay", "overrides", "layer_decay", "scheduler", "optimizer_kwargs")
+OPTIMIZER_HPARAMS = (
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "overrides",
+    "layer_decay",
+    "scheduler",
+    "decay_embeddings",
+    "include_frozen",
+    "optimizer_kwargs",
+)
 
 # Common spellings of our keys that would otherwise be silently ignored as "the user's own" hparams.
 _ALIASES = {"learning_rate": "lr", "wd": "weight_decay", "optim": "optimizer", "lr_scheduler": "scheduler"}
@@ -31,27 +41,36 @@ def configure_optimizers(
     module: nn.Module,
     optimizer: str | type[Optimizer] = "adamw",
     lr: float = 1e-3,
-    weight_decay: float = 0.01,
+    weight_decay: float | None = None,
     overrides: Mapping[str | nn.Module, Mapping[str, Any]] | None = None,
     layer_decay: float | None = None,
     scheduler: Any = None,
+    *,
+    decay_embeddings: bool = True,
+    include_frozen: bool = False,
+    no_decay: Iterable[NoDecayRule] = (),
+    layer_id_fn: Callable[[str], int] | None = None,
     **optimizer_kwargs: Any,
 ) -> dict[str, Any]:
     """Build what ``LightningModule.configure_optimizers`` returns: grouped parameters and an optimizer.
 
     The groups come from :func:`lit_optim.param_groups` (biases, norms and 1-D parameters without weight decay,
     overrides, layer-wise decay), the optimizer from :func:`lit_optim.build_optimizer` (every key checked).
-    For finer control of the grouping (``layer_id_fn``, ``no_decay`` rules, frozen parameters) call those two
-    directly.
+    The grouping options of :func:`lit_optim.param_groups` are passed through by keyword.
 
     Args:
         module: the LightningModule (or any module) whose parameters to optimize.
         optimizer: a case-insensitive ``torch.optim`` name or an ``Optimizer`` subclass.
         lr: base learning rate (each group's ``lr`` is this times its ``lr_scale``).
-        weight_decay: weight decay of the decayed parameters.
+        weight_decay: weight decay of the decayed parameters; ``None`` means 0.01, or 0 for an optimizer without
+            weight decay (``Rprop``, ``LBFGS``, ``SparseAdam``).
         overrides: ordered mapping pattern (glob or submodule) -> settings; see :func:`lit_optim.param_groups`.
         layer_decay: layer-wise learning-rate decay in (0, 1], or ``None``.
         scheduler: a schedule spec from :mod:`lit_optim.schedules`, or ``None`` for a constant LR.
+        decay_embeddings: decay ``nn.Embedding`` weights (see :func:`lit_optim.param_groups`, as the next three).
+        include_frozen: also group parameters with ``requires_grad=False``.
+        no_decay: extra no-decay rules (module classes, globs, compiled regexes, predicates).
+        layer_id_fn: maps a parameter name to its layer id (needs ``layer_decay``).
         **optimizer_kwargs: other optimizer hyper-parameters (``betas``, ``momentum``, ``eps``, ...).
 
     Returns:
@@ -64,8 +83,20 @@ def configure_optimizers(
         [('decay', 0.1, 0.01, 0.9), ('no_decay', 0.1, 0.0, 0.9)]
     """
     cls = resolve_optimizer(optimizer)
+    if weight_decay is None:
+        names = hyperparameter_names(cls)
+        weight_decay = 0.01 if names is None or "weight_decay" in names else 0.0
     groups = param_groups(
-        module, lr=lr, weight_decay=weight_decay, overrides=overrides, layer_decay=layer_decay, optimizer=cls
+        module,
+        lr=lr,
+        weight_decay=weight_decay,
+        overrides=overrides,
+        layer_decay=layer_decay,
+        layer_id_fn=layer_id_fn,
+        decay_embeddings=decay_embeddings,
+        no_decay=no_decay,
+        include_frozen=include_frozen,
+        optimizer=cls,
     )
     built = build_optimizer(cls, groups, **optimizer_kwargs)
     if scheduler is None:
@@ -100,12 +131,6 @@ def scheduler_config(optimizer: Optimizer, scheduler: Any, module: nn.Module) ->
     trainer = module._trainer if isinstance(module, LightningModule) else None
     if isinstance(scheduler, Plateau):
         return plateau_scheduler_config(optimizer, scheduler, trainer)
-    if trainer is None:
-        raise ValueError(
-            f"`scheduler={scheduler!r}` needs the run's length, which comes from the Trainer: call "
-            "`configure_optimizers(self, ...)` from your LightningModule's `configure_optimizers` during `fit`, or "
-            "build `ScheduleLR(optimizer, schedule, total_steps)` yourself."
-        )
     return lightning_scheduler_config(optimizer, scheduler, trainer)
 
 
@@ -156,7 +181,8 @@ class OptimizerMixin(LightningModule):
     """A LightningModule whose ``configure_optimizers`` is configured by its saved hyper-parameters.
 
     Give your ``__init__`` any of the arguments of :func:`configure_optimizers` (``optimizer``, ``lr``,
-    ``weight_decay``, ``overrides``, ``layer_decay``, ``scheduler``) and ``optimizer_kwargs`` (a dict of other
+    ``weight_decay``, ``overrides``, ``layer_decay``, ``scheduler``, ``decay_embeddings``, ``include_frozen``)
+    and ``optimizer_kwargs`` (a dict of other
     optimizer hyper-parameters), call ``self.save_hyperparameters()``, and the optimizer follows them, so
     LightningCLI (``--model.lr 0.01``), a YAML config and a checkpoint all configure it. Missing keys take
     :func:`configure_optimizers`' defaults. Other hparams are yours and ignored, except a close misspelling of

@@ -125,8 +125,13 @@ def _check_group(index: int, group: Mapping[str, Any], cls: type[Optimizer], nam
         for key in group:
             if key in allowed:
                 continue
-            if key == "weight_decay" and group[key] == 0:
-                continue  # lit_optim's groups always record weight_decay; 0 is true for any optimizer
+            if key == "weight_decay":
+                if group[key] == 0:
+                    continue  # lit_optim's groups always record weight_decay; 0 is true for any optimizer
+                raise ValueError(
+                    f"{cls.__name__} has no weight decay, but the {label} sets weight_decay={group[key]!r}. "
+                    "HINT: build the groups with weight_decay=0 for this optimizer."
+                )
             raise unknown_key_error(
                 "key",
                 key,

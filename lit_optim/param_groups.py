@@ -27,6 +27,7 @@ NoDecayRule = type[nn.Module] | str | re.Pattern[str] | Callable[[str, nn.Parame
 
 _NORM_NAME = re.compile(r"Norm(\d+d)?$")
 _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+_COMPILED = "_orig_mod."  # the attribute torch.compile's OptimizedModule keeps the original module under
 _type_cache: dict[type[nn.Module], tuple[bool, bool]] = {}
 
 
@@ -50,7 +51,8 @@ class _Walk:
         self.aliases: dict[int, list[str]] = {}  # index -> later names of a tied parameter
         self.declared: list[str] = []  # full names/globs from `no_weight_decay()` methods
         seen: dict[int, int] = {}
-        for module_name, mod in module.named_modules():
+        # Every path of a shared module instance, so globs and declared names can use any of them.
+        for module_name, mod in module.named_modules(remove_duplicate=False):
             own = mod._parameters
             is_norm, declares = _type_flags(type(mod))
             prefix = module_name + "." if module_name else ""
@@ -71,16 +73,18 @@ class _Walk:
                         f"Parameter {prefix + leaf!r} of {type(mod).__name__} is not initialized yet (a lazy module), "
                         "so its shape and decay rule are unknown. HINT: run one forward pass before grouping."
                     )
-                flag = module_flag or param.ndim <= 1 or leaf.endswith("bias")
+                flag = module_flag or param.ndim <= 1 or leaf.endswith("bias") or leaf.startswith("bias_")
                 index = seen.get(id(param))
                 if index is not None:  # tied: keep the first name; no decay if any occurrence says so
                     self.aliases.setdefault(index, []).append(prefix + leaf)
                     self.no_decay[index] = self.no_decay[index] or flag
-                    continue
-                seen[id(param)] = len(self.params)
-                self.params.append(param)
-                self.names.append(prefix + leaf)
-                self.no_decay.append(flag)
+                else:
+                    index = seen[id(param)] = len(self.params)
+                    self.params.append(param)
+                    self.names.append(prefix + leaf)
+                    self.no_decay.append(flag)
+                if _COMPILED in prefix:  # a torch.compile'd submodule: patterns may leave out `_orig_mod.`
+                    self.aliases.setdefault(index, []).append((prefix + leaf).replace(_COMPILED, ""))
 
     def all_names(self, index: int) -> list[str]:
         return [self.names[index], *self.aliases.get(index, ())]
@@ -155,10 +159,11 @@ def param_groups(
 
     Every trainable parameter lands in exactly one group. Each group has ``params``, a unique ``name``, the
     effective ``lr`` (``lr * lr_scale``), ``lr_scale``, ``weight_decay`` and the overrides' other
-    hyper-parameters. Groups with identical hyper-parameters are merged (the merged group keeps the first
-    name); groups come in module order.
+    hyper-parameters. Groups with identical hyper-parameters are merged (the merged group takes the name of
+    its part with the fewest override labels, the first of those); groups come in module order.
 
-    **No weight decay** for: every bias (leaf name ending in ``bias``); every parameter of a normalization layer
+    **No weight decay** for: every bias (leaf name ending in ``bias`` or starting with ``bias_``, as attention's
+    ``bias_k``); every parameter of a normalization layer
     (any class, or base class, whose name ends in ``Norm`` or ``Norm<k>d``: all torch norms and custom
     ``RMSNorm`` s); every parameter with ``ndim <= 1``; names a submodule lists in ``no_weight_decay()`` (the
     timm convention), resolved with that submodule's prefix (names that do not exist are ignored, as timm
@@ -166,6 +171,7 @@ def param_groups(
 
     **Tied parameters** appear once, under their first name (module order); they get no decay if any of
     their occurrences would (e.g. a ``lm_head`` tied to an excluded embedding). Globs match any of their names.
+    Inside a ``torch.compile`` d submodule, globs match the names with and without its ``_orig_mod.`` part.
 
     **Overrides** map a pattern (an fnmatch glob on full parameter names, or a submodule) to settings: ``lr``,
     ``lr_scale``, ``weight_decay``, ``name`` (the group-name label) or any hyper-parameter of the optimizer.
@@ -176,10 +182,11 @@ def param_groups(
     An override's ``lr`` replaces the base ``lr``; ``lr_scale`` and the layer scale multiply it.
 
     **Layer-wise decay**: ``lr_scale = layer_decay ** (num_layers - layer_id)``. Automatic ids: parameters in
-    block ``i`` of the largest ``nn.ModuleList`` get ``i + 1``; other embeddings (``nn.Embedding`` or a name part
-    containing ``embed``, or ``cls_token``) get 0; the rest (the head) ``num_layers = N + 1``, scale 1. A
-    ``layer_id_fn(name) -> int`` replaces this, with ``num_layers`` its largest id. Ids are computed over all
-    parameters, frozen ones included, so freezing never shifts them.
+    block ``i`` of the largest ``nn.ModuleList`` get ``i + 1``; parameters registered before the first block (a
+    stem) and other embeddings (``nn.Embedding`` or a name part containing ``embed``, or ``cls_token``) get 0; the
+    rest (the head) ``num_layers = N + 1``, scale 1. A ``layer_id_fn(name) -> int`` replaces this, with
+    ``num_layers`` its largest id. Ids are computed over all parameters, frozen ones included, so freezing never
+    shifts them.
 
     Args:
         module: the module to group (a LightningModule too).
@@ -244,6 +251,7 @@ def param_groups(
         bucket.append(walk.params[i])
 
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    label_counts: dict[tuple[Any, ...], int] = {}
     for (layer_id, combo, no_dec), params in buckets.items():
         settings: dict[str, Any] = {}
         labels = []
@@ -270,8 +278,11 @@ def param_groups(
         existing = merged.get(identity)
         if existing is None:
             merged[identity] = group
+            label_counts[identity] = len(labels)
         else:
             existing["params"] = existing["params"] + params
+            if len(labels) < label_counts[identity]:  # name a merged group after its least-overridden part
+                existing["name"], label_counts[identity] = group["name"], len(labels)
     groups = list(merged.values())
     _order_params(groups, walk.params)
     return groups

@@ -1,7 +1,7 @@
 """Metric-driven learning-rate reduction with ``torch.optim.lr_scheduler.ReduceLROnPlateau`` semantics.
 
 :class:`Plateau` is a frozen spec; :class:`PlateauLR` is the ``LRScheduler`` that applies it to one
-optimizer. Unlike torch's class, :class:`PlateauLR` composes with a linear warmup, keeps its whole state
+optimizer. Unlike torch's class, :class:`PlateauLR` composes with a warmup, keeps its whole state
 (best value, bad-evaluation count, cooldown counter, reductions so far) in ``state_dict`` and is stepped by
 :class:`~lit_optim.callbacks.stepper.SchedulerStepper`: once per optimizer step (the warmup) and once per
 validation run with a fresh, rank-averaged metric (:meth:`PlateauLR.step_metric`).
@@ -19,7 +19,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import Metric
 
+from lit_optim._durations import Duration, DurationLike, TrainingLength, resolve_training_length
 from lit_optim._validation import check_choice, check_non_negative, check_ratio
+from lit_optim._warmup import Warmup
 
 __all__ = ["Plateau", "PlateauLR", "plateau_scheduler_config"]
 
@@ -39,17 +41,19 @@ def _check_count(name: str, value: object) -> int:
 
 @dataclass(frozen=True)
 class Plateau:
-    r"""Reduce the learning rate when a monitored metric stops improving, after an optional linear warmup.
+    r"""Reduce the learning rate when a monitored metric stops improving, after an optional warmup.
 
     The LR of group *g* at optimizer step *s*, after *k* reductions, is
 
     .. math::
         \mathrm{lr}_g(s) = p_g \cdot w(s), \qquad p_g = \max(p_g^{\text{prev}} \cdot \text{factor},\ \text{floor}_g),
-        \qquad w(s) = f_0 + (1 - f_0)\,\min(s, W) / W
+        \qquad w(s) = \text{warmup.factor}(s, W) \text{ for } s < W, \quad w(s) = 1 \text{ after}
 
     with :math:`p_g` starting at the group's initial lr, updated only when the decrease exceeds ``eps``
     (exactly ``torch.optim.lr_scheduler.ReduceLROnPlateau``'s rule, as are ``mode``, ``patience``,
-    ``threshold``/``threshold_mode`` and ``cooldown``). :math:`w \equiv 1` when ``warmup_steps`` is 0.
+    ``threshold``/``threshold_mode`` and ``cooldown``). :math:`w \equiv 1` without a warmup. :math:`W` is the
+    warmup's duration in optimizer steps: a duration in epochs or as a fraction of the run is resolved against
+    the Trainer by :func:`plateau_scheduler_config` (or the ``length`` given to :class:`PlateauLR`).
 
     A non-finite metric (NaN, +inf or -inf) counts as "no improvement" and is warned about once; torch's
     class agrees for NaN and +inf but would treat -inf as an improvement in ``"min"`` mode.
@@ -65,8 +69,8 @@ class Plateau:
         min_lr: floor, one value or one per parameter group.
         min_lr_mode: ``"ratio"`` (floor = ``min_lr`` x the group's initial lr) or ``"absolute"``.
         eps: a reduction smaller than this is ignored.
-        warmup_steps: optimizer steps of linear warmup before the plateau phase (0: none).
-        warmup_start_factor: warmup factor at step 0, in [0, 1].
+        warmup: a :class:`~lit_optim.schedules.Warmup` (linear, cosine or exponential, with a start factor) or
+            its duration (``int`` steps, ``"1ep"``, ``"5%"``; linear from 0), or ``None``.
         on_missing_monitor: ``"raise"`` (default) when ``monitor`` is not logged at the first validation,
             or ``"warn"`` and skip the reduction step.
 
@@ -88,8 +92,7 @@ class Plateau:
     min_lr: float | tuple[float, ...] = 0.0
     min_lr_mode: MinLrMode = "ratio"
     eps: float = 1e-8
-    warmup_steps: int = 0
-    warmup_start_factor: float = 0.0
+    warmup: Warmup | DurationLike | None = None
     on_missing_monitor: OnMissing = "raise"
 
     def __post_init__(self) -> None:
@@ -120,21 +123,20 @@ class Plateau:
             check_non_negative("min_lr", value)
         check_choice("min_lr_mode", self.min_lr_mode, ["absolute", "ratio"])
         check_non_negative("eps", self.eps)
-        _check_count("warmup_steps", self.warmup_steps)
-        check_ratio("warmup_start_factor", self.warmup_start_factor, low_inclusive=True)
+        if self.warmup is not None and not isinstance(self.warmup, Warmup):
+            object.__setattr__(self, "warmup", Warmup(duration=self.warmup))
         check_choice("on_missing_monitor", self.on_missing_monitor, ["raise", "warn"])
 
-    def warmup_factor(self, step: int) -> float:
-        """Warmup multiplier at optimizer step ``step`` (1.0 once warmup is over).
+    def warmup_factor(self, step: int, warmup_steps: int) -> float:
+        """Warmup multiplier at optimizer step ``step`` of a ``warmup_steps``-long warmup (1.0 once it is over).
 
         Example:
-            >>> Plateau("val_loss", warmup_steps=4).warmup_factor(1)
+            >>> Plateau("val_loss", warmup=4).warmup_factor(1, 4)
             0.25
         """
-        if self.warmup_steps == 0 or step >= self.warmup_steps:
+        if not isinstance(self.warmup, Warmup) or step >= warmup_steps:
             return 1.0
-        start = self.warmup_start_factor
-        return start + (1.0 - start) * step / self.warmup_steps
+        return self.warmup.factor(step, warmup_steps)
 
     def is_better(self, value: float, best: float) -> bool:
         """Torch's improvement test; a non-finite ``value`` is never better.
@@ -174,7 +176,11 @@ class PlateauLR(LRScheduler):
     Args:
         optimizer: the wrapped optimizer; each group's current ``lr`` is its initial lr.
         plateau: the spec.
+        length: the run's length, needed only for a warmup given in epochs or as a fraction of the run.
         last_epoch: torch's resume index; keep the default and restore with ``load_state_dict``.
+
+    Raises:
+        ValueError: ``min_lr`` per group does not match the groups, or a warmup that cannot be resolved.
 
     Example:
         >>> import torch
@@ -184,9 +190,12 @@ class PlateauLR(LRScheduler):
         (False, True, 0.5)
     """
 
-    def __init__(self, optimizer: Optimizer, plateau: Plateau, last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: Optimizer, plateau: Plateau, length: TrainingLength | None = None, last_epoch: int = -1
+    ) -> None:
         if not isinstance(plateau, Plateau):
             raise TypeError(f"`plateau` must be a lit_optim.Plateau, got {plateau!r}.")
+        self.warmup_steps = _warmup_steps(plateau, length)
         n_groups = len(optimizer.param_groups)
         if isinstance(plateau.min_lr, tuple) and len(plateau.min_lr) != n_groups:
             raise ValueError(
@@ -219,7 +228,7 @@ class PlateauLR(LRScheduler):
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         """LR of each group at the current optimizer step."""
-        factor = self.plateau.warmup_factor(max(self.last_epoch, 0))
+        factor = self.plateau.warmup_factor(max(self.last_epoch, 0), self.warmup_steps)
         return [p * factor for p in self._state.plateau_lrs]
 
     def step_metric(self, value: float) -> bool:
@@ -299,13 +308,18 @@ def plateau_scheduler_config(
 
     The dict has ``interval="step"`` (the warmup advances per optimizer step); reductions happen after
     validation runs, driven by :class:`~lit_optim.callbacks.stepper.SchedulerStepper`, which is added to
-    ``trainer`` when one is given (pass ``self.trainer`` from ``configure_optimizers``).
+    ``trainer`` when one is given (pass ``self.trainer`` from ``configure_optimizers``). A warmup in epochs or
+    as a fraction of the run is resolved against that trainer.
 
     Args:
         optimizer: the optimizer to drive.
         plateau: the spec.
         trainer: the Trainer about to fit; gets a ``SchedulerStepper`` when it has none.
         name: the name ``LearningRateMonitor`` logs under (Lightning's default when ``None``).
+
+    Raises:
+        ValueError: a warmup in epochs or as a fraction with no ``trainer`` to resolve it, or one that does not
+            fit the run.
 
     Example:
         >>> import torch
@@ -314,7 +328,11 @@ def plateau_scheduler_config(
         >>> type(config["scheduler"]).__name__, config["interval"]
         ('PlateauLR', 'step')
     """
-    config: dict[str, Any] = {"scheduler": PlateauLR(optimizer, plateau), "interval": "step", "frequency": 1}
+    warmup = plateau.warmup
+    needs_length = isinstance(warmup, Warmup) and getattr(warmup.duration, "unit", "step") != "step"
+    length = resolve_training_length(trainer) if trainer is not None and needs_length else None
+    scheduler = PlateauLR(optimizer, plateau, length)
+    config: dict[str, Any] = {"scheduler": scheduler, "interval": "step", "frequency": 1}
     if name is not None:
         config["name"] = name
     if trainer is not None:
@@ -322,3 +340,26 @@ def plateau_scheduler_config(
 
         ensure_stepper(trainer)
     return config
+
+
+def _warmup_steps(plateau: Plateau, length: TrainingLength | None) -> int:
+    warmup = plateau.warmup
+    if not isinstance(warmup, Warmup):
+        return 0
+    duration = warmup.duration
+    assert isinstance(duration, Duration)  # parsed by Warmup
+    if duration.unit == "step":
+        return int(duration.value)
+    if length is None:
+        raise ValueError(
+            f"Plateau warmup {duration} is relative to the run, whose length is unknown here. Pass the trainer: "
+            "`plateau_scheduler_config(opt, plateau, self.trainer)` (or `PlateauLR(..., length=TrainingLength(...))`), "
+            "or give the warmup in optimizer steps (an int)."
+        )
+    steps = duration.to_steps(length)
+    if steps >= length.total_steps:
+        raise ValueError(
+            f"Plateau warmup {duration} resolves to {steps} optimizer steps, not shorter than the run "
+            f"({length.total_steps} steps). Use a shorter warmup."
+        )
+    return steps

@@ -12,6 +12,7 @@ import torch
 from torch.optim import Optimizer
 
 from lit_optim._durations import TrainingLength, resolve_training_length
+from lit_optim._validation import unknown_key_error
 from lit_optim.scheduler import ScheduleLR
 from lit_optim.schedules import Schedule
 
@@ -47,12 +48,24 @@ class LRCurve:
         return len(self.lrs)
 
     def lr(self, group: int | str) -> list[float]:
-        """The lr of one group (by index or name) at every step."""
+        """The lr of one group (by index or name) at every step.
+
+        Raises:
+            ValueError: an unknown group name.
+        """
+        if isinstance(group, str) and group not in self.names:
+            raise unknown_key_error("param group", group, self.names)
         index = self.names.index(group) if isinstance(group, str) else group
         return [row[index] for row in self.lrs]
 
     def table(self, max_rows: int | None = 20) -> str:
-        """The curve as an aligned text table; at most ``max_rows`` evenly spaced steps (the last included)."""
+        """The curve as an aligned text table; at most ``max_rows`` evenly spaced steps (the first and last included).
+
+        Raises:
+            ValueError: ``max_rows`` below 2 (``None`` shows every step).
+        """
+        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 2):
+            raise ValueError(f"`max_rows` must be None or an int >= 2 (the first and last step), got {max_rows!r}.")
         n = len(self.lrs)
         if max_rows is None or n <= max_rows:
             rows = list(range(n))

@@ -162,7 +162,7 @@ class ScheduleLR(LRScheduler):
 
 
 def lightning_scheduler_config(
-    optimizer: Optimizer, schedule: Schedule | str, trainer: pl.Trainer, name: str | None = None
+    optimizer: Optimizer, schedule: Schedule | str, trainer: pl.Trainer | None, name: str | None = None
 ) -> dict[str, Any]:
     """Lightning's lr-scheduler dict for ``schedule``, its durations resolved against ``trainer``'s run.
 
@@ -172,11 +172,11 @@ def lightning_scheduler_config(
     Args:
         optimizer: the optimizer to drive.
         schedule: a :class:`~lit_optim.schedules.Schedule` or a catalogue name.
-        trainer: the Trainer about to fit (``module.trainer``).
+        trainer: the Trainer about to fit (``module.trainer``); ``None`` (a module outside a fit) raises.
         name: the name ``LearningRateMonitor`` logs under; defaults to ``"lr-<OptimizerClass>"``.
 
     Raises:
-        ValueError: the run's total is unknown (set ``max_steps``), or a duration does not fit the run.
+        ValueError: no Trainer, the run's total is unknown (set ``max_steps``), or a duration does not fit the run.
 
     Example:
         >>> import torch
@@ -191,6 +191,12 @@ def lightning_scheduler_config(
         >>> config["scheduler"].total_steps, config["interval"], config["name"]
         (100, 'step', 'lr-AdamW')
     """
+    if trainer is None:
+        raise ValueError(
+            f"{schedule!r} needs the run's length, known only once fitting starts: call this (or "
+            "`lit_optim.configure_optimizers(self, scheduler=...)`) inside `LightningModule.configure_optimizers` "
+            "during `trainer.fit`, or build `ScheduleLR(optimizer, schedule, total_steps=...)` yourself."
+        )
     length = resolve_training_length(trainer)
     scheduler = ScheduleLR(optimizer, schedule, length.total_steps, length.steps_per_epoch)
     _ensure_stepper(trainer)

@@ -13,7 +13,7 @@ from torch import nn
 
 from lit_optim import Cosine, OptimizerMixin, SchedulerStepper, configure_optimizers, preview_schedule
 from lit_optim.configure import OPTIMIZER_HPARAMS, optimizer_settings
-from tests.models import GPTModule, TinyModule, gpt_block_names
+from tests.models import GPT, FrozenBackbone, GPTModule, TinyModule, gpt_block_names
 
 
 class CaptureLogger(Logger):
@@ -153,7 +153,7 @@ def test_scheduler_through_a_real_trainer_follows_the_preview(
 
 
 def test_scheduler_without_a_trainer_names_the_fix() -> None:
-    with pytest.raises(ValueError, match=r"needs the run's length.*ScheduleLR\(optimizer, schedule, total_steps\)"):
+    with pytest.raises(ValueError, match=r"needs the run.s length.*build .ScheduleLR"):
         configure_optimizers(nn.Linear(2, 2), scheduler=Cosine())
 
 
@@ -164,6 +164,30 @@ def test_scheduler_of_unknown_kind_or_name_raises() -> None:
         configure_optimizers(nn.Linear(2, 2), scheduler="cosin")
     with pytest.raises(ValueError, match="needs a 'name' key"):
         configure_optimizers(nn.Linear(2, 2), scheduler={"warmup": 2})
+
+
+def test_scheduler_is_wired_to_the_schedules_part(make_trainer: Callable[..., L.Trainer]) -> None:
+    scheduler = pytest.importorskip("lit_optim.scheduler")
+    schedules = pytest.importorskip("lit_optim.schedules")
+
+    class Scheduled(TinyModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen_lrs: list[float] = []
+            self.config: dict[str, Any] = {}
+
+        def configure_optimizers(self) -> Any:
+            self.config = configure_optimizers(self, "sgd", lr=0.1, scheduler=schedules.Linear())
+            return self.config
+
+        def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+            self.seen_lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    model = Scheduled()
+    make_trainer(max_steps=4).fit(model)
+    assert set(model.config) == {"optimizer", "lr_scheduler"}
+    assert isinstance(model.config["lr_scheduler"]["scheduler"], scheduler.ScheduleLR)
+    assert model.seen_lrs == pytest.approx([0.1, 0.075, 0.05, 0.025], rel=1e-12)
 
 
 class MixinModel(OptimizerMixin, TinyModule):
@@ -284,5 +308,74 @@ def test_unrelated_hparams_are_left_alone() -> None:
         "overrides",
         "layer_decay",
         "scheduler",
+        "decay_embeddings",
+        "include_frozen",
         "optimizer_kwargs",
     }
+
+
+@pytest.mark.parametrize(("name", "cls"), [("rprop", torch.optim.Rprop), ("lbfgs", torch.optim.LBFGS)])
+def test_default_weight_decay_fits_optimizers_without_weight_decay(name: str, cls: type[torch.optim.Optimizer]) -> None:
+    model = nn.Linear(2, 2)
+    opt = configure_optimizers(model, name, lr=0.1)["optimizer"]
+    assert type(opt) is cls
+    # no weight decay to apply: decay and no_decay are identical and merge into the single group LBFGS needs
+    assert [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups] == [
+        ("decay", 0.1, 0.0, 2)
+    ]
+    with pytest.raises(ValueError, match=r"Rprop has no weight decay, but the parameter group .decay. \(index 0\)"):
+        configure_optimizers(model, "rprop", weight_decay=0.1)
+
+
+def test_default_weight_decay_is_0_01_for_optimizers_with_it() -> None:
+    groups = configure_optimizers(nn.Linear(2, 2), "sgd", lr=0.1)["optimizer"].param_groups
+    assert [(g["name"], g["weight_decay"]) for g in groups] == [("decay", 0.01), ("no_decay", 0.0)]
+
+
+def test_grouping_options_pass_through_to_param_groups() -> None:
+    gpt = GPT()
+    config = configure_optimizers(gpt, "adamw", lr=0.1, weight_decay=0.1, decay_embeddings=False)
+    names = {id(p): n for n, p in gpt.named_parameters()}
+    assert {g["name"]: [names[id(p)] for p in g["params"]] for g in config["optimizer"].param_groups} == {
+        "decay": [n for i in range(2) for n in gpt_block_names(i)["decay"]],
+        "no_decay": [
+            "tok_emb.weight",
+            "pos_emb.weight",
+            *[n for i in range(2) for n in gpt_block_names(i)["no_decay"]],
+            "ln_f.weight",
+            "ln_f.bias",
+        ],
+    }
+    frozen = FrozenBackbone()
+    opt = configure_optimizers(
+        frozen,
+        "sgd",
+        lr=0.1,
+        include_frozen=True,
+        no_decay=["head.weight"],
+        layer_decay=0.5,
+        layer_id_fn=lambda name: 0 if name.startswith("embed") else 1,
+    )["optimizer"]
+    names = {id(p): n for n, p in frozen.named_parameters()}
+    assert [(g["name"], g["lr"], [names[id(p)] for p in g["params"]]) for g in opt.param_groups] == [
+        ("layer_00/decay", 0.05, ["embed.weight"]),
+        ("layer_00/no_decay", 0.05, ["embed.bias"]),
+        ("layer_01/decay", 0.1, ["layers.0.weight", "layers.1.weight"]),
+        ("layer_01/no_decay", 0.1, ["layers.0.bias", "layers.1.bias", "head.weight", "head.bias"]),
+    ]
+
+
+def test_mixin_reads_grouping_options_from_hparams() -> None:
+    class Model(OptimizerMixin):
+        def __init__(self, decay_embeddings: bool = True, include_frozen: bool = False) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.emb = nn.Embedding(3, 2)
+            self.fc = nn.Linear(2, 2).requires_grad_(False)
+
+    def summary(model: Model) -> list[tuple[str, int]]:
+        return [(g["name"], len(g["params"])) for g in model.configure_optimizers()["optimizer"].param_groups]
+
+    assert summary(Model()) == [("decay", 1)]
+    assert summary(Model(decay_embeddings=False)) == [("no_decay", 1)]
+    assert summary(Model(decay_embeddings=False, include_frozen=True)) == [("no_decay", 2), ("decay", 1)]

@@ -209,3 +209,20 @@ def test_resolution_is_per_rank_under_ddp(tmp_path: Path) -> None:
     for out in ranks:
         assert (out["total"], out["per_epoch"], out["estimated"], out["global_step"]) == (16, 8, 16, 16)
         assert out["lrs"] == expected
+
+
+def test_from_loop_endless_run_with_max_steps() -> None:
+    # Trainer(max_epochs=-1, max_steps=...) is a valid run; resolve_training_length handles it, so from_loop must
+    length = TrainingLength.from_loop(max_epochs=-1, batches_per_epoch=10, accumulate_grad_batches=3, max_steps=25)
+    assert length == TrainingLength(total_steps=25, steps_per_epoch=4)
+    with pytest.raises(ValueError, match=r"endless \(`max_epochs=-1`\) without `max_steps`: the total is unknown"):
+        TrainingLength.from_loop(max_epochs=-1, batches_per_epoch=10)
+    with pytest.raises(ValueError, match=r"`max_epochs` must be an int >= 1 \(or -1 with `max_steps`\), got 0"):
+        TrainingLength.from_loop(max_epochs=0, batches_per_epoch=10)
+
+
+def test_trainer_without_a_model_says_so(make_trainer: Callable[..., Trainer]) -> None:
+    # before `trainer.fit(model)` the Trainer knows no dataloader: the fix is not "set max_steps"
+    with pytest.raises(ValueError, match=r"total number of optimizer steps is unknown: the Trainer has no model "
+                       r"attached yet.*inside `configure_optimizers`.*`TrainingLength\.from_loop"):
+        resolve_training_length(make_trainer(max_epochs=2))

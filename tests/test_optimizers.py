@@ -152,7 +152,9 @@ def test_zero_weight_decay_group_key_accepted_for_optimizer_without_weight_decay
     # weight_decay=0 makes decay and no_decay identical, so they merge into one group.
     assert [(g["name"], g["weight_decay"], len(g["params"])) for g in opt.param_groups] == [("decay", 0.0, 2)]
     with pytest.raises(
-        ValueError, match=r"Unknown key 'weight_decay'.* It appears in the parameter group 'decay' \(index 0\)"
+        ValueError,
+        match=r"Rprop has no weight decay, but the parameter group 'decay' \(index 0\) sets weight_decay=0\.1\. "
+        r"HINT: build the groups with weight_decay=0 for this optimizer\.",
     ):
         build_optimizer("rprop", param_groups(nn.Linear(2, 2), weight_decay=0.1))
 

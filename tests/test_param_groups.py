@@ -489,3 +489,87 @@ def test_lazy_parameters_must_be_materialized_first() -> None:
         param_groups(model)
     model(torch.ones(1, 2))
     assert named(model, param_groups(model)) == {"decay": ["0.weight", "1.weight"], "no_decay": ["0.bias", "1.bias"]}
+
+
+class SharedModule(nn.Module):
+    """One module instance reachable under two names (`out` is `emb`), as in weight-shared heads or ALBERT."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(4, 2)
+        self.mid = nn.Linear(2, 2)
+        self.out = self.emb
+
+    def no_weight_decay(self) -> set[str]:
+        return {"out.weight"}
+
+
+def test_shared_module_second_path_matches_globs_rules_and_declared_names() -> None:
+    model = SharedModule()
+    groups = param_groups(model, lr=1.0, overrides={"out.*": {"lr": 0.5}})
+    assert named(model, groups) == {"out/no_decay": ["emb.weight"], "decay": ["mid.weight"], "no_decay": ["mid.bias"]}
+    assert [g["lr"] for g in groups] == [0.5, 1.0, 1.0]
+    plain = nn.Module()
+    plain.emb = nn.Embedding(4, 2)
+    plain.out = plain.emb
+    assert named(plain, param_groups(plain, no_decay=["out.*"])) == {"no_decay": ["emb.weight"]}
+
+
+# torch.compile's first use imports torch internals that still call the deprecated torch.jit.script_method
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compiled_submodule_patterns_may_leave_out_orig_mod() -> None:
+    model = nn.Module()
+    model.backbone = torch.compile(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
+    model.head = nn.Linear(2, 1)
+    groups = param_groups(model, lr=1.0, overrides={"backbone.0.*": {"lr": 0.5}}, no_decay=["backbone.0.weight"])
+    assert named(model, groups) == {
+        "backbone.0/no_decay": ["backbone._orig_mod.0.weight", "backbone._orig_mod.0.bias"],
+        "no_decay": ["backbone._orig_mod.1.weight", "backbone._orig_mod.1.bias", "head.bias"],
+        "decay": ["head.weight"],
+    }
+    assert [g["lr"] for g in groups] == [0.5, 1.0, 1.0]
+    same = param_groups(
+        model,
+        lr=1.0,
+        overrides={"backbone._orig_mod.0.*": {"lr": 0.5, "name": "backbone.0"}},
+        no_decay=["backbone._orig_mod.0.weight"],
+    )
+    assert named(model, same) == named(model, groups)
+
+
+def test_attention_key_value_biases_are_biases() -> None:
+    model = nn.MultiheadAttention(4, 2, add_bias_kv=True)
+    assert model.bias_k.ndim == 3  # neither the ndim rule nor "ends in bias" catches it
+    assert named(model, param_groups(model)) == {
+        "decay": ["in_proj_weight", "out_proj.weight"],
+        "no_decay": ["in_proj_bias", "bias_k", "bias_v", "out_proj.bias"],
+    }
+
+
+def test_merged_group_takes_the_plain_name_not_a_no_op_override_label() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    groups = param_groups(model, lr=0.1, overrides={"0.*": {"lr": 0.1}, "1.weight": {"lr": 0.2}})
+    # 0.bias (override "0", a no-op) and 1.bias (no override) merge under the plainer name
+    assert named(model, groups) == {
+        "0/decay": ["0.weight"],
+        "no_decay": ["0.bias", "1.bias"],
+        "1.weight/decay": ["1.weight"],
+    }
+
+
+def test_layer_decay_puts_a_stem_before_the_blocks_at_layer_0() -> None:
+    class ConvNeXtLike(nn.Module):  # timm's ConvNeXt shape: stem, stages, final norm, head
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 2, bias=False)
+            self.stages = nn.ModuleList([nn.Conv2d(4, 4, 1, bias=False), nn.Conv2d(4, 4, 1, bias=False)])
+            self.head = nn.Linear(4, 2, bias=False)
+
+    model = ConvNeXtLike()
+    groups = param_groups(model, lr=1.0, layer_decay=0.5)
+    assert [(g["name"], g["lr"], named(model, [g])[g["name"]]) for g in groups] == [
+        ("layer_00/decay", 0.125, ["stem.weight"]),
+        ("layer_01/decay", 0.25, ["stages.0.weight"]),
+        ("layer_02/decay", 0.5, ["stages.1.weight"]),
+        ("layer_03/decay", 1.0, ["head.weight"]),
+    ]

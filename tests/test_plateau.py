@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from torch.optim import lr_scheduler as tl
 
-from lit_optim import Plateau, PlateauLR, SchedulerStepper, plateau_scheduler_config
+from lit_optim import Plateau, PlateauLR, SchedulerStepper, TrainingLength, Warmup, plateau_scheduler_config
 from tests.ddp import run_ddp
 from tests.models import TinyModule
 
@@ -85,7 +85,7 @@ def test_nonfinite_metric_counts_as_no_improvement_and_warns_once() -> None:
 @pytest.mark.parametrize(("step", "factor"), [(0, 0.1), (1, 0.325), (2, 0.55), (4, 1.0), (9, 1.0)])
 def test_warmup_formula(step: int, factor: float) -> None:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
-    sched = PlateauLR(opt, Plateau("m", warmup_steps=4, warmup_start_factor=0.1))
+    sched = PlateauLR(opt, Plateau("m", warmup=Warmup(duration=4, start_factor=0.1)))
     for _ in range(step):
         opt.step()
         sched.step()
@@ -94,7 +94,7 @@ def test_warmup_formula(step: int, factor: float) -> None:
 
 def test_reduction_during_warmup_scales_the_warmup() -> None:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = PlateauLR(opt, Plateau("m", factor=0.5, patience=0, warmup_steps=4))
+    sched = PlateauLR(opt, Plateau("m", factor=0.5, patience=0, warmup=4))
     opt.step()
     sched.step()
     sched.step_metric(1.0)
@@ -124,7 +124,7 @@ def test_mode_follows_torchmetrics_higher_is_better() -> None:
         ({"threshold_mode": "relative"}, ValueError, r"`threshold_mode` must be one of \['abs', 'rel'\]"),
         ({"min_lr": -1.0}, ValueError, r"`min_lr` must be >= 0 and finite, got -1.0"),
         ({"min_lr_mode": "abs"}, ValueError, r"`min_lr_mode` must be one of \['absolute', 'ratio'\], got 'abs'"),
-        ({"warmup_start_factor": 2.0}, ValueError, r"`warmup_start_factor` must be in \[0, 1\], got 2.0"),
+        ({"warmup": 0}, ValueError, r"A duration must be > 0"),
         ({"on_missing_monitor": "skip"}, ValueError, r"`on_missing_monitor` must be one of \['raise', 'warn'\]"),
     ],
 )
@@ -462,7 +462,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(
     def model() -> ScriptedModule:
         if scheduler == "torch":
             return ScriptedModule("torch")
-        return ScriptedModule("lit_optim", warmup_steps=5, warmup_start_factor=0.2)
+        return ScriptedModule("lit_optim", warmup=Warmup(duration=5, start_factor=0.2))
 
     kwargs = {"max_epochs": 5, "limit_train_batches": 4, "val_check_interval": 0.5}
     straight_model, resumed_model = model(), model()
@@ -501,7 +501,7 @@ class Ranked(TinyModule):
 
     def configure_optimizers(self):
         opt = torch.optim.SGD(self.parameters(), lr=0.1)
-        spec = Plateau("val_metric", factor=0.5, patience=0, warmup_steps=3)
+        spec = Plateau("val_metric", factor=0.5, patience=0, warmup=3)
         return {"optimizer": opt, "lr_scheduler": plateau_scheduler_config(opt, spec)}
 
 class Record(Callback):
@@ -570,3 +570,35 @@ def test_lightning_strict_false_warns_and_skips_for_torch_rop(make_trainer: Call
         trainer.fit(model)
     assert model.optimizers().param_groups[0]["lr"] == 0.1
     assert model.lr_schedulers().last_epoch == 0
+
+
+@pytest.mark.parametrize(
+    ("warmup", "length", "steps"),
+    [(3, None, 3), ("25%", TrainingLength(40, 10), 10), ("1ep", TrainingLength(40, 8), 8), (None, None, 0)],
+)
+def test_warmup_durations_resolve(warmup: Any, length: TrainingLength | None, steps: int) -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert PlateauLR(opt, Plateau("m", warmup=warmup), length).warmup_steps == steps
+
+
+def test_warmup_relative_to_an_unknown_run_raises() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match=r"Plateau warmup 5% is relative to the run.*Pass the trainer"):
+        PlateauLR(opt, Plateau("m", warmup="5%"))
+    with pytest.raises(ValueError, match=r"Plateau warmup 4ep resolves to 40 optimizer steps, not shorter than"):
+        PlateauLR(opt, Plateau("m", warmup="4ep"), TrainingLength(40, 10))
+
+
+def test_warmup_in_epochs_resolves_against_the_trainer(make_trainer: Callable[..., Trainer]) -> None:
+    class Module(ScriptedModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            spec = Plateau("val_metric", warmup=Warmup(duration="1ep", shape="cosine"))
+            return {"optimizer": opt, "lr_scheduler": plateau_scheduler_config(opt, spec, self.trainer)}
+
+    recorder = ValidationRecorder()
+    trainer = make_trainer(callbacks=[recorder], max_epochs=2, limit_train_batches=4)
+    trainer.fit(Module())
+    warmup = Warmup(duration=4, shape="cosine")
+    assert trainer.lr_scheduler_configs[0].scheduler.warmup_steps == 4
+    assert recorder.step_lrs == [0.1 * warmup.factor(s, 4) for s in range(4)] + [0.1] * 4

@@ -171,3 +171,14 @@ def test_trainer_applies_the_preview(
     curve = preview_schedule(schedule, trainer, base_lrs={"body": 0.1, "head": 0.5})
     assert len(recorder.lrs) == len(curve) == trainer.global_step
     assert recorder.lrs == list(curve.lrs)  # exactly, float for float
+
+
+def test_table_and_lr_reject_bad_arguments_clearly() -> None:
+    curve = preview_schedule("linear", 10, base_lrs={"body": 0.1, "head": 1.0})
+    assert curve.table(max_rows=2).splitlines()[1:] == ["   0  0.1   1", "   9  0.01  0.1"]  # first and last
+    for bad in (1, 0):
+        with pytest.raises(ValueError, match=rf"`max_rows` must be None or an int >= 2 \(the first and last step\), "
+                           rf"got {bad}"):
+            curve.table(max_rows=bad)
+    with pytest.raises(ValueError, match=r"Unknown param group 'haed'\. Valid: \['body', 'head'\]\. Did you mean"):
+        curve.lr("haed")

@@ -181,6 +181,16 @@ def test_state_dict_is_plain() -> None:
         "start_factor=0.0), min_lr=0.0)"
 
 
+def test_lightning_scheduler_config_without_a_trainer_says_how_to_fix() -> None:
+    # `configure_optimizers(module, scheduler=...)` passes `module._trainer`, which is None outside a fit
+    opt = make_optimizer()
+    with pytest.raises(ValueError, match=r"Cosine\(.*\) needs the run's length, known only once fitting starts: .*"
+                       r"inside `LightningModule.configure_optimizers` .*or build `ScheduleLR\(optimizer, schedule, "
+                       r"total_steps=\.\.\.\)`"):
+        lightning_scheduler_config(opt, Cosine(warmup="5%"), None)
+    assert [g["lr"] for g in opt.param_groups] == list(BASE_LRS)  # the optimizer was left alone
+
+
 def test_lightning_scheduler_config(make_trainer: Callable[..., Any]) -> None:
     captured: dict[str, Any] = {}
 

@@ -282,6 +282,18 @@ def test_build_schedule() -> None:
         build_schedule("cosine", min_lr_ratio=0.1)
 
 
+def test_build_schedule_takes_a_warmup_mapping_from_a_config() -> None:
+    # YAML/CLI configs can only spell a shaped warmup as a mapping
+    spec = build_schedule("cosine", warmup={"duration": "5%", "shape": "cosine", "start_factor": 0.1}, min_lr=0.1)
+    assert spec == Cosine(warmup=Warmup(duration="5%", shape="cosine", start_factor=0.1), min_lr=0.1)
+    assert Linear(warmup={"duration": 3}) == Linear(warmup=3)
+    with pytest.raises(ValueError, match=r"Unknown parameter of Warmup 'shap'\. Valid: \['duration', 'shape', "
+                       r"'start_factor'\]\. Did you mean 'shape'\?"):
+        build_schedule("cosine", warmup={"duration": 5, "shap": "cosine"})
+    with pytest.raises(TypeError, match=r"missing 1 required keyword-only argument: 'duration'"):
+        Cosine(warmup={"shape": "cosine"})
+
+
 @pytest.mark.parametrize(
     ("make", "error", "match"),
     [

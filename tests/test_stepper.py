@@ -364,3 +364,19 @@ def test_config_interval_reflects_the_inferred_cadence_during_fit(make_trainer: 
     trainer.fit(Module())
     assert spy.seen == {"step"}  # what LearningRateMonitor reads to choose its logging cadence
     assert trainer.lr_scheduler_configs[0].interval == "epoch"  # the user's config is restored after fit
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_amp_skipped_step_on_cuda(make_trainer: Callable[..., Trainer]) -> None:
+    model = InfGradModule()
+    trainer = make_trainer(
+        accelerator="cuda",
+        callbacks=[SchedulerStepper()],
+        limit_train_batches=5,
+        limit_val_batches=0,
+        plugins=[MixedPrecision("16-mixed", "cuda", scaler=torch.amp.GradScaler("cuda", init_scale=16.0))],
+    )
+    trainer.fit(model)
+    assert model.lr_schedulers().last_epoch == 4  # 5 batches, the inf one skipped by the GradScaler
+    assert model.optimizers().param_groups[0]["lr"] == 0.1 * _f(4)
