@@ -4,7 +4,8 @@
     python examples/warmup_plateau.py --fast   # (or LIT_OPTIM_EXAMPLE_FAST=1) a few seconds, for tests
 
 ``Plateau`` has ``torch.optim.lr_scheduler.ReduceLROnPlateau``'s rule (``factor``, ``patience``,
-``threshold``, ``cooldown``, ``min_lr``) plus a linear warmup in optimizer steps. lit_optim's
+``threshold``, ``cooldown``, ``min_lr``) plus a warmup (here linear over ``"3ep"``, three epochs resolved
+from the Trainer, or 20 optimizer steps with ``--fast``). lit_optim's
 ``SchedulerStepper`` advances the warmup after every real optimizer step and calls ``step(metric)`` right
 after each validation run with that run's ``val_loss`` (in plain Lightning you would set
 ``"monitor": "val_loss"``, ``"interval": "epoch"`` and get the metric of the last *epoch-end* evaluation,
@@ -38,9 +39,9 @@ def regression_data(n: int, seed: int) -> TensorDataset:
 
 
 class Regressor(L.LightningModule):
-    def __init__(self, lr: float = 0.05, warmup_steps: int = 50, patience: int = 2) -> None:
+    def __init__(self, lr: float = 0.05, warmup: int | str = "3ep", patience: int = 2) -> None:
         super().__init__()
-        self.lr, self.warmup_steps, self.patience = lr, warmup_steps, patience
+        self.lr, self.warmup, self.patience = lr, warmup, patience
         self.net = nn.Sequential(nn.Linear(4, 64), nn.LayerNorm(64), nn.GELU(), nn.Linear(64, 64), nn.GELU(),
                                  nn.Linear(64, 1))
 
@@ -59,7 +60,7 @@ class Regressor(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         # Adds a SchedulerStepper to the Trainer (it has none): it owns the stepping of this scheduler.
-        plateau = Plateau("val_loss", factor=0.5, patience=self.patience, warmup_steps=self.warmup_steps)
+        plateau = Plateau("val_loss", factor=0.5, patience=self.patience, warmup=self.warmup)
         return configure_optimizers(self, "sgd", lr=self.lr, weight_decay=1e-4, momentum=0.9, scheduler=plateau)
 
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     L.seed_everything(0, verbose=False)
     train = DataLoader(regression_data(512, seed=0), batch_size=32, shuffle=True)  # 16 steps per epoch
     val = DataLoader(regression_data(256, seed=1), batch_size=256)
-    model = Regressor(warmup_steps=20 if fast else 50, patience=0 if fast else 2)
+    model = Regressor(warmup=20 if fast else "3ep", patience=0 if fast else 2)  # 20 steps / 3 epochs of 16
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_epochs=8 if fast else 30, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
