@@ -1,0 +1,319 @@
+"""Every example in its shortened form (``--fast``), plus the char-GPT pieces and the LightningCLI config."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from lit_optim import Cosine, GradientClipping, LearningRateLogger, Linear, ScheduleLR
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` under a unique module name (the examples folder is not a package)."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))  # the examples import `char_gpt` as a sibling
+    module_name = f"lit_optim_example_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_lr: float) -> float:
+    """Closed form of ``Cosine(warmup=..., min_lr=...)``: linear warmup from 0, then half-cosine to ``min_lr``."""
+    if step < warmup:
+        return step / warmup
+    progress = min((step - warmup) / (total - warmup), 1.0)
+    return min_lr + (1.0 - min_lr) * (1.0 + math.cos(math.pi * progress)) / 2.0
+
+
+def read_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
+    series: dict[str, list[tuple[int, float]]] = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                if key not in ("step", "epoch") and value:
+                    series.setdefault(key, []).append((int(row["step"]), float(value)))
+    return series
+
+
+# --- the corpus and the model ------------------------------------------------------------------------------
+
+
+def test_corpus_is_ascii_text_of_the_documented_size() -> None:
+    char_gpt = load_example("char_gpt")
+    text = char_gpt.load_corpus()
+    assert 50_000 <= len(text.encode()) <= 150_000
+    assert text.isascii()
+    assert "We the People of the United States" in text
+    assert "four score and seven years ago" in text.lower()
+    readme = (EXAMPLES / "data" / "README.md").read_text()
+    assert "public domain" in readme
+    for name in char_gpt.CORPUS_FILES:
+        assert f"`{name}`" in readme
+
+
+def test_char_vocab_round_trips() -> None:
+    char_gpt = load_example("char_gpt")
+    vocab = char_gpt.CharVocab("hello world")
+    assert vocab.chars == [" ", "d", "e", "h", "l", "o", "r", "w"]
+    assert vocab.encode("hold").tolist() == [3, 5, 4, 1]
+    assert vocab.decode(vocab.encode("world hello")) == "world hello"
+
+
+def test_data_module_windows_are_deterministic_shifted_and_split() -> None:
+    char_gpt = load_example("char_gpt")
+    data = char_gpt.CharDataModule(block_size=16, batch_size=4, train_batches=3, val_batches=2, seed=7)
+    data.setup("fit")
+    again = char_gpt.CharDataModule(block_size=16, batch_size=4, train_batches=3, val_batches=2, seed=7)
+    again.setup("fit")
+    assert len(data.train_set) == 12
+    assert len(data.val_set) == 8
+    assert torch.equal(data.train_set.starts, again.train_set.starts)
+    x, y = data.train_set[0]
+    assert x.shape == y.shape == (16,)
+    assert torch.equal(x[1:], y[:-1])  # the target is the input shifted by one character
+    # Every 10th 2000-character chunk is validation text; the two splits cover the corpus exactly once.
+    total = len(data.text)
+    val_chars = sum(min(2000, total - start) for start in range(18_000, total, 20_000))
+    assert data.val_set.data.numel() == val_chars
+    assert data.train_set.data.numel() + data.val_set.data.numel() == total
+
+
+def test_char_gpt_ties_the_head_and_is_causal() -> None:
+    char_gpt = load_example("char_gpt")
+    model = char_gpt.CharGPT(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    assert model.lm_head.weight is model.tok_emb.weight
+    assert isinstance(model.blocks, torch.nn.ModuleList)
+    idx = torch.randint(0, 20, (1, 8))
+    changed = idx.clone()
+    changed[0, 5] = (idx[0, 5] + 1) % 20
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    assert torch.equal(a[0, :5], b[0, :5])  # a later token never changes earlier predictions
+    assert not torch.equal(a[0, 5:], b[0, 5:])
+
+
+def test_char_gpt_bad_arguments_raise() -> None:
+    char_gpt = load_example("char_gpt")
+    with pytest.raises(ValueError, match=r"`n_embd` \(30\) must be divisible by `n_head` \(4\)"):
+        char_gpt.CharGPT(vocab_size=10, n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match=r"`val_fraction` must be in \(0, 1\), got 1.0"):
+        char_gpt.CharDataModule(val_fraction=1.0)
+    with pytest.raises(ValueError, match=r"`data` has 5 tokens; it needs more than block_size \+ 1 = 9"):
+        char_gpt.RandomWindows(torch.arange(5), block_size=8, num_windows=1, seed=0)
+
+
+# --- the examples, shortened -------------------------------------------------------------------------------
+
+
+def test_train_char_gpt_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = load_example("train_char_gpt")
+    result = example.main(["--fast", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+
+    # The loss clearly drops: from ~ln(76) = 4.33 at initialisation to well under 3 in 60 steps.
+    val = [v for _, v in result["series"]["val_loss"]]
+    assert len(val) == 3
+    assert val[-1] < val[0] - 0.25
+    assert val[-1] < math.log(76) - 1.3
+
+    # The group table and the files.
+    assert "head/decay" in out
+    assert "no_decay" in out
+    assert result["metrics_csv"].is_file()
+    assert result["metrics_csv"].parent.parent == tmp_path / "char_gpt"
+    assert result["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(result["png"]) in out
+
+    # What the logger received: the warmup + cosine lr of each named group, at the step that used it.
+    series = read_csv(result["metrics_csv"])
+    assert result["steps"] == 60
+    lr = dict(series["lr/decay"])
+    assert sorted(lr) == list(range(0, 60, 5))
+    for step, value in lr.items():
+        expected = 3e-3 * warmup_cosine(step, total=60, warmup=6, min_lr=0.1)
+        assert value == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert dict(series["lr/head/decay"])[step] == pytest.approx(0.5 * expected, rel=1e-9, abs=1e-12)
+        assert dict(series["lr/no_decay"])[step] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert {v for _, v in series["weight_decay/decay"]} == {0.1}
+    assert {v for _, v in series["weight_decay/no_decay"]} == {0.0}
+    norms = series["grad_clip/norm"]
+    assert [s for s, _ in norms] == list(range(4, 60, 5))
+    assert all(math.isfinite(v) and v > 0 for _, v in norms)
+
+
+def test_finetune_fast(tmp_path: Path) -> None:
+    example = load_example("finetune")
+    result = example.main(["--fast", "--out", str(tmp_path)])
+    trainer, model = result["trainer"], result["model"]
+    groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
+    backbone = {f"backbone/layer_{i:02d}/{kind}" for i in range(5) for kind in ("decay", "no_decay")}
+    assert set(groups) == {"head/decay", "head/no_decay", "backbone/layer_05/no_decay", *backbone}
+
+    # Layer-wise decay: layer i of 5 gets 0.7 ** (5 - i) of the top layer's lr, then all decay together.
+    top = groups["backbone/layer_05/no_decay"]["lr"]
+    for i in range(5):
+        for kind in ("decay", "no_decay"):
+            group = groups[f"backbone/layer_{i:02d}/{kind}"]
+            assert group["lr_scale"] == pytest.approx(0.7 ** (5 - i))
+            assert group["lr"] == pytest.approx(top * 0.7 ** (5 - i))
+
+    # The backbone joined the schedule at step k (the start of epoch 1) with lr 1e-3, then followed it.
+    k = trainer.num_training_batches
+    total = 2 * k
+    assert trainer.global_step == total
+    f = [warmup_cosine(s, total, warmup=max(1, round(0.1 * total)), min_lr=0.05) for s in range(total + 1)]
+    assert top == pytest.approx(1e-3 * f[total] / f[k])
+    assert groups["head/decay"]["lr"] == pytest.approx(3e-3 * f[total])
+
+    # Frozen during epoch 0: its lr is first logged at step k; then every backbone tensor was trained.
+    series = read_csv(result["log_dir"] / "metrics.csv")
+    assert min(s for s, _ in series["lr/backbone/layer_05/no_decay"]) == k
+    assert min(s for s, _ in series["lr/head/decay"]) == 0
+    for name, tensor in model.backbone.state_dict().items():
+        assert not torch.equal(tensor, result["pretrained"][name]), name
+
+
+def test_warmup_plateau_fast(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    example = load_example("warmup_plateau")
+    result = example.main(["--fast"])
+    out = capsys.readouterr().out
+    state = result["scheduler"].state_dict()
+    assert state["evaluations"] == 8  # one plateau step per validation run (per epoch)
+    assert state["last_epoch"] == result["trainer"].global_step == 8 * 16  # the warmup counts optimizer steps
+    assert result["reductions"] >= 1
+    assert result["lr"] == pytest.approx(0.05 * 0.5 ** result["reductions"])
+    assert f"reduction {result['reductions']})." in caplog.text  # SchedulerStepper's line per reduction
+    # The first epoch ran inside the 20-step warmup: after 16 steps the lr was 16/20 of 0.05.
+    assert "epoch   0  step   16" in out
+    assert "lr 0.04\n" in out
+
+
+@pytest.mark.ddp
+def test_ddp_example_fast(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MASTER_PORT", None)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "ddp.py"), "--fast", "--out", str(tmp_path), "--logs", str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    # 8 batches of windows split over 2 ranks: 4 per rank per epoch, 2 epochs; the schedule resolved to that.
+    for summary in ranks:
+        assert summary["world_size"] == 2
+        assert summary["num_training_batches"] == 4
+        assert summary["total_steps"] == summary["global_step"] == 8
+        assert summary["lrs"] == {"decay": pytest.approx(3e-4), "no_decay": pytest.approx(3e-4)}  # min_lr 0.1
+    assert ranks[0]["weight_sum"] == ranks[1]["weight_sum"]  # identical weights on both ranks
+    assert ranks[0]["val_loss"] == ranks[1]["val_loss"]
+
+
+# --- LightningCLI ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LightningCLI warns when given `args` while pytest's own arguments are in `sys.argv`."""
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+
+
+def cli_args(tmp_path: Path, *extra: str) -> list[str]:
+    cli = load_example("cli")
+    return [
+        "--config", str(cli.CONFIG),
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_model_summary=false",
+        "--trainer.enable_checkpointing=false",
+        *extra,
+    ]
+
+
+@pytest.mark.usefixtures("no_argv")
+def test_cli_config_runs_fit_with_optimizer_schedule_and_callbacks(tmp_path: Path) -> None:
+    cli_module = load_example("cli")
+    cli = cli_module.cli_main(
+        cli_args(tmp_path, "--trainer.max_steps=10", "--trainer.val_check_interval=5", "--data.train_batches=5",
+                 "--data.val_batches=1", "--model.n_layer=1"),
+        run=False,
+    )
+    trainer, model = cli.trainer, cli.model
+    assert model.hparams["scheduler"] == Cosine(warmup="10%", min_lr=0.1)
+    assert model.hparams["vocab_size"] == cli.datamodule.vocab_size == 76  # linked from the data module
+    [clipping] = [c for c in trainer.callbacks if isinstance(c, GradientClipping)]
+    assert (clipping.mode, clipping.max_norm) == ("norm", 1.0)
+    assert any(isinstance(c, LearningRateLogger) for c in trainer.callbacks)
+
+    trainer.fit(model, datamodule=cli.datamodule)
+
+    optimizer = trainer.optimizers[0]
+    assert type(optimizer).__name__ == "AdamW"
+    rows = [(g["name"], g["initial_lr"], g["weight_decay"], tuple(g["betas"])) for g in optimizer.param_groups]
+    assert rows == [
+        ("head/decay", pytest.approx(1.5e-3), 0.1, (0.9, 0.95)),
+        ("decay", 3e-3, 0.1, (0.9, 0.95)),
+        ("no_decay", 3e-3, 0.0, (0.9, 0.95)),
+    ]
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(scheduler, ScheduleLR)
+    assert scheduler.total_steps == 10
+    assert scheduler.last_epoch == 10
+    assert isinstance(scheduler.schedule, Cosine)
+    assert scheduler.schedule.min_lr == 0.1
+    series = read_csv(tmp_path / "char_gpt_cli" / "version_0" / "metrics.csv")
+    assert dict(series["lr/head/decay"])[5] == pytest.approx(1.5e-3 * warmup_cosine(5, 10, 1, 0.1))
+    assert "grad_clip/norm" in series
+
+
+@pytest.mark.usefixtures("no_argv")
+def test_cli_command_line_overrides_optimizer_settings(tmp_path: Path) -> None:
+    cli_module = load_example("cli")
+    cli = cli_module.cli_main(
+        cli_args(tmp_path, "--model.lr=0.01", "--model.weight_decay=0.05", "--model.optimizer=sgd",
+                 "--model.optimizer_kwargs={momentum: 0.8}", "--model.scheduler=null", "--model.n_layer=1"),
+        run=False,
+    )
+    config = cli.model.configure_optimizers()
+    assert set(config) == {"optimizer"}  # no schedule: a constant lr
+    optimizer = config["optimizer"]
+    assert type(optimizer).__name__ == "SGD"
+    rows = [(g["name"], g["lr"], g["weight_decay"], g["momentum"]) for g in optimizer.param_groups]
+    assert rows == [("head/decay", 0.005, 0.05, 0.8), ("decay", 0.01, 0.05, 0.8), ("no_decay", 0.01, 0.0, 0.8)]
+
+
+@pytest.mark.usefixtures("no_argv")
+def test_cli_chooses_the_schedule_by_class_path(tmp_path: Path) -> None:
+    cli_module = load_example("cli")
+    args = cli_args(tmp_path, "--model.scheduler=lit_optim.Linear", "--model.scheduler.min_lr=0.2", "--model.n_layer=1")
+    cli = cli_module.cli_main(args, run=False)
+    # The YAML's `warmup: 10%` carries over to the new class; `min_lr` comes from the command line.
+    assert cli.model.hparams["scheduler"] == Linear(warmup="10%", min_lr=0.2)
+
+
+@pytest.mark.usefixtures("no_argv")
+def test_cli_rejects_an_unknown_schedule_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_module = load_example("cli")
+    with pytest.raises(SystemExit):
+        cli_module.cli_main(cli_args(tmp_path, "--model.scheduler=lit_optim.Cosinus"), run=False)
+    assert "lit_optim.Cosinus" in capsys.readouterr().err
