@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from lit_optim._grad_norms import clip_by_coef_, clip_coef, clip_value_, grouped_norms
 from lit_optim._validation import check_choice, check_positive
 
-__all__ = ["ClipResult", "check_norm_type", "clip_gradients", "group_names", "optimizer_grads"]
+__all__ = ["ClipResult", "check_norm_type", "clip_gradients", "group_names", "optimizer_grads", "still_scaled"]
 
 
 def check_norm_type(value: object) -> float:
@@ -38,7 +38,7 @@ def optimizer_grads(optimizer: Optimizer) -> list[list[Tensor]]:
     return [[p.grad for p in g["params"] if p.grad is not None] for g in optimizer.param_groups]
 
 
-def _still_scaled(scaler: torch.amp.GradScaler | None, optimizer: Optimizer) -> bool:
+def still_scaled(scaler: torch.amp.GradScaler | None, optimizer: Optimizer) -> bool:
     """Whether ``optimizer``'s gradients still carry ``scaler``'s scale (no ``scaler.unscale_`` since its update)."""
     if scaler is None or not scaler.is_enabled():
         return False
@@ -120,7 +120,7 @@ def clip_gradients(
     opt = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
     grads = optimizer_grads(opt)
     total, per_group = grouped_norms(grads, norm_type, foreach)
-    scale = scaler.get_scale() if scaler is not None and _still_scaled(scaler, opt) else 1.0
+    scale = scaler.get_scale() if scaler is not None and still_scaled(scaler, opt) else 1.0
     if scale != 1.0:
         total, per_group = total / scale, per_group / scale
     names = group_names(opt)

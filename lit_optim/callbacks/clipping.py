@@ -23,6 +23,7 @@ from lit_optim.callbacks._clip_functional import (
     clip_gradients,
     group_names,
     optimizer_grads,
+    still_scaled,
 )
 
 __all__ = ["ClipResult", "GradientClipping", "clip_gradients"]
@@ -36,7 +37,10 @@ class GradientClipping(Callback):
     r"""Clip gradients once per optimizer step, where they are unscaled, and log their norms.
 
     Runs in ``on_before_optimizer_step``: after the whole accumulation window's backward passes and after
-    Lightning's fp16 ``GradScaler.unscale_``, in automatic and manual optimization alike.
+    Lightning's fp16 ``GradScaler.unscale_``, in automatic and manual optimization alike. A fused optimizer
+    (``AdamW(fused=True)``) unscales inside its own step, so Lightning leaves its gradients scaled: the scale is
+    divided out of the norms and bounds (Lightning's own clipping refuses such optimizers). A window whose last
+    ``training_step`` returned ``None`` under fp16 is neither unscaled nor stepped by Lightning: it is ignored.
 
     Modes (``mode=``):
 
@@ -276,17 +280,26 @@ class GradientClipping(Callback):
         flat = [g for gs in grads for g in gs]
         if not flat:  # `training_step` returned None (or an earlier callback skipped): nothing to measure
             return
+        scaler: torch.amp.GradScaler | None = getattr(trainer.precision_plugin, "scaler", None)
+        fp16 = scaler is not None
+        grad_scale: Tensor | None = None  # the fp16 scale the gradients still carry, if any
+        if scaler is not None and still_scaled(scaler, optimizer):
+            if not getattr(optimizer, "_step_supports_amp_scaling", False):
+                return  # Lightning did not unscale because `training_step` returned None: no step follows
+            grad_scale = scaler._get_scale_async()  # a fused optimizer unscales inside its step: divide it out
         log = self._should_log(trainer, step)
         if isinstance(trainer.strategy, FSDPStrategy):
             model: Any = trainer.strategy.model
             total = model.clip_grad_norm_(math.inf, self.norm_type)  # measures only: the factor is 1
-            group_norms: dict[str, Tensor] = {}
+            per_group = None
         else:
             total, per_group = grouped_norms(grads, self.norm_type, self.foreach)
-            group_norms = dict(zip(group_names(optimizer), per_group.unbind(), strict=True))
+        if grad_scale is not None:
+            total = total / grad_scale
+            per_group = None if per_group is None else per_group / grad_scale
+        group_norms = {} if per_group is None else dict(zip(group_names(optimizer), per_group.unbind(), strict=True))
         metrics: dict[str, Tensor | float] = {"norm": total}  # only read on logging steps
         metrics.update({f"norm/{name}": value for name, value in group_norms.items()})
-        fp16 = getattr(trainer.precision_plugin, "scaler", None) is not None
         if self.skip_nonfinite and not fp16:
             if not bool(torch.isfinite(total)):  # the documented host sync of skip_nonfinite
                 self._skip(optimizer, idx, len(trainer.optimizers))
@@ -301,17 +314,27 @@ class GradientClipping(Callback):
             if log:
                 metrics.update(threshold=threshold, clip_coef=coef, clipped=(coef < 1).float())
         elif self.mode == "value":
+            scale = self._bound_scale(scaler, grad_scale)
             if log:
                 amax = grouped_norms([flat], math.inf, self.foreach)[0]
-                metrics["clipped"] = (amax > self.clip_value).float()
-            clip_value_(flat, self.clip_value, self.foreach)
+                metrics["clipped"] = (amax > self.clip_value * scale).float()
+            clip_value_(flat, self.clip_value * scale, self.foreach)
         else:
+            scale = self._bound_scale(scaler, grad_scale)
             params = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in self._agc_excluded]
-            units = agc_(params, self.agc_clipping, self.agc_eps)
+            units = agc_(params, self.agc_clipping * scale, self.agc_eps)  # ||G||/s > c||W||  <=>  ||G|| > cs||W||
             if log:
                 metrics.update(clipped_units=units.float(), clipped=(units > 0).float())
         if log:
             self._log(trainer, idx, metrics)
+
+    @staticmethod
+    def _bound_scale(scaler: torch.amp.GradScaler | None, grad_scale: Tensor | None) -> float:
+        """The factor value/AGC bounds take in the gradients' units: the fp16 scale they still carry, else 1.
+
+        Only a fused optimizer under fp16 gets here with scaled gradients; reading the scale then syncs.
+        """
+        return 1.0 if grad_scale is None or scaler is None else scaler.get_scale()
 
     def _skip(self, optimizer: Optimizer, idx: int, n_optimizers: int) -> None:
         for group in optimizer.param_groups:
