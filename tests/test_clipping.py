@@ -679,3 +679,20 @@ def test_fp16_window_without_a_step_stays_out_of_the_history(make_trainer: Calla
     rule = clip.threshold_rule()
     assert isinstance(rule, PercentileThreshold)
     assert rule.history == pytest.approx(norms[1:], rel=1e-6)
+
+
+def test_agc_refuses_dtensor_parameters_when_fitting_starts(tmp_path: Path) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        module = TinyModule()
+        mesh = init_device_mesh("cpu", (1,))
+        module.net[0].weight = nn.Parameter(distribute_tensor(module.net[0].weight.detach(), mesh, [Shard(0)]))
+        with pytest.raises(ValueError, match=r"`mode='agc'` needs whole output units on each rank; DTensor"):
+            GradientClipping(mode="agc").on_fit_start(_fake_trainer(object()), module)
+        GradientClipping(mode="norm").on_fit_start(_fake_trainer(object()), module)  # norm modes handle DTensors
+    finally:
+        dist.destroy_process_group()

@@ -11,11 +11,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_optim._clip_thresholds import PercentileThreshold, ZScoreThreshold
-from lit_optim._grad_norms import agc_, clip_by_coef_, clip_coef, clip_value_, grouped_norms
+from lit_optim._grad_norms import AGC_DTENSOR_ERROR, agc_, clip_by_coef_, clip_coef, clip_value_, grouped_norms
 from lit_optim._validation import check_choice, check_positive, check_positive_int
 from lit_optim.callbacks._clip_functional import (
     ClipResult,
@@ -99,8 +100,8 @@ class GradientClipping(Callback):
 
     Raises:
         ValueError: on an unknown mode or an argument out of range (at construction), and when fitting starts
-            with ``Trainer(gradient_clip_val=...)`` also set, under DeepSpeed, or with an unmatched
-            ``agc_exclude`` pattern.
+            with ``Trainer(gradient_clip_val=...)`` also set, under DeepSpeed, with an unmatched
+            ``agc_exclude`` pattern, or with ``mode="agc"`` on sharded (DTensor) parameters.
 
     Example:
         >>> GradientClipping(max_norm=0.5).state_key
@@ -193,6 +194,8 @@ class GradientClipping(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check_trainer(trainer)
         if self.mode == "agc":
+            if any(isinstance(p, DTensor) for p in pl_module.parameters()):  # sharded by `configure_model`
+                raise ValueError(AGC_DTENSOR_ERROR)
             self._agc_excluded = self._resolve_excluded(pl_module)
 
     @override
