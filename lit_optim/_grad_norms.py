@@ -102,6 +102,13 @@ def grouped_norms(
     flat = [t for g in groups for t in g]
     if not flat:
         return torch.tensor(0.0), torch.zeros(len(groups))
+    sparse = next((t for t in flat if t.layout != torch.strided), None)  # a host-side attribute: no sync
+    if sparse is not None:
+        raise TypeError(
+            f"Gradient norms need dense gradients, got a {sparse.layout} gradient of shape {tuple(sparse.shape)} "
+            "(e.g. from `nn.Embedding(sparse=True)`); `torch.nn.utils.clip_grad_norm_` rejects it too. "
+            "Use a dense layer (`sparse=False`) with gradient clipping."
+        )
     if has_dtensor(flat):
         return _grouped_norms_distributed(groups, norm_type, foreach)
     stacked, order = _per_tensor_norms(flat, norm_type, foreach)

@@ -93,7 +93,8 @@ def clip_gradients(
             element to ``[-clip_value, clip_value]``.
         clip_value: the clamp bound of ``mode="value"``.
         skip_nonfinite: set every gradient to ``None`` when the global norm is inf/nan, so ``opt.step()``
-            changes nothing (one host sync). Ignored with ``scaler``, which skips such steps itself.
+            changes nothing (one host sync). Ignored while the gradients still carry ``scaler``'s scale: the
+            ``GradScaler`` skips such steps itself.
         scaler: the ``GradScaler`` in use, if any; its scale is divided out only while the gradients carry it.
         foreach: force (``True``) or forbid (``False``) the batched ``torch._foreach_*`` kernels.
 

@@ -140,7 +140,10 @@ class GradientClipping(Callback):
         self.agc_eps = check_positive("agc_eps", agc_eps)
         patterns: object = agc_exclude
         if isinstance(patterns, str):
-            raise TypeError(f"`agc_exclude` must be a list of name patterns, got the string {patterns!r}.")
+            raise TypeError(
+                f"`agc_exclude` must be a list of name patterns, got the string {patterns!r}. "
+                f"Wrap it in a list: `agc_exclude=[{patterns!r}]`."
+            )
         self.agc_exclude = tuple(agc_exclude)
         if not _is_number(percentile) or not 0 < percentile <= 100:
             raise ValueError(f"`percentile` must be in (0, 100], got {percentile!r}.")
