@@ -322,3 +322,15 @@ def test_sparse_gradients_are_refused_clearly() -> None:
     opt = torch.optim.SGD(emb.parameters(), lr=0.1)
     with pytest.raises(TypeError, match=r"need dense gradients, got a torch\.sparse_coo gradient of shape \(10, 3\)"):
         clip_gradients(opt)
+
+
+def test_percentile_state_round_trip_and_window_mismatch() -> None:
+    rule = PercentileThreshold(percentile=50.0, window=3)
+    for v in (1.0, 4.0, 2.0, 8.0):
+        rule.update(torch.tensor(v))
+    restored = PercentileThreshold(percentile=50.0, window=3)
+    restored.load_state_dict(rule.state_dict())
+    assert restored.history == rule.history == [4.0, 2.0, 8.0]
+    assert restored.update(torch.tensor(3.0)).item() == rule.update(torch.tensor(3.0)).item() == 3.0
+    with pytest.raises(ValueError, match=r"window has 3 slots but `window=5`\. Resume with the same `window`"):
+        PercentileThreshold(percentile=50.0, window=5).load_state_dict(rule.state_dict())
