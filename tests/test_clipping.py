@@ -696,3 +696,26 @@ def test_agc_refuses_dtensor_parameters_when_fitting_starts(tmp_path: Path) -> N
         GradientClipping(mode="norm").on_fit_start(_fake_trainer(object()), module)  # norm modes handle DTensors
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before")  # same batches, on purpose
+def test_two_optimizers_cadence_survives_resume(make_trainer: Callable[..., Trainer], tmp_path: Path) -> None:
+    straight = RecordingLogger()
+    make_trainer(max_steps=8, logger=straight, callbacks=[GradientClipping(log_every_n_steps=2)]).fit(TwoOptimizers())
+
+    # max_epochs=-1: a checkpoint saved after a fit that stopped mid-epoch counts that epoch as done
+    first = make_trainer(max_epochs=-1, max_steps=4, callbacks=[GradientClipping(log_every_n_steps=2)])
+    first.fit(TwoOptimizers())
+    ckpt = tmp_path / "half.ckpt"
+    first.save_checkpoint(ckpt)
+    resumed = RecordingLogger()
+    clip = GradientClipping(log_every_n_steps=2)
+    make_trainer(max_epochs=-1, max_steps=8, logger=resumed, callbacks=[clip]).fit(TwoOptimizers(), ckpt_path=ckpt)
+
+    def logged(logger: RecordingLogger) -> list[tuple[int | None, list[str]]]:
+        return [(s, sorted(k for k in m if k.endswith("/norm"))) for s, m in logger.logged]
+
+    expected = [(2, ["grad_clip/opt0/norm"]), (3, ["grad_clip/opt1/norm"])]
+    assert logged(straight) == [*expected, (6, ["grad_clip/opt0/norm"]), (7, ["grad_clip/opt1/norm"])]
+    assert logged(resumed) == logged(straight)[2:]
+    assert clip.state_dict()["optimizer_steps"] == {0: 4, 1: 4}

@@ -162,7 +162,7 @@ class GradientClipping(Callback):
         self.foreach = foreach
         self._skipped_steps = 0
         self._consecutive_skips: dict[int, int] = {}  # optimizer index -> skips in a row
-        self._optimizer_steps: dict[int, int] = {}  # optimizer index -> steps seen (the logging cadence)
+        self._optimizer_steps: dict[int, int] = {}  # optimizer index -> steps seen, with several optimizers
         self._rules: dict[int, PercentileThreshold | ZScoreThreshold] = {}
         self._pending_rules: dict[int, dict[str, Any]] = {}
         self._agc_excluded: set[int] = set()
@@ -279,9 +279,12 @@ class GradientClipping(Callback):
 
     def _clip(self, trainer: pl.Trainer, optimizer: Optimizer) -> None:
         idx = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), 0)
-        # this optimizer's step index: the global step with one optimizer (also when resuming without our state)
-        step = self._optimizer_steps.get(idx, trainer.global_step // max(1, len(trainer.optimizers)))
-        self._optimizer_steps[idx] = step + 1
+        # this optimizer's step index (the logging cadence): the global step with one optimizer; with several,
+        # the global step advances once per optimizer step, so each optimizer's steps are counted here
+        step = trainer.global_step
+        if len(trainer.optimizers) > 1:
+            step = self._optimizer_steps.get(idx, trainer.global_step // len(trainer.optimizers))
+            self._optimizer_steps[idx] = step + 1
         grads = optimizer_grads(optimizer)
         flat = [g for gs in grads for g in gs]
         if not flat:  # `training_step` returned None (or an earlier callback skipped): nothing to measure
