@@ -334,3 +334,19 @@ def test_percentile_state_round_trip_and_window_mismatch() -> None:
     assert restored.update(torch.tensor(3.0)).item() == rule.update(torch.tensor(3.0)).item() == 3.0
     with pytest.raises(ValueError, match=r"window has 3 slots but `window=5`\. Resume with the same `window`"):
         PercentileThreshold(percentile=50.0, window=5).load_state_dict(rule.state_dict())
+
+
+def test_params_without_gradients_and_groups_without_any() -> None:
+    _, opt = _grouped_grads(seed=2)
+    body, head = opt.param_groups[0]["params"], opt.param_groups[2]["params"]
+    body[1].grad = None  # a parameter that got no gradient
+    for p in head:
+        p.grad = None  # a whole group without gradients
+    present = [p.grad.clone() for p in _in_group_order(opt) if p.grad is not None]
+    result = clip_gradients(opt, max_norm=0.5)
+    assert torch.equal(result.total_norm, torch.nn.utils.get_total_norm(present))
+    assert set(result.group_norms) == {"body", "group1", "head"}
+    assert torch.equal(result.group_norms["body"], torch.nn.utils.get_total_norm([present[0]]))
+    assert result.group_norms["head"].item() == 0.0
+    assert body[1].grad is None
+    assert all(p.grad is None for p in head)
