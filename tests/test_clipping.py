@@ -539,78 +539,41 @@ def test_skip_with_two_optimizers_skips_only_the_nonfinite_one(make_trainer: Cal
     assert clip.state_dict()["consecutive_skips"] == {0: 2, 1: 0}
 
 
+def test_agc_refuses_dtensor_parameters_when_fitting_starts(tmp_path: Path) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        module = TinyModule()
+        mesh = init_device_mesh("cpu", (1,))
+        module.net[0].weight = nn.Parameter(distribute_tensor(module.net[0].weight.detach(), mesh, [Shard(0)]))
+        with pytest.raises(ValueError, match=r"`mode='agc'` needs whole output units on each rank; DTensor"):
+            GradientClipping(mode="agc").on_fit_start(_fake_trainer(object()), module)
+        GradientClipping(mode="norm").on_fit_start(_fake_trainer(object()), module)  # norm modes handle DTensors
+    finally:
+        dist.destroy_process_group()
 
 
-# -- fp16 AMP on CPU (Lightning refuses precision="16-mixed" on CPU; the plugin itself runs there) ----------------
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before")  # same batches, on purpose
+def test_two_optimizers_cadence_survives_resume(make_trainer: Callable[..., Trainer], tmp_path: Path) -> None:
+    straight = RecordingLogger()
+    make_trainer(max_steps=8, logger=straight, callbacks=[GradientClipping(log_every_n_steps=2)]).fit(TwoOptimizers())
 
+    # max_epochs=-1: a checkpoint saved after a fit that stopped mid-epoch counts that epoch as done
+    first = make_trainer(max_epochs=-1, max_steps=4, callbacks=[GradientClipping(log_every_n_steps=2)])
+    first.fit(TwoOptimizers())
+    ckpt = tmp_path / "half.ckpt"
+    first.save_checkpoint(ckpt)
+    resumed = RecordingLogger()
+    clip = GradientClipping(log_every_n_steps=2)
+    make_trainer(max_epochs=-1, max_steps=8, logger=resumed, callbacks=[clip]).fit(TwoOptimizers(), ckpt_path=ckpt)
 
-def _fp16_cpu() -> Any:
-    from lightning.pytorch.plugins import MixedPrecision
+    def logged(logger: RecordingLogger) -> list[tuple[int | None, list[str]]]:
+        return [(s, sorted(k for k in m if k.endswith("/norm"))) for s, m in logger.logged]
 
-    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
-
-
-class ScaledGradNorms(Callback):
-    """The true norm right after backward: the scaled gradients' norm divided by the scale."""
-
-    def __init__(self) -> None:
-        self.norms: list[float] = []
-
-    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        scale = trainer.precision_plugin.scaler.get_scale()  # type: ignore[attr-defined]
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        self.norms.append(torch.nn.utils.get_total_norm(grads).item() / scale)
-
-
-def test_fp16_callback_clips_the_unscaled_gradients(make_trainer: Callable[..., Trainer]) -> None:
-    logger, scaled, after = RecordingLogger(), ScaledGradNorms(), OptimizerGradRecorder()
-    clip = GradientClipping(max_norm=0.05, log_every_n_steps=1)
-    trainer = make_trainer(max_steps=3, plugins=[_fp16_cpu()], logger=logger, callbacks=[scaled, clip, after])
-    trainer.fit(TinyModule())
-    assert trainer.precision_plugin.scaler.get_scale() == 1024.0  # type: ignore[attr-defined]
-    assert logger.series("grad_clip/norm") == pytest.approx(scaled.norms, rel=1e-5)
-    assert after.norms == pytest.approx([0.05] * 3, rel=1e-4)
-
-
-def test_fp16_manual_clip_gradients_with_the_scaler_unscales_once(make_trainer: Callable[..., Trainer]) -> None:
-    class Manual(TinyModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.automatic_optimization = False
-            self.norms: list[tuple[float, float]] = []
-
-        def training_step(self, batch: Any, batch_idx: int) -> Any:
-            opt = self.optimizers()
-            loss = nn.functional.mse_loss(self(batch[0]), batch[1])
-            opt.zero_grad()
-            self.manual_backward(loss)
-            scaler = self.trainer.precision_plugin.scaler  # type: ignore[attr-defined]
-            true_norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters()]).item() / scaler.get_scale()
-            result = clip_gradients(opt, max_norm=0.01, scaler=scaler)
-            self.norms.append((result.total_norm.item(), true_norm))
-            opt.step()  # Lightning unscales here, once
-            return loss
-
-    model, after = Manual(), OptimizerGradRecorder()
-    trainer = make_trainer(max_steps=3, plugins=[_fp16_cpu()], callbacks=[after])
-    trainer.fit(model)
-    assert trainer.precision_plugin.scaler.get_scale() == 1024.0  # type: ignore[attr-defined]
-    assert len(model.norms) == 3
-    for measured, true_norm in model.norms:
-        assert measured == pytest.approx(true_norm, rel=1e-6)
-    assert after.norms == pytest.approx([0.01] * 3, rel=1e-4)  # clipped and unscaled exactly once
-
-
-def test_fp16_overflow_is_left_to_the_grad_scaler(make_trainer: Callable[..., Trainer]) -> None:
-    logger, snap = RecordingLogger(), Snapshot(step=1)
-    clip = GradientClipping(skip_nonfinite=True, max_consecutive_skips=1, log_every_n_steps=1)
-    trainer = make_trainer(max_steps=3, plugins=[_fp16_cpu()], logger=logger, callbacks=[clip, snap])
-    trainer.fit(InfGradModule(bad_steps={1}))
-    assert clip.skipped_steps == 0  # not counted (max_consecutive_skips=1 would have raised)
-    assert trainer.precision_plugin.scaler.get_scale() == 512.0  # type: ignore[attr-defined]
-    assert snap.before is not None
-    assert snap.after is not None
-    for p0, p1 in zip(snap.before[0], snap.after[0], strict=True):
-        assert torch.equal(p0, p1)  # the GradScaler skipped the step
-    norms = logger.series("grad_clip/norm")
-    assert [math.isfinite(n) for n in norms] == [True, False, True]
+    expected = [(2, ["grad_clip/opt0/norm"]), (3, ["grad_clip/opt1/norm"])]
+    assert logged(straight) == [*expected, (6, ["grad_clip/opt0/norm"]), (7, ["grad_clip/opt1/norm"])]
+    assert logged(resumed) == logged(straight)[2:]
+    assert clip.state_dict()["optimizer_steps"] == {0: 4, 1: 4}
