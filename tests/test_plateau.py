@@ -716,7 +716,8 @@ def test_group_added_by_base_finetuning_joins_the_plateau(make_trainer: Callable
     # warmup over 2 steps, then the new group starts at 0.1 / 10 and is reduced with the others
     expected = [[0.0], [0.05], [0.1, 0.01], [0.1, 0.01], [0.05, 0.005], [0.05, 0.005]] + [[0.025, 0.0025]] * 2
     assert [len(lrs) for lrs in recorder.lrs] == [len(lrs) for lrs in expected]
-    assert [lr for lrs in recorder.lrs for lr in lrs] == pytest.approx([lr for lrs in expected for lr in lrs], rel=1e-12)
+    flat = [lr for lrs in expected for lr in lrs]
+    assert [lr for lrs in recorder.lrs for lr in lrs] == pytest.approx(flat, rel=1e-12)
     assert [g["lr"] for g in model.optimizers().param_groups] == pytest.approx([0.0125, 0.00125], rel=1e-12)
     assert model.lr_schedulers().state_dict()["plateau_lrs"] == pytest.approx([0.0125, 0.00125], rel=1e-12)
 
