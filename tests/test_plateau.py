@@ -15,7 +15,15 @@ from lightning.pytorch.callbacks import BaseFinetuning, Callback, ModelCheckpoin
 from lightning.pytorch.loggers import Logger
 from torch.optim import lr_scheduler as tl
 
-from lit_optim import Plateau, PlateauLR, SchedulerStepper, TrainingLength, Warmup, plateau_scheduler_config
+from lit_optim import (
+    Plateau,
+    PlateauLR,
+    SchedulerStepper,
+    TrainingLength,
+    Warmup,
+    configure_optimizers,
+    plateau_scheduler_config,
+)
 from tests.ddp import run_ddp
 from tests.models import TinyModule
 
@@ -729,3 +737,41 @@ def test_group_added_later_with_a_min_lr_per_group_raises() -> None:
     opt.step()
     with pytest.raises(ValueError, match=r"`min_lr` has 1 value\(s\) but the optimizer now has 2 parameter groups"):
         sched.step()
+
+
+class WorseningMetric(TinyModule):
+    """``configure_optimizers(self, scheduler=Plateau(...))``; the metric gets worse with every validation run."""
+
+    def __init__(self) -> None:
+        super().__init__(n=16)
+        self.runs = 0
+
+    def on_validation_epoch_start(self) -> None:
+        self.runs += 1
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        self.log("val_metric", torch.tensor(float(self.runs)))
+
+    def configure_optimizers(self) -> Any:
+        spec = Plateau("val_metric", factor=0.5, patience=0)
+        return configure_optimizers(self, "sgd", lr=0.1, weight_decay=0.0, scheduler=spec)
+
+
+def test_validate_after_fit_never_steps_and_a_second_fit_starts_afresh(make_trainer: Callable[..., Trainer]) -> None:
+    trainer = make_trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1)
+    model = WorseningMetric()
+    trainer.fit(model)
+    scheduler = model.lr_schedulers()
+    assert scheduler.reductions == 2  # runs 1, 2, 3: the last two are worse
+    state = scheduler.state_dict()
+    for _ in range(2):
+        trainer.validate(model, verbose=False)  # worse again, but outside fit: no plateau step
+    assert scheduler.state_dict() == state
+    assert model.optimizers().param_groups[0]["lr"] == 0.025
+    assert len(model.optimizers()._optimizer_step_post_hooks) == 0
+    trainer.fit_loop.max_epochs = 5
+    trainer.fit(model)  # Lightning calls configure_optimizers again: a fresh optimizer and schedule
+    assert sum(isinstance(c, SchedulerStepper) for c in trainer.callbacks) == 1
+    assert model.lr_schedulers() is not scheduler
+    assert model.lr_schedulers().reductions == 1  # epoch 3 sets the new schedule's best, epoch 4 is worse
+    assert model.optimizers().param_groups[0]["lr"] == 0.05
