@@ -485,3 +485,18 @@ def test_frequency_window_survives_resume(tmp_path: Path, ckpt_name: str) -> Non
     resumed = fit(tmp_path / "b", ckpt_path=str(tmp_path / "a" / ckpt_name))
     step = int(ckpt_name.split("step=")[1].split(".")[0])
     assert resumed.lrs == straight.lrs[step:]
+
+
+def test_a_bare_schedule_lr_is_stepped_per_optimizer_step(make_trainer: Callable[..., Trainer]) -> None:
+    from lit_optim import Linear, ScheduleLR
+
+    class Module(TinyModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return [opt], [ScheduleLR(opt, Linear(), total_steps=8)]  # no config dict: Lightning says "epoch"
+
+    model = Module()
+    recorder = _fit(make_trainer, model, limit_train_batches=4, max_epochs=2)
+    assert [lrs[0] for lrs in recorder.lrs] == [0.1 * (1 - k / 8) for k in range(8)]
+    assert model.lr_schedulers().last_epoch == 8
+    assert infer_interval(model.lr_schedulers(), "epoch", 2, 8) == ("step", None)

@@ -8,6 +8,7 @@ from typing import Literal
 from torch.optim import lr_scheduler as tl
 
 from lit_optim.plateau import PlateauLR
+from lit_optim.scheduler import ScheduleLR
 
 __all__ = ["Interval", "infer_interval"]
 
@@ -34,7 +35,7 @@ def _parts(scheduler: object) -> list[object]:
 
 def _per_step(scheduler: object) -> bool:
     """A scheduler that is per-step by construction, or a composite holding one."""
-    if isinstance(scheduler, (PlateauLR, tl.OneCycleLR, tl.CyclicLR)):
+    if isinstance(scheduler, (ScheduleLR, PlateauLR, tl.OneCycleLR, tl.CyclicLR)):  # lit_optim's count optimizer steps
         return True
     return any(_per_step(part) for part in _parts(scheduler))
 
@@ -65,7 +66,8 @@ def infer_interval(
 
     ``why_ambiguous`` is ``None`` when the choice is clear, else a sentence for a one-time warning.
 
-    Rules: ``ReduceLROnPlateau`` -> ``"plateau"``; lit_optim's ``PlateauLR``, ``OneCycleLR``, ``CyclicLR`` and
+    Rules: ``ReduceLROnPlateau`` -> ``"plateau"``; lit_optim's ``ScheduleLR`` and ``PlateauLR`` (they count
+    optimizer steps by definition), ``OneCycleLR``, ``CyclicLR`` and
     any config that says ``interval="step"`` (Lightning's default is ``"epoch"``, so ``"step"`` was chosen on
     purpose) -> ``"step"``. For an epoch-parameterised torch scheduler the length its arguments imply
     (``step_size``, ``max(milestones)``, ``T_max``, ``T_0``, ``total_iters``; for a ``SequentialLR`` its last
