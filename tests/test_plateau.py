@@ -775,3 +775,21 @@ def test_validate_after_fit_never_steps_and_a_second_fit_starts_afresh(make_trai
     assert model.lr_schedulers() is not scheduler
     assert model.lr_schedulers().reductions == 1  # epoch 3 sets the new schedule's best, epoch 4 is worse
     assert model.optimizers().param_groups[0]["lr"] == 0.05
+
+
+def test_torch_rop_without_a_monitor_key_uses_the_stepper_monitor(make_trainer: Callable[..., Trainer]) -> None:
+    class NoMonitorKey(ScriptedModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            sched = tl.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+            # Lightning refuses a ReduceLROnPlateau without `monitor` unless told it is not a plateau config
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "reduce_on_plateau": False}}
+
+    recorder = ValidationRecorder()
+    trainer = make_trainer(
+        callbacks=[SchedulerStepper(monitor="val_metric"), recorder], max_epochs=6, limit_train_batches=4
+    )
+    trainer.fit(NoMonitorKey())
+    values = [value for _, value, _ in recorder.runs]
+    assert [lr for _, _, lr in recorder.runs] == torch_reference(values)
+    assert min(lr for _, _, lr in recorder.runs) < 0.1
