@@ -793,3 +793,17 @@ def test_torch_rop_without_a_monitor_key_uses_the_stepper_monitor(make_trainer: 
     values = [value for _, value, _ in recorder.runs]
     assert [lr for _, _, lr in recorder.runs] == torch_reference(values)
     assert min(lr for _, _, lr in recorder.runs) < 0.1
+
+
+def test_group_added_mid_warmup_joins_at_its_lr_when_a_validation_comes_first() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = PlateauLR(opt, Plateau("val_loss", factor=0.5, patience=0, warmup=4))
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == 0.5  # warmup factor 2/4
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.25})  # given under factor 0.5
+    assert sched.step_metric(1.0) is False
+    assert sched.step_metric(2.0) is True
+    assert [g["lr"] for g in opt.param_groups] == [0.25, 0.125]
+    assert sched.state_dict()["plateau_lrs"] == [0.5, 0.25]
