@@ -231,12 +231,12 @@ class PlateauLR(LRScheduler):
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         """LR of each group at the current optimizer step."""
-        self._adopt_new_groups()
+        self._adopt_new_groups(self.last_epoch - 1)  # torch has just advanced `last_epoch`
         factor = self.plateau.warmup_factor(max(self.last_epoch, 0), self.warmup_steps)
         return [p * factor for p in self._state.plateau_lrs]
 
-    def _adopt_new_groups(self) -> None:
-        """Groups added after construction (``BaseFinetuning``) join at the lr they were given."""
+    def _adopt_new_groups(self, given_at: int) -> None:
+        """Groups added after construction (``BaseFinetuning``) join at the lr given them at step ``given_at``."""
         groups = self.optimizer.param_groups
         if len(groups) <= len(self._state.plateau_lrs):
             return
@@ -245,8 +245,7 @@ class PlateauLR(LRScheduler):
                 f"`min_lr` has {len(self.plateau.min_lr)} value(s) but the optimizer now has {len(groups)} parameter "
                 "groups (one was added during training, e.g. by BaseFinetuning); pass a single `min_lr`."
             )
-        # The new group's lr was set at the previous step, under that step's warmup factor.
-        now = self.plateau.warmup_factor(max(self.last_epoch - 1, 0), self.warmup_steps)
+        now = self.plateau.warmup_factor(max(given_at, 0), self.warmup_steps)
         for group in groups[len(self._state.plateau_lrs) :]:
             lr = float(group["lr"])
             start = lr / now if now > 0 else lr
@@ -260,7 +259,7 @@ class PlateauLR(LRScheduler):
         Args:
             value: the metric of this validation run (already averaged over ranks by the stepper).
         """
-        self._adopt_new_groups()
+        self._adopt_new_groups(self.last_epoch)
         state, spec = self._state, self.plateau
         current = float(value)
         if not math.isfinite(current) and not self._warned_nonfinite:

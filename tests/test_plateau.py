@@ -775,3 +775,35 @@ def test_validate_after_fit_never_steps_and_a_second_fit_starts_afresh(make_trai
     assert model.lr_schedulers() is not scheduler
     assert model.lr_schedulers().reductions == 1  # epoch 3 sets the new schedule's best, epoch 4 is worse
     assert model.optimizers().param_groups[0]["lr"] == 0.05
+
+
+def test_torch_rop_without_a_monitor_key_uses_the_stepper_monitor(make_trainer: Callable[..., Trainer]) -> None:
+    class NoMonitorKey(ScriptedModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            sched = tl.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+            # Lightning refuses a ReduceLROnPlateau without `monitor` unless told it is not a plateau config
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "reduce_on_plateau": False}}
+
+    recorder = ValidationRecorder()
+    trainer = make_trainer(
+        callbacks=[SchedulerStepper(monitor="val_metric"), recorder], max_epochs=6, limit_train_batches=4
+    )
+    trainer.fit(NoMonitorKey())
+    values = [value for _, value, _ in recorder.runs]
+    assert [lr for _, _, lr in recorder.runs] == torch_reference(values)
+    assert min(lr for _, _, lr in recorder.runs) < 0.1
+
+
+def test_group_added_mid_warmup_joins_at_its_lr_when_a_validation_comes_first() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = PlateauLR(opt, Plateau("val_loss", factor=0.5, patience=0, warmup=4))
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == 0.5  # warmup factor 2/4
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.25})  # given under factor 0.5
+    assert sched.step_metric(1.0) is False
+    assert sched.step_metric(2.0) is True
+    assert [g["lr"] for g in opt.param_groups] == [0.25, 0.125]
+    assert sched.state_dict()["plateau_lrs"] == [0.5, 0.25]
