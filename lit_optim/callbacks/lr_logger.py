@@ -34,10 +34,12 @@ class LearningRateLogger(Callback):
     step (the ``on_before_optimizer_step`` hook, which Lightning calls once per optimizer step, never per
     micro-batch under gradient accumulation), so the row at step ``s`` holds the hyper-parameters that optimizer
     step ``s`` (0-based, ``trainer.global_step`` before the step) used. An optimizer is logged at its first step
-    in each window ``[k * n, (k + 1) * n)`` of ``n = log_every_n_steps`` global steps: with one optimizer that is
-    steps ``0, n, 2n, ...``. With ``logging_interval="epoch"`` the values are logged once per training epoch, at
-    its start, at the global step of the epoch's first optimizer step. A change made outside the schedule (for
-    example a plateau reduction after validation) shows up at the next logged step.
+    in each window ``[k * n - 1, (k + 1) * n - 1)`` of ``n = log_every_n_steps`` global steps: with one optimizer
+    that is steps ``0, n - 1, 2n - 1, ...``, the rows where Lightning logs ``self.log`` metrics (and
+    ``GradientClipping`` its norms), plus the first step so a warmup's start is on record. With
+    ``logging_interval="epoch"`` the values are logged once per training epoch, at its start, at the global step
+    of the epoch's first optimizer step. A change made outside the schedule (for example a plateau reduction
+    after validation) shows up at the next logged step.
 
     **Keys.** With one optimizer (the usual case):
 
@@ -232,8 +234,9 @@ class LearningRateLogger(Callback):
                 return
         step = trainer.global_step
         metrics: dict[str, float] | None = None
-        if self._step_every and self._log_window.get(index, -1) != step // self._step_every:
-            self._log_window[index] = step // self._step_every
+        window = (step + 1) // self._step_every if self._step_every else 0
+        if self._step_every and self._log_window.get(index, -1) != window:
+            self._log_window[index] = window
             if self._has_logger and trainer.is_global_zero:
                 metrics = self._metrics(index, optimizer)
                 self._write(trainer, metrics)
