@@ -17,6 +17,7 @@ from typing_extensions import override
 
 from lit_optim._clip_thresholds import PercentileThreshold, ZScoreThreshold
 from lit_optim._grad_norms import AGC_DTENSOR_ERROR, agc_, clip_by_coef_, clip_coef, clip_value_, grouped_norms
+from lit_optim._logging import log_metrics
 from lit_optim._validation import check_choice, check_positive, check_positive_int
 from lit_optim.callbacks._clip_functional import (
     ClipResult,
@@ -364,6 +365,8 @@ class GradientClipping(Callback):
         return bool(trainer.loggers) and every > 0 and (step + 1) % every == 0
 
     def _log(self, trainer: pl.Trainer, idx: int, metrics: dict[str, Tensor | float]) -> None:
+        if not trainer.is_global_zero:
+            return  # the values are identical on every rank; only rank 0 reads them (one host sync) and writes
         if self.skip_nonfinite:
             metrics["skipped_steps"] = float(self._skipped_steps)
         prefix = "grad_clip/" if len(trainer.optimizers) <= 1 else f"grad_clip/opt{idx}/"
@@ -372,8 +375,7 @@ class GradientClipping(Callback):
         values = torch.stack([v.detach().to(device=device, dtype=torch.float32) for v in tensors.values()]).tolist()
         host = dict(zip(tensors, values, strict=True))  # one host sync for all tensors
         logged = {f"{prefix}{k}": float(host[k] if isinstance(v, Tensor) else v) for k, v in metrics.items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(logged, step=trainer.global_step)
+        log_metrics(trainer, logged)
 
 
 def _is_number(value: object) -> bool:

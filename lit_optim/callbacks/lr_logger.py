@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_optim._distributed import is_distributed
+from lit_optim._logging import log_metrics
 from lit_optim._validation import check_choice, check_positive_int
 
 __all__ = ["LearningRateLogger"]
@@ -172,7 +173,7 @@ class LearningRateLogger(Callback):
             metrics: dict[str, float] = {}
             for index, optimizer in enumerate(trainer.optimizers):
                 metrics.update(self._metrics(index, _unwrap(optimizer)))
-            self._write(trainer, metrics)
+            log_metrics(trainer, metrics)
 
     @override
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
@@ -239,7 +240,7 @@ class LearningRateLogger(Callback):
             self._log_window[index] = window
             if self._has_logger and trainer.is_global_zero:
                 metrics = self._metrics(index, optimizer)
-                self._write(trainer, metrics)
+                log_metrics(trainer, metrics)
         every = self.check_consistency_every_n_steps
         if every is not None and is_distributed(trainer) and self._check_window.get(index, -1) != step // every:
             self._check_window[index] = step // every
@@ -254,11 +255,6 @@ class LearningRateLogger(Callback):
             keys = [_keys(prefix, name) for name in names]
             self._group_names[index], self._group_keys[index] = names, keys
         return _read(groups, keys, self._flags)
-
-    def _write(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        step = trainer.global_step
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
 
     def _check_consistency(self, trainer: Trainer, metrics: Mapping[str, float]) -> None:
         device = trainer.strategy.root_device

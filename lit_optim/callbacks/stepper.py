@@ -18,6 +18,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lit_optim._distributed import is_distributed
+from lit_optim._logging import log_metrics
 from lit_optim._validation import check_choice, unknown_key_error
 from lit_optim.callbacks._intervals import Interval, infer_interval
 from lit_optim.plateau import PlateauLR
@@ -341,8 +342,7 @@ class SchedulerStepper(Callback):
                 scheduler.__dict__["lit_optim_reductions"] = self._reduction_count(claim) + 1
         count = self._reduction_count(claim)
         suffix = f"/{claim.config.name or claim.index}" if several else ""
-        for logger in trainer.loggers:
-            logger.log_metrics({f"plateau/reductions{suffix}": float(count)}, step=trainer.global_step)
+        log_metrics(trainer, {f"plateau/reductions{suffix}": float(count)})
         if reduced:
             lrs = ", ".join(f"{group['lr']:.4g}" for group in scheduler.optimizer.param_groups)
             rank_zero_info(
