@@ -142,10 +142,21 @@ def test_plain_torch_scheduler_interval_is_inferred(
 def test_infer_interval_table() -> None:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     assert infer_interval(tl.StepLR(opt, step_size=30), "epoch", 90, 9000) == ("epoch", None)
-    assert infer_interval(tl.StepLR(opt, step_size=3000), "epoch", 90, 9000) == ("step", None)
+    assert infer_interval(tl.CosineAnnealingLR(opt, T_max=9000), "epoch", 90, 9000) == ("step", None)
+    assert infer_interval(tl.LinearLR(opt, total_iters=500), "epoch", 90, 9000) == ("step", None)
     assert infer_interval(tl.ReduceLROnPlateau(opt), "epoch", 90, 9000) == ("plateau", None)
-    assert infer_interval(tl.LambdaLR(opt, _f), "epoch", 90, 9000) == ("epoch", None)
     assert infer_interval(tl.LambdaLR(opt, _f), "step", 90, 9000) == ("step", None)
+    # A period longer than the run's epochs may be meant in epochs of a longer run: per step, but said.
+    interval, why = infer_interval(tl.StepLR(opt, step_size=3000), "epoch", 90, 9000)
+    assert interval == "step"
+    assert why is not None
+    assert "StepLR's period of 3000 is longer than `max_epochs`=90" in why
+    # No length to judge by (a LambdaLR warmup is the classic per-batch schedule left at 'epoch'): said too.
+    interval, why = infer_interval(tl.LambdaLR(opt, _f), "epoch", 90, 9000)
+    assert interval == "epoch"
+    assert why is not None
+    assert "LambdaLR has no length" in why
+    assert "'interval': 'step'" in why
     interval, why = infer_interval(tl.StepLR(opt, step_size=30), "epoch", -1, 9000)
     assert interval == "step"
     assert why is not None

@@ -26,6 +26,11 @@ _LENGTH_ARGS: tuple[tuple[type[tl.LRScheduler], str], ...] = (
 )
 
 
+# Of those, the ones whose argument is a period (it repeats), not the length of the whole schedule: a period longer
+# than `max_epochs` may be meant in epochs for a longer run, so choosing "step" for it deserves a warning.
+_PERIODIC = (tl.StepLR, tl.CosineAnnealingWarmRestarts)
+
+
 def _parts(scheduler: object) -> list[object]:
     """The schedulers inside a ``SequentialLR``/``ChainedScheduler`` (empty for any other scheduler)."""
     if isinstance(scheduler, (tl.SequentialLR, tl.ChainedScheduler)):
@@ -74,8 +79,10 @@ def infer_interval(
     milestone plus its last part's length, for a ``ChainedScheduler`` its longest part's; a composite holding a
     ``OneCycleLR``/``CyclicLR`` is per step) is compared with ``max_epochs``:
     at most ``max_epochs`` -> ``"epoch"``; more than ``max_epochs`` but at most the total optimizer steps ->
-    ``"step"``. Without a known ``max_epochs``, or for ``ExponentialLR`` (no length), or for a scheduler we do
-    not know, the configured interval is kept; the first two are reported as ambiguous.
+    ``"step"`` (reported as ambiguous for the periodic ``StepLR`` and ``CosineAnnealingWarmRestarts``, whose
+    period may be meant in epochs of a longer run). Without a known ``max_epochs``, or for a scheduler with no
+    length (``ExponentialLR``, ``LambdaLR``, ``MultiplicativeLR``, unknown classes) -> ``"epoch"``, reported as
+    ambiguous.
 
     Example:
         >>> import torch
@@ -93,7 +100,11 @@ def infer_interval(
         return "epoch", (f"{name} has no length to compare with the run; stepping it once per epoch.")
     length = _length(scheduler)
     if length is None:
-        return ("step" if configured == "step" else "epoch"), None
+        return "epoch", (
+            f"{name} has no length to compare with the run, so it keeps Lightning's default interval and is "
+            "stepped once per epoch. If it counts optimizer steps (a warmup written for `step()` per batch), return "
+            "it as `{'scheduler': ..., 'interval': 'step'}`."
+        )
     if epochs is None:
         chosen: Interval = "step" if length <= total_steps else "epoch"
         return chosen, (
@@ -103,6 +114,11 @@ def infer_interval(
     if length <= epochs:
         return "epoch", None
     if length <= total_steps:
+        if isinstance(scheduler, _PERIODIC):
+            return "step", (
+                f"{name}'s period of {length} is longer than `max_epochs`={epochs}, so it is stepped once per "
+                "optimizer step (per epoch it would never fire in this run). If the period is meant in epochs, say so."
+            )
         return "step", None
     return "epoch", (
         f"{name} spans {length} calls to step(), more than both `max_epochs`={epochs} and the "
