@@ -14,8 +14,9 @@ from torch import nn
 
 from lit_optim import GradientClipping, clip_gradients
 from lit_optim._clip_thresholds import PercentileThreshold
+from tests.loggers import MemoryLogger
 from tests.models import TinyModule
-from tests.test_clipping import GradRecorder, InfGradModule, OptimizerGradRecorder, RecordingLogger, Snapshot
+from tests.test_clipping import GradRecorder, InfGradModule, OptimizerGradRecorder, Snapshot
 
 
 def _fp16_cpu() -> Any:
@@ -37,7 +38,7 @@ class ScaledGradNorms(Callback):
 
 
 def test_fp16_callback_clips_the_unscaled_gradients(make_trainer: Callable[..., Trainer]) -> None:
-    logger, scaled, after = RecordingLogger(), ScaledGradNorms(), OptimizerGradRecorder()
+    logger, scaled, after = MemoryLogger(), ScaledGradNorms(), OptimizerGradRecorder()
     clip = GradientClipping(max_norm=0.05, log_every_n_steps=1)
     trainer = make_trainer(max_steps=3, plugins=[_fp16_cpu()], logger=logger, callbacks=[scaled, clip, after])
     trainer.fit(TinyModule())
@@ -76,7 +77,7 @@ def test_fp16_manual_clip_gradients_with_the_scaler_unscales_once(make_trainer: 
 
 
 def test_fp16_overflow_is_left_to_the_grad_scaler(make_trainer: Callable[..., Trainer]) -> None:
-    logger, snap = RecordingLogger(), Snapshot(step=1)
+    logger, snap = MemoryLogger(), Snapshot(step=1)
     clip = GradientClipping(skip_nonfinite=True, max_consecutive_skips=1, log_every_n_steps=1)
     trainer = make_trainer(max_steps=3, plugins=[_fp16_cpu()], logger=logger, callbacks=[clip, snap])
     trainer.fit(InfGradModule(bad_steps={1}))
@@ -97,7 +98,7 @@ class FusedAdamW(TinyModule):
 
 def test_fp16_fused_optimizer_norms_are_unscaled(make_trainer: Callable[..., Trainer]) -> None:
     # Lightning does not unscale before `on_before_optimizer_step` for an optimizer that unscales in its step
-    logger, scaled, after = RecordingLogger(), ScaledGradNorms(), OptimizerGradRecorder()
+    logger, scaled, after = MemoryLogger(), ScaledGradNorms(), OptimizerGradRecorder()
     clip = GradientClipping(max_norm=0.05, log_every_n_steps=1)
     trainer = make_trainer(max_steps=3, plugins=[_fp16_cpu()], logger=logger, callbacks=[scaled, clip, after])
     trainer.fit(FusedAdamW())

@@ -12,7 +12,6 @@ import torch
 import torchmetrics
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BaseFinetuning, Callback, ModelCheckpoint
-from lightning.pytorch.loggers import Logger
 from torch.optim import lr_scheduler as tl
 
 from lit_optim import (
@@ -25,6 +24,7 @@ from lit_optim import (
     plateau_scheduler_config,
 )
 from tests.ddp import run_ddp
+from tests.loggers import MemoryLogger
 from tests.models import TinyModule
 
 # ----------------------------------------------------------------------------- pure semantics vs torch
@@ -402,26 +402,6 @@ def test_torchmetrics_metric_at_epoch_and_step_cadence(
     assert [lr for _, _, lr in recorder.runs] == [0.1 * 0.5**k for k in range(runs)]
 
 
-class MemoryLogger(Logger):
-    def __init__(self) -> None:
-        super().__init__()
-        self.metrics: list[tuple[int | None, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "memory"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.metrics.append((step, dict(metrics)))
-
-
 def test_reductions_are_logged_and_printed(
     make_trainer: Callable[..., Trainer], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -429,7 +409,7 @@ def test_reductions_are_logged_and_printed(
     trainer = make_trainer(callbacks=[SchedulerStepper()], logger=logger, limit_train_batches=4, max_epochs=6)
     with caplog.at_level(logging.INFO):
         trainer.fit(ScriptedModule("lit_optim"))
-    logged = [(step, m["plateau/reductions"]) for step, m in logger.metrics if "plateau/reductions" in m]
+    logged = [(step, m["plateau/reductions"]) for step, m in logger.logged if "plateau/reductions" in m]
     reference = torch_reference([scripted_value(s) for s in (4, 8, 12, 16, 20, 24)])
     expected, count, previous = [], 0, 0.1
     for step, lr in zip((4, 8, 12, 16, 20, 24), reference, strict=True):
