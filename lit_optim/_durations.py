@@ -239,24 +239,34 @@ def resolve_training_length(trainer: pl.Trainer) -> TrainingLength:
         >>> resolve_training_length(trainer)
         TrainingLength(total_steps=8, steps_per_epoch=4)
     """
+    total, steps_per_epoch = _length_or_none(trainer)
+    if total is None:
+        raise _unknown_total_error(trainer)
+    return TrainingLength(total_steps=total, steps_per_epoch=steps_per_epoch)
+
+
+def _length_or_none(trainer: Any) -> tuple[int | None, int | None]:
+    """``(total_steps, steps_per_epoch)`` of the run, each ``None`` when unknown."""
     if getattr(trainer, "train_dataloader", None) is None and hasattr(trainer, "fit_loop"):
         # what `estimated_stepping_batches` does, except that it skips it when max_epochs=-1
         trainer.fit_loop.setup_data()
     estimated = trainer.estimated_stepping_batches
     batches = trainer.num_training_batches
-    accumulate = trainer.accumulate_grad_batches
-    steps_per_epoch = math.ceil(batches / accumulate) if 0 < batches < math.inf else None
-    if not 0 < estimated < math.inf:
-        if hasattr(trainer, "fit_loop") and getattr(trainer, "lightning_module", None) is None:
-            raise ValueError(
-                "Cannot resolve the schedule: the total number of optimizer steps is unknown: the Trainer has no "
-                "model attached yet, so it knows no dataloader. Call this inside `configure_optimizers` (or once "
-                "`trainer.fit(model)` has started), or describe the run with `TrainingLength.from_loop(...)`."
-            )
-        raise ValueError(
-            "Cannot resolve the schedule: the total number of optimizer steps is unknown "
-            f"(max_steps={trainer.max_steps!r}, max_epochs={trainer.max_epochs!r}, "
-            f"num_training_batches={batches!r}). Set `max_steps` on the Trainer (needed with an iterable "
-            "dataset or max_epochs=-1)."
+    steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if 0 < batches < math.inf else None
+    return (int(estimated) if 0 < estimated < math.inf else None), steps_per_epoch
+
+
+def _unknown_total_error(trainer: Any, detail: str = "") -> ValueError:
+    """The error for a run whose total number of optimizer steps is unknown; ``detail`` is appended."""
+    if hasattr(trainer, "fit_loop") and getattr(trainer, "lightning_module", None) is None:
+        return ValueError(
+            "Cannot resolve the schedule: the total number of optimizer steps is unknown: the Trainer has no "
+            "model attached yet, so it knows no dataloader. Call this inside `configure_optimizers` (or once "
+            "`trainer.fit(model)` has started), or describe the run with `TrainingLength.from_loop(...)`." + detail
         )
-    return TrainingLength(total_steps=int(estimated), steps_per_epoch=steps_per_epoch)
+    return ValueError(
+        "Cannot resolve the schedule: the total number of optimizer steps is unknown "
+        f"(max_steps={trainer.max_steps!r}, max_epochs={trainer.max_epochs!r}, "
+        f"num_training_batches={trainer.num_training_batches!r}). Set `max_steps` on the Trainer (needed with an "
+        "iterable dataset or max_epochs=-1)." + detail
+    )

@@ -23,12 +23,13 @@ _OWN_KEYS = frozenset({"lr_scale", "name"})
 
 @dataclass(frozen=True)
 class Override:
-    """One parsed override: its readable label, settings and the indices of the parameters it matches."""
+    """One parsed override: label, settings, matched parameter indices and the names of tied ones it matched."""
 
     pattern: str
     label: str
     settings: Mapping[str, Any]
     matched: frozenset[int]
+    names: frozenset[str]
 
 
 @functools.cache
@@ -61,7 +62,9 @@ def _no_match_error(pattern: str, module: nn.Module, names: Sequence[str]) -> Va
     )
 
 
-def _match_module(pattern: nn.Module, module: nn.Module, params: Sequence[nn.Parameter]) -> tuple[str, set[int]]:
+def _match_module(
+    pattern: nn.Module, module: nn.Module, params: Sequence[nn.Parameter]
+) -> tuple[str, set[int], set[str]]:
     label = next((name for name, m in module.named_modules() if m is pattern), None)
     if label is None:
         raise ValueError(
@@ -69,7 +72,9 @@ def _match_module(pattern: nn.Module, module: nn.Module, params: Sequence[nn.Par
             "HINT: pass a module from this model's tree, or a glob on its parameter names."
         )
     ids = {id(p) for p in pattern.parameters()}
-    return label or type(pattern).__name__, {i for i, p in enumerate(params) if id(p) in ids}
+    prefix = label + "." if label else ""
+    names = {prefix + name for name, _ in pattern.named_parameters(remove_duplicate=False)}
+    return label or type(pattern).__name__, {i for i, p in enumerate(params) if id(p) in ids}, names
 
 
 def parse_overrides(
@@ -104,11 +109,15 @@ def parse_overrides(
         if "name" in settings and not isinstance(settings["name"], str):
             raise TypeError(f"`overrides[{shown}]['name']` must be a string, got {settings['name']!r}.")
         if isinstance(pattern, nn.Module):
-            label, matched = _match_module(pattern, module, params)
+            label, matched, matched_names = _match_module(pattern, module, params)
         elif isinstance(pattern, str):
             regex = re.compile(fnmatch.translate(pattern))
             matched = {i for i, name in enumerate(names) if regex.match(name)}
-            matched |= {i for i, more in aliases.items() if any(regex.match(name) for name in more)}
+            by_alias = {i: [n for n in more if regex.match(n)] for i, more in aliases.items()}
+            matched |= {i for i, hits in by_alias.items() if hits}
+            # only tied parameters need their names (see `_check_tied`)
+            matched_names = {names[i] for i in aliases if regex.match(names[i])}
+            matched_names.update(n for hits in by_alias.values() for n in hits)
             if not matched:
                 raise _no_match_error(pattern, module, names)
             label = pattern[:-2] if pattern.endswith(".*") else pattern
@@ -117,7 +126,9 @@ def parse_overrides(
                 "An override pattern must be a glob string or an nn.Module, "
                 f"got {pattern!r} ({type(pattern).__name__})."
             )
-        parsed.append(Override(shown, settings.get("name", label), dict(settings), frozenset(matched)))
+        parsed.append(
+            Override(shown, settings.get("name", label), dict(settings), frozenset(matched), frozenset(matched_names))
+        )
     return parsed
 
 
@@ -125,7 +136,9 @@ def _same(a: Any, b: Any) -> bool:
     return a is b or (not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and bool(a == b))
 
 
-def combine_overrides(parsed: Sequence[Override], count: int, names: Sequence[str]) -> list[tuple[int, ...]]:
+def combine_overrides(
+    parsed: Sequence[Override], count: int, names: Sequence[str], aliases: Mapping[int, Sequence[str]]
+) -> list[tuple[int, ...]]:
     """For each parameter, the indices of the overrides matching it, least specific first (so later wins).
 
     Raises:
@@ -147,6 +160,8 @@ def combine_overrides(parsed: Sequence[Override], count: int, names: Sequence[st
             combo = tuple(sorted(found, key=lambda k: (-len(parsed[k].matched), k)))
             _check_unambiguous(parsed, combo, names[i])
             checked[key] = combo
+        if i in aliases and len(combo) > 1:
+            _check_tied(parsed, combo, names[i], aliases[i])
         combos.append(combo)
     return combos
 
@@ -166,3 +181,33 @@ def _check_unambiguous(parsed: Sequence[Override], combo: tuple[int, ...], name:
                 f"more specific. HINT: give both the same {key!r}, or add an override for the overlap "
                 "(it matches fewer parameters, so it wins)."
             )
+
+
+def _occurrence(name: str) -> str:
+    """A name without wrapper parts (``torch.compile``'s ``_orig_mod.``, DDP's leading ``module.``)."""
+    name = name.replace("_orig_mod.", "")
+    return name[len("module.") :] if name.startswith("module.") else name
+
+
+def _check_tied(parsed: Sequence[Override], combo: tuple[int, ...], name: str, aliases: Sequence[str]) -> None:
+    """Overrides that reach a tied parameter only by different names (``tok_emb.*``, ``lm_head.*``) must agree."""
+    all_names = {name, *aliases}
+    first = _occurrence(name)
+    others = sorted({_occurrence(n) for n in aliases} - {first})
+    if not others:  # not tied, only spelled with and without a wrapper's prefix
+        return
+    for key in sorted({key for k in combo for key in parsed[k].settings}):
+        setters = [k for k in combo if key in parsed[k].settings]
+        winner = parsed[setters[-1]]
+        via_winner = {_occurrence(n) for n in winner.names & all_names}
+        for k in setters[:-1]:
+            other = parsed[k]
+            if _same(other.settings[key], winner.settings[key]):
+                continue
+            if via_winner.isdisjoint(_occurrence(n) for n in other.names & all_names):
+                raise ValueError(
+                    f"Parameter {name!r} is tied (also named {others}); overrides {other.pattern} "
+                    f"({key}={other.settings[key]!r}) and {winner.pattern} ({key}={winner.settings[key]!r}) reach "
+                    f"it by different names and disagree. HINT: a tied parameter has one {key!r}; give both "
+                    "overrides the same value, or untie the weights."
+                )

@@ -96,6 +96,7 @@ class Schedule:
     """
 
     _durations: ClassVar[tuple[str, ...]] = ()
+    _needs_total: ClassVar[bool] = True  # whether the formula itself depends on the run's total
 
     def __post_init__(self) -> None:
         for name in self._durations:
@@ -111,6 +112,31 @@ class Schedule:
     def factor(self, step: int, total_steps: int) -> float:
         """Multiplier of each group's initial lr after ``step`` optimizer steps of a ``total_steps`` run."""
         raise NotImplementedError
+
+    def needs_total_steps(self) -> bool:
+        """Whether the schedule depends on the run's total length, by its formula or a duration in ``%`` of the run.
+
+        One that does not (e.g. ``InverseSqrt(warmup=500)``) can drive a run of unknown length (an iterable
+        dataset or ``max_epochs=-1`` without ``max_steps``).
+
+        Example:
+            >>> from lit_optim.schedules import Cosine, InverseSqrt
+            >>> Cosine().needs_total_steps(), InverseSqrt(warmup=500).needs_total_steps()
+            (True, False)
+            >>> InverseSqrt(warmup="5%").needs_total_steps()
+            True
+        """
+        return self._needs_total or any(d.unit == "fraction" for d in self._all_durations())
+
+    def _all_durations(self) -> list[Duration]:
+        found: list[Duration] = []
+        for name in self._durations:
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                found.extend(value)
+            elif value is not None:
+                found.append(value)
+        return found
 
     def momentum(self, step: int, total_steps: int) -> float | None:
         """The momentum (or Adam's beta1) to set at ``step``, or ``None`` when the schedule leaves it alone."""
@@ -198,6 +224,11 @@ class WarmedSchedule(Schedule):
                 )
             changes["warmup"] = dataclasses.replace(warmup, duration=Duration(steps))
         return changes
+
+    def _all_durations(self) -> list[Duration]:
+        warmup = cast("Warmup | None", self.warmup)
+        found = super()._all_durations()
+        return found if warmup is None else [*found, cast(Duration, warmup.duration)]
 
     def _warmup_steps(self) -> int:
         """Warmup steps of a resolved schedule (0 without warmup)."""

@@ -16,7 +16,6 @@ from lit_optim.optimizers import build_optimizer, hyperparameter_names, resolve_
 from lit_optim.param_groups import NoDecayRule, param_groups
 from lit_optim.plateau import Plateau, plateau_scheduler_config
 from lit_optim.scheduler import lightning_scheduler_config
-from lit_optim.schedules import Schedule, build_schedule
 
 __all__ = ["OPTIMIZER_HPARAMS", "OptimizerMixin", "configure_optimizers", "scheduler_config"]
 
@@ -115,18 +114,6 @@ def scheduler_config(optimizer: Optimizer, scheduler: Any, module: nn.Module) ->
         ValueError: when ``module`` is not attached to a Trainer (the run's length is unknown), or the spec is
             not a known schedule.
     """
-    if isinstance(scheduler, str):
-        scheduler = build_schedule(scheduler)
-    elif isinstance(scheduler, Mapping):
-        params = dict(scheduler)
-        if "name" not in params:
-            raise ValueError(f"A schedule given as a mapping needs a 'name' key (e.g. 'cosine'), got {scheduler!r}.")
-        scheduler = build_schedule(params.pop("name"), **params)
-    if not isinstance(scheduler, (Schedule, Plateau)):
-        raise TypeError(
-            "`scheduler` must be a lit_optim schedule (e.g. `Cosine(warmup='5%')`, `Plateau('val_loss')`), a "
-            f"catalogue name such as 'cosine', or a mapping with a 'name' key; got {scheduler!r}."
-        )
     # `LightningModule.trainer` raises outside a fit; plain modules have none.
     trainer = module._trainer if isinstance(module, LightningModule) else None
     if isinstance(scheduler, Plateau):
@@ -181,13 +168,12 @@ class OptimizerMixin(LightningModule):
     """A LightningModule whose ``configure_optimizers`` is configured by its saved hyper-parameters.
 
     Give your ``__init__`` any of the arguments of :func:`configure_optimizers` (``optimizer``, ``lr``,
-    ``weight_decay``, ``overrides``, ``layer_decay``, ``scheduler``, ``decay_embeddings``, ``include_frozen``)
-    and ``optimizer_kwargs`` (a dict of other
-    optimizer hyper-parameters), call ``self.save_hyperparameters()``, and the optimizer follows them, so
-    LightningCLI (``--model.lr 0.01``), a YAML config and a checkpoint all configure it. Missing keys take
-    :func:`configure_optimizers`' defaults. Other hparams are yours and ignored, except a close misspelling of
-    one of these keys (``weight_decy``, ``learning_rate``, ``wd``), which raises at ``configure_optimizers``;
-    list a genuine own key of that kind in ``ignored_hparams``.
+    ``weight_decay``, ``overrides``, ``layer_decay``, ``scheduler``, ``decay_embeddings``, ``include_frozen``) and
+    ``optimizer_kwargs`` (a dict of other optimizer hyper-parameters), call ``self.save_hyperparameters()``, and the
+    optimizer follows them, so LightningCLI (``--model.lr 0.01``), a YAML config and a checkpoint all configure it.
+    Missing keys take :func:`configure_optimizers`' defaults. Other hparams are yours and ignored, except a close
+    misspelling of one of these keys (``weight_decy``, ``learning_rate``, ``wd``), which raises at
+    ``configure_optimizers``; list a genuine own key of that kind in ``ignored_hparams``.
 
     Example:
         >>> from torch import nn

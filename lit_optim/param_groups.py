@@ -21,13 +21,14 @@ from lit_optim._validation import check_non_negative, check_ratio
 
 __all__ = ["NoDecayRule", "format_groups", "param_groups"]
 
-#: A no-decay rule: a module class (its parameters), an fnmatch glob or a compiled regex on the full parameter
-#: name, or a predicate ``(name, parameter) -> bool``.
+#: A no-decay rule: a module class (all its parameters, submodules' included), an fnmatch glob or a compiled
+#: regex on the full parameter name, or a predicate ``(name, parameter) -> bool``.
 NoDecayRule = type[nn.Module] | str | re.Pattern[str] | Callable[[str, nn.Parameter], bool]
 
 _NORM_NAME = re.compile(r"Norm(\d+d)?$")
 _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 _COMPILED = "_orig_mod."  # the attribute torch.compile's OptimizedModule keeps the original module under
+_DATA_PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 _type_cache: dict[type[nn.Module], tuple[bool, bool]] = {}
 
 
@@ -51,6 +52,11 @@ class _Walk:
         self.aliases: dict[int, list[str]] = {}  # index -> later names of a tied parameter
         self.declared: list[str] = []  # full names/globs from `no_weight_decay()` methods
         seen: dict[int, int] = {}
+        wrapped = isinstance(module, _DATA_PARALLEL)  # its parameters are all named `module.<name>`
+        # a `no_decay` module class covers all of its parameters, its submodules' included (as `.parameters()`)
+        ruled: set[int] = set()
+        if module_rules:
+            ruled = {id(p) for m in module.modules() if isinstance(m, module_rules) for p in m.parameters()}
         # Every path of a shared module instance, so globs and declared names can use any of them.
         for module_name, mod in module.named_modules(remove_duplicate=False):
             own = mod._parameters
@@ -60,11 +66,7 @@ class _Walk:
                 self.declared.extend(prefix + str(name) for name in mod.no_weight_decay())
             if not own:
                 continue
-            module_flag = (
-                is_norm
-                or (not decay_embeddings and isinstance(mod, _EMBEDDING_TYPES))
-                or (bool(module_rules) and isinstance(mod, module_rules))
-            )
+            module_flag = is_norm or (not decay_embeddings and isinstance(mod, _EMBEDDING_TYPES))
             for leaf, param in own.items():
                 if param is None:
                     continue
@@ -74,6 +76,7 @@ class _Walk:
                         "so its shape and decay rule are unknown. HINT: run one forward pass before grouping."
                     )
                 flag = module_flag or param.ndim <= 1 or leaf.endswith("bias") or leaf.startswith("bias_")
+                flag = flag or id(param) in ruled
                 index = seen.get(id(param))
                 if index is not None:  # tied: keep the first name; no decay if any occurrence says so
                     self.aliases.setdefault(index, []).append(prefix + leaf)
@@ -83,8 +86,9 @@ class _Walk:
                     self.params.append(param)
                     self.names.append(prefix + leaf)
                     self.no_decay.append(flag)
-                if _COMPILED in prefix:  # a torch.compile'd submodule: patterns may leave out `_orig_mod.`
-                    self.aliases.setdefault(index, []).append((prefix + leaf).replace(_COMPILED, ""))
+                if wrapped or _COMPILED in prefix:  # patterns may leave out the wrappers' `module.`/`_orig_mod.`
+                    bare = (prefix + leaf).replace(_COMPILED, "")
+                    self.aliases.setdefault(index, []).append(bare[len("module.") :] if wrapped else bare)
 
     def all_names(self, index: int) -> list[str]:
         return [self.names[index], *self.aliases.get(index, ())]
@@ -170,8 +174,10 @@ def param_groups(
     does); embeddings when ``decay_embeddings=False``; and the extra ``no_decay`` rules.
 
     **Tied parameters** appear once, under their first name (module order); they get no decay if any of
-    their occurrences would (e.g. a ``lm_head`` tied to an excluded embedding). Globs match any of their names.
-    Inside a ``torch.compile`` d submodule, globs match the names with and without its ``_orig_mod.`` part.
+    their occurrences would (e.g. a ``lm_head`` tied to an excluded embedding). Globs match any of their names;
+    two overrides that reach one only by different names (``tok_emb.*``, ``lm_head.*``) must agree, or raise.
+    Inside a ``torch.compile`` d submodule, globs match the names with and without its ``_orig_mod.`` part; in a
+    ``DataParallel``/``DistributedDataParallel`` wrapper, with and without the leading ``module.``.
 
     **Overrides** map a pattern (an fnmatch glob on full parameter names, or a submodule) to settings: ``lr``,
     ``lr_scale``, ``weight_decay``, ``name`` (the group-name label) or any hyper-parameter of the optimizer.
@@ -193,7 +199,7 @@ def param_groups(
         lr: base learning rate.
         weight_decay: weight decay of the decayed parameters.
         overrides: ordered mapping pattern -> settings (see above).
-        layer_decay: layer-wise LR decay factor in (0, 1], or ``None`` for none.
+        layer_decay: layer-wise LR decay factor in (0, 1], or ``None`` for none (as is 1).
         layer_id_fn: maps a parameter name to its layer id (needs ``layer_decay``).
         decay_embeddings: decay ``nn.Embedding``/``nn.EmbeddingBag`` weights (default ``True``).
         no_decay: extra no-decay rules (module classes, globs, compiled regexes, predicates).
@@ -219,6 +225,8 @@ def param_groups(
     check_non_negative("weight_decay", weight_decay)
     if layer_decay is not None:
         check_ratio("layer_decay", layer_decay)
+        if layer_decay == 1:  # every scale is 1: plain groups, not one merged group mislabelled "layer_00"
+            layer_decay = None
     elif layer_id_fn is not None:
         raise ValueError("`layer_id_fn` is only used with `layer_decay`; pass e.g. layer_decay=0.75 as well.")
     module_rules, predicates = _split_rules(no_decay)
@@ -233,7 +241,7 @@ def param_groups(
         raise ValueError(f"{type(module).__name__} has no trainable parameters to optimize ({detail}).")
 
     parsed: list[Override] = parse_overrides(module, overrides or {}, walk.params, walk.names, walk.aliases, optimizer)
-    combos = combine_overrides(parsed, len(walk.params), walk.names)
+    combos = combine_overrides(parsed, len(walk.params), walk.names, walk.aliases)
 
     layer_ids: list[int] | None = None
     num_layers = 0

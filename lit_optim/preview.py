@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,7 +131,7 @@ class LRCurve:
 
 
 def preview_schedule(
-    schedule: Schedule | str,
+    schedule: Schedule | str | Mapping[str, Any],
     length: int | TrainingLength | Any,
     base_lrs: float | Sequence[float] | dict[str, float] | Optimizer | Sequence[dict[str, Any]] = 1.0,
 ) -> LRCurve:
@@ -141,7 +141,7 @@ def preview_schedule(
     ``ScheduleLR`` will set during training (no second formula).
 
     Args:
-        schedule: a schedule spec or catalogue name.
+        schedule: a schedule spec, a catalogue name or a ``{"name": ..., **params}`` mapping.
         length: the run: total optimizer steps, a :class:`TrainingLength` (e.g.
             ``TrainingLength.from_loop(max_epochs=..., batches_per_epoch=...)``), or a Trainer.
         base_lrs: the groups' initial lrs: one number, a list, ``{name: lr}``, an optimizer (its groups'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.utilities import rank_zero_warn
@@ -9,13 +10,16 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from lit_optim._durations import TrainingLength, resolve_training_length
+from lit_optim._durations import TrainingLength, _length_or_none, _unknown_total_error
 from lit_optim.schedules import Schedule, build_schedule
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 __all__ = ["ScheduleLR", "lightning_scheduler_config"]
+
+_OPEN_ENDED_STEPS = 2**53
+"""``total_steps`` of a run of unknown length, for a schedule that does not depend on it (never reached)."""
 
 
 class ScheduleLR(LRScheduler):
@@ -41,13 +45,14 @@ class ScheduleLR(LRScheduler):
 
     Args:
         optimizer: the optimizer whose groups to drive.
-        schedule: a :class:`~lit_optim.schedules.Schedule`, or a catalogue name (``"cosine"``).
+        schedule: a :class:`~lit_optim.schedules.Schedule`, a catalogue name (``"cosine"``), or a config mapping
+            ``{"name": "cosine", **params}`` (as a YAML file or saved hparams hold it; see ``build_schedule``).
         total_steps: optimizer steps in the run (per rank).
         steps_per_epoch: optimizer steps per epoch, needed only when a duration is given in epochs.
         last_epoch: optimizer steps already done; ``-1`` starts fresh (torch's convention).
 
     Raises:
-        TypeError: ``schedule`` is not a schedule or a name.
+        TypeError: ``schedule`` is not a schedule, a name or a mapping.
         ValueError: a bad total, a duration that cannot be resolved or does not fit the run, or a momentum
             schedule on an optimizer without ``momentum``/``betas``.
 
@@ -68,17 +73,12 @@ class ScheduleLR(LRScheduler):
     def __init__(
         self,
         optimizer: Optimizer,
-        schedule: Schedule | str,
+        schedule: Schedule | str | Mapping[str, Any],
         total_steps: int,
         steps_per_epoch: int | None = None,
         last_epoch: int = -1,
     ) -> None:
-        if isinstance(schedule, str):
-            schedule = build_schedule(schedule)
-        if not isinstance(schedule, Schedule):
-            raise TypeError(
-                f"`schedule` must be a lit_optim schedule (e.g. `Cosine(warmup='5%')`) or its name, got {schedule!r}."
-            )
+        schedule = _as_schedule(schedule)
         length = TrainingLength(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
         self.schedule = schedule.resolve(length)
         self.total_steps = length.total_steps
@@ -162,21 +162,30 @@ class ScheduleLR(LRScheduler):
 
 
 def lightning_scheduler_config(
-    optimizer: Optimizer, schedule: Schedule | str, trainer: pl.Trainer | None, name: str | None = None
+    optimizer: Optimizer,
+    schedule: Schedule | str | Mapping[str, Any],
+    trainer: pl.Trainer | None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Lightning's lr-scheduler dict for ``schedule``, its durations resolved against ``trainer``'s run.
 
     Call it from ``configure_optimizers`` (the Trainer then knows its dataloader and limits). Stepping is
     per optimizer step (``"interval": "step"``); the scheduler is checkpointed by Lightning.
 
+    When the run's total is unknown (an iterable dataset or ``max_epochs=-1`` without ``max_steps``), a schedule
+    that does not depend on it (``schedule.needs_total_steps()`` is false, e.g. ``InverseSqrt(warmup=500)``) runs
+    open-ended; any other raises, naming ``max_steps``.
+
     Args:
         optimizer: the optimizer to drive.
-        schedule: a :class:`~lit_optim.schedules.Schedule` or a catalogue name.
+        schedule: a :class:`~lit_optim.schedules.Schedule`, a catalogue name or a ``{"name": ..., **params}`` mapping.
         trainer: the Trainer about to fit (``module.trainer``); ``None`` (a module outside a fit) raises.
-        name: the name ``LearningRateMonitor`` logs under; defaults to ``"lr-<OptimizerClass>"``.
+        name: the name ``LearningRateMonitor`` logs under; ``None`` lets Lightning name it ``"lr-<OptimizerClass>"``,
+            numbered (``"lr-Adam-1"``) when several optimizers share a class (a name given here is never numbered).
 
     Raises:
-        ValueError: no Trainer, the run's total is unknown (set ``max_steps``), or a duration does not fit the run.
+        ValueError: no Trainer, the run's total is unknown and the schedule needs it (set ``max_steps``), or a
+            duration does not fit the run.
 
     Example:
         >>> import torch
@@ -189,23 +198,62 @@ def lightning_scheduler_config(
         ...                           accumulate_grad_batches=1, max_steps=100, max_epochs=None)
         >>> config = lightning_scheduler_config(opt, Cosine(warmup="10%"), trainer)
         >>> config["scheduler"].total_steps, config["interval"], config["name"]
-        (100, 'step', 'lr-AdamW')
+        (100, 'step', None)
     """
+    schedule = _as_schedule(schedule)
     if trainer is None:
         raise ValueError(
             f"{schedule!r} needs the run's length, known only once fitting starts: call this (or "
             "`lit_optim.configure_optimizers(self, scheduler=...)`) inside `LightningModule.configure_optimizers` "
             "during `trainer.fit`, or build `ScheduleLR(optimizer, schedule, total_steps=...)` yourself."
         )
-    length = resolve_training_length(trainer)
-    scheduler = ScheduleLR(optimizer, schedule, length.total_steps, length.steps_per_epoch)
+    total, steps_per_epoch = _length_or_none(trainer)
+    if total is None:
+        if schedule.needs_total_steps():
+            raise _unknown_total_error(
+                trainer,
+                f" {schedule!r} needs it (by its formula or a duration in % of the run); InverseSqrt, Constant, "
+                "Exponential, Step, MultiStep and CosineRestarts with durations in steps or epochs do not.",
+            )
+        total = _OPEN_ENDED_STEPS
+    length = TrainingLength(total_steps=total, steps_per_epoch=steps_per_epoch)
+    try:
+        scheduler = ScheduleLR(optimizer, schedule, length.total_steps, length.steps_per_epoch)
+    except ValueError as err:
+        fast_dev_run = getattr(trainer, "fast_dev_run", False)
+        if not fast_dev_run:
+            raise
+        raise ValueError(
+            f"{err} Note: `Trainer(fast_dev_run={fast_dev_run!r})` cuts the run to {length.total_steps} optimizer "
+            "steps; for a smoke test of this schedule use e.g. `Trainer(max_steps=..., limit_val_batches=...)`."
+        ) from err
     _ensure_stepper(trainer)
     return {
         "scheduler": scheduler,
         "interval": "step",
         "frequency": 1,
-        "name": name if name is not None else f"lr-{type(optimizer).__name__}",
+        "name": name,
     }
+
+
+def _as_schedule(schedule: Schedule | str | Mapping[str, Any]) -> Schedule:
+    """A schedule spec from a spec, a catalogue name or a ``{"name": ..., **params}`` mapping."""
+    if isinstance(schedule, str):
+        return build_schedule(schedule)
+    if isinstance(schedule, Mapping):
+        if "name" not in schedule:
+            raise ValueError(
+                "A schedule given as a mapping needs its catalogue `name`, e.g. {'name': 'cosine', 'warmup': "
+                f"'5%'}}; got {dict(schedule)!r}."
+            )
+        params = {str(k): v for k, v in schedule.items() if k != "name"}
+        return build_schedule(schedule["name"], **params)
+    if not isinstance(schedule, Schedule):
+        raise TypeError(
+            f"`schedule` must be a lit_optim schedule (e.g. `Cosine(warmup='5%')`), its name or a {{'name': ...}} "
+            f"mapping, got {schedule!r}."
+        )
+    return schedule
 
 
 def _ensure_stepper(trainer: pl.Trainer) -> None:

@@ -58,6 +58,8 @@ class Constant(WarmedSchedule):
         [0.5, 0.75, 1.0, 1.0, 1.0]
     """
 
+    _needs_total = False
+
     def _main(self, step: int, steps: int, run_steps: int) -> float:
         return 1.0
 
@@ -129,6 +131,7 @@ class CosineRestarts(WarmedSchedule):
     """
 
     _durations = ("period",)
+    _needs_total = False
     period: DurationLike
     period_mult: int = 1
 
@@ -197,6 +200,7 @@ class Step(WarmedSchedule):
     """
 
     _durations = ("every",)
+    _needs_total = False
     every: DurationLike
     gamma: float = 0.1
 
@@ -230,6 +234,7 @@ class MultiStep(WarmedSchedule):
     """
 
     _durations = ("milestones",)
+    _needs_total = False
     milestones: tuple[DurationLike, ...]
     gamma: float = 0.1
 
@@ -265,6 +270,7 @@ class Exponential(WarmedSchedule):
         [1.0, 0.5, 0.25, 0.2]
     """
 
+    _needs_total = False
     gamma: float
 
     def __post_init__(self) -> None:
@@ -299,6 +305,7 @@ class InverseSqrt(WarmedSchedule):
     """
 
     _durations = ("timescale",)
+    _needs_total = False
     timescale: DurationLike | None = None
 
     def __post_init__(self) -> None:

@@ -1,3 +1,5 @@
+"""GradientClipping through a real Trainer: logged keys and cadence, skips, resume, precision, strategies."""
+
 from __future__ import annotations
 
 import math
@@ -14,12 +16,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from torch import nn
 
-from lit_optim import GradientClipping, clip_gradients
-from lit_optim._clip_thresholds import PercentileThreshold, ZScoreThreshold
-from lit_optim._grad_norms import agc_, grouped_norms
+from lit_optim import GradientClipping, SchedulerStepper, clip_gradients
+from lit_optim._clip_thresholds import PercentileThreshold
 from tests.models import TinyModule
-
-NORM_TYPES = [1.0, 2.0, 3.5, math.inf]
 
 
 class RecordingLogger(Logger):
@@ -62,164 +61,6 @@ class GroupedModule(TinyModule):
         weights = [p for n, p in self.named_parameters() if n.endswith("weight")]
         biases = [p for n, p in self.named_parameters() if n.endswith("bias")]
         return torch.optim.SGD([{"params": weights, "name": "decay"}, {"params": biases}], lr=0.1)
-
-
-def _grouped_grads(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 3), nn.Linear(3, 2))
-    for p in model.parameters():
-        p.grad = torch.randn_like(p) * 3
-    groups = [
-        {"params": [model[0].weight, model[1].weight], "name": "body"},
-        {"params": [model[0].bias, model[1].bias]},
-        {"params": [model[2].weight, model[2].bias], "name": "head"},
-    ]
-    return model, torch.optim.SGD(groups, lr=0.1)
-
-
-def _in_group_order(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [p for g in opt.param_groups for p in g["params"]]
-
-
-# -- norm maths against torch -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("norm_type", NORM_TYPES)
-def test_norm_and_clipped_grads_equal_torch(norm_type: float) -> None:
-    _, opt = _grouped_grads()
-    params = _in_group_order(opt)
-    reference = [p.grad.clone() for p in params]
-    ref_params = [nn.Parameter(p.detach().clone()) for p in params]
-    for rp, g in zip(ref_params, reference, strict=True):
-        rp.grad = g.clone()
-    torch_norm = torch.nn.utils.clip_grad_norm_(ref_params, max_norm=0.5, norm_type=norm_type)
-
-    result = clip_gradients(opt, max_norm=0.5, norm_type=norm_type)
-
-    assert torch.equal(result.total_norm, torch_norm)
-    for p, rp in zip(params, ref_params, strict=True):
-        assert torch.equal(p.grad, rp.grad)
-    assert result.clip_coef is not None
-    assert result.clip_coef.item() < 1.0
-    # per-group norms: torch's norm of each group's (pre-clip) gradients
-    groups = {"body": reference[0:2], "group1": reference[2:4], "head": reference[4:6]}
-    assert set(result.group_norms) == set(groups)
-    for name, grads in groups.items():
-        expected = torch.nn.utils.get_total_norm(grads, norm_type)
-        torch.testing.assert_close(result.group_norms[name], expected, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("norm_type", NORM_TYPES)
-def test_group_norms_compose_to_total(norm_type: float) -> None:
-    _, opt = _grouped_grads(seed=3)
-    total, per_group = grouped_norms([[p.grad for p in g["params"]] for g in opt.param_groups], norm_type)
-    torch.testing.assert_close(torch.linalg.vector_norm(per_group, norm_type), total)
-
-
-def test_no_clipping_below_threshold_keeps_grads() -> None:
-    _, opt = _grouped_grads()
-    before = [p.grad.clone() for p in _in_group_order(opt)]
-    result = clip_gradients(opt, max_norm=1e6)
-    assert result.clip_coef is not None
-    assert result.clip_coef.item() == 1.0
-    for p, g in zip(_in_group_order(opt), before, strict=True):
-        assert torch.equal(p.grad, g)
-
-
-def test_value_clipping_equals_torch() -> None:
-    _, opt = _grouped_grads()
-    params = _in_group_order(opt)
-    expected = [p.grad.clone() for p in params]
-    ref = [nn.Parameter(torch.zeros_like(g)) for g in expected]
-    for r, g in zip(ref, expected, strict=True):
-        r.grad = g.clone()
-    torch.nn.utils.clip_grad_value_(ref, clip_value=0.7)
-    clip_gradients(opt, mode="value", clip_value=0.7)
-    for p, r in zip(params, ref, strict=True):
-        assert torch.equal(p.grad, r.grad)
-    assert max(p.grad.abs().max().item() for p in params) == pytest.approx(0.7)
-
-
-def test_agc_matches_published_formula_by_hand() -> None:
-    w = nn.Parameter(torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
-    b = nn.Parameter(torch.tensor([1.0, 0.0]))
-    w.grad = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
-    b.grad = torch.tensor([0.05, 0.0])
-    clipped = agc_([w, b], clipping=0.1, eps=1e-3)
-    # row 0: ||G||/||W|| = 1/5 > 0.1 -> rescaled to norm 0.1 * 5 = 0.5
-    # row 1: ||W|| = 0 -> eps = 1e-3; ||G|| = 1 > 0.1 * 1e-3 -> rescaled to norm 1e-4
-    # bias (one unit, whole vector): 0.05 / 1 <= 0.1 -> untouched
-    torch.testing.assert_close(w.grad, torch.tensor([[0.3, 0.4], [1e-4, 0.0]]))
-    assert torch.equal(b.grad, torch.tensor([0.05, 0.0]))
-    assert clipped.item() == 2
-
-
-def test_clip_gradients_skips_nonfinite() -> None:
-    _, opt = _grouped_grads()
-    opt.param_groups[0]["params"][0].grad[0, 0] = math.nan
-    result = clip_gradients(opt, skip_nonfinite=True)
-    assert result.skipped
-    assert all(p.grad is None for p in _in_group_order(opt))
-
-
-def test_clip_gradients_with_scaled_fp16_grads_uses_unscaled_norm() -> None:
-    _, opt = _grouped_grads()
-    params = _in_group_order(opt)
-    true_grads = [p.grad.clone() for p in params]
-    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    scaler.scale(torch.ones(()))  # as `scaler.scale(loss)` would: initialises the scale
-    for p in params:
-        p.grad.mul_(1024.0)
-    result = clip_gradients(opt, max_norm=0.5, scaler=scaler)
-    expected_norm = torch.nn.utils.get_total_norm(true_grads)
-    torch.testing.assert_close(result.total_norm, expected_norm)
-    scaler.unscale_(opt)
-    ref = [nn.Parameter(torch.zeros_like(g)) for g in true_grads]
-    for r, g in zip(ref, true_grads, strict=True):
-        r.grad = g.clone()
-    torch.nn.utils.clip_grad_norm_(ref, 0.5)
-    for p, r in zip(params, ref, strict=True):
-        torch.testing.assert_close(p.grad, r.grad)
-
-
-# -- adaptive rules ------------------------------------------------------------------------------------------
-
-
-def test_percentile_threshold_equals_numpy_percentile() -> None:
-    rule = PercentileThreshold(percentile=30.0, window=4)
-    norms = [2.0, 7.0, math.inf, 1.0, 5.0, 3.0, 9.0]
-    for i, n in enumerate(norms):
-        threshold = rule.update(torch.tensor(n)).item()
-        window = [v for v in norms[max(0, i - 3) : i + 1] if math.isfinite(v)]
-        assert rule.history == window
-        assert threshold == pytest.approx(np.percentile(window, 30.0), rel=1e-6)
-
-
-def test_zscore_threshold_follows_its_formula() -> None:
-    z, a, warm = 2.0, 0.9, 3
-    rule = ZScoreThreshold(z_threshold=z, ema_decay=a, warmup_steps=warm)
-    norms = [1.0, 2.0, 3.0, math.nan, 2.5, 20.0, 2.0]
-    mean = var = 0.0
-    count = 0
-    for g in norms:
-        threshold = rule.update(torch.tensor(g)).item()
-        if count < warm:
-            assert threshold == math.inf
-        else:
-            assert threshold == pytest.approx(mean + z * math.sqrt(var), rel=1e-5)
-        if not math.isfinite(g):
-            continue
-        if count < warm:
-            new_mean = mean + (g - mean) / (count + 1)
-            var = var + ((g - mean) * (g - new_mean) - var) / (count + 1)
-            mean = new_mean
-        else:
-            gc = min(g, threshold)
-            mean = a * mean + (1 - a) * gc
-            var = a * var + (1 - a) * (gc - mean) ** 2
-        count += 1
-    assert rule.stats == pytest.approx((count, mean, var), rel=1e-5)
-    assert np.var([1.0, 2.0, 3.0]) == pytest.approx(2 / 3)  # the warm-up variance is the population one
 
 
 # -- through a Trainer ---------------------------------------------------------------------------------------
@@ -455,64 +296,7 @@ def test_refuses_double_clipping(make_trainer: Callable[..., Trainer]) -> None:
         trainer.fit(TinyModule())
 
 
-# -- arguments, state ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "error", "match"),
-    [
-        ({"max_norm": 0.0}, ValueError, r"`max_norm` must be > 0 and finite, got 0\.0"),
-        ({"max_norm": -1}, ValueError, r"`max_norm` must be > 0 and finite, got -1"),
-        (
-            {"mode": "percentil"},
-            ValueError,
-            r"one of \['agc', 'norm', 'percentile', 'value', 'zscore'\], got 'percentil'\. Did you mean 'percentile'\?",
-        ),
-        ({"percentile": 0.0}, ValueError, r"`percentile` must be in \(0, 100\], got 0\.0"),
-        ({"percentile": 100.5}, ValueError, r"`percentile` must be in \(0, 100\], got 100\.5"),
-        ({"window": 0}, ValueError, r"`window` must be an int >= 1, got 0"),
-        ({"norm_type": 0}, ValueError, r"`norm_type` must be a number > 0 or float\('inf'\), got 0"),
-        ({"clip_value": -0.5}, ValueError, r"`clip_value` must be > 0"),
-        ({"ema_decay": 1.0}, ValueError, r"`ema_decay` must be in \(0, 1\), got 1\.0"),
-        ({"agc_exclude": "head.*"}, TypeError, r"`agc_exclude` must be a list of name patterns"),
-        ({"log_every_n_steps": 0}, ValueError, r"`log_every_n_steps` must be an int >= 1, got 0"),
-    ],
-)
-def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
-    with pytest.raises(error, match=match):
-        GradientClipping(**kwargs)
-
-
-def test_clip_gradients_bad_arguments() -> None:
-    _, opt = _grouped_grads()
-    with pytest.raises(ValueError, match=r"`mode` must be one of \['norm', 'value'\], got 'agc'"):
-        clip_gradients(opt, mode="agc")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`max_norm` must be > 0 and finite, got -2"):
-        clip_gradients(opt, max_norm=-2)
-
-
-def test_state_key_names_settings_and_instances_coexist() -> None:
-    a, b = GradientClipping(max_norm=1.0), GradientClipping(mode="percentile", percentile=5.0, window=10)
-    assert a.state_key == "GradientClipping{'mode': 'norm', 'max_norm': 1.0, 'norm_type': 2.0}"
-    assert b.state_key == "GradientClipping{'mode': 'percentile', 'percentile': 5.0, 'window': 10, 'norm_type': 2.0}"
-    restored = pickle.loads(pickle.dumps(b))
-    assert restored.state_key == b.state_key
-    assert restored.state_dict() == {"skipped_steps": 0, "consecutive_skips": 0, "rules": {}}
-
-
-@pytest.mark.parametrize("norm_type", NORM_TYPES)
-def test_mixed_dtypes_and_empty_tensors(norm_type: float) -> None:
-    torch.manual_seed(0)
-    a, b, c = torch.randn(4, 3), torch.randn(5, dtype=torch.float64), torch.randn(2, 2)
-    empty = torch.zeros(0)
-    total, per_group = grouped_norms([[a, b], [empty, c], []], norm_type)
-    assert torch.equal(total, torch.nn.utils.get_total_norm([a, b, c], norm_type))  # same buckets, same order
-    expected = [
-        torch.nn.utils.get_total_norm([a, b], norm_type),
-        torch.nn.utils.get_total_norm([c], norm_type).double(),
-        torch.tensor(0.0, dtype=torch.float64),
-    ]
-    torch.testing.assert_close(per_group.double(), torch.stack(expected))
+# -- host sync, several optimizers, strategies ----------------------------------------------------------------
 
 
 def _raise_sync(*args: Any, **kwargs: Any) -> Any:
@@ -668,3 +452,165 @@ def test_fsdp1_refuses_agc_and_several_optimizers() -> None:
         GradientClipping(mode="agc").on_fit_start(_fake_trainer(strategy), TinyModule())
     with pytest.raises(ValueError, match=r"covers all parameters, but there are 2 optimizers"):
         GradientClipping().on_fit_start(_fake_trainer(strategy, optimizers=2), TinyModule())
+
+
+# -- several optimizers, non-finite steps ---------------------------------------------------------------------
+
+
+def test_two_optimizers_are_both_logged_every_n_steps(make_trainer: Callable[..., Trainer]) -> None:
+    logger, before = RecordingLogger(), OptimizerGradRecorder()
+    clip = GradientClipping(max_norm=0.01, log_every_n_steps=2)
+    make_trainer(max_steps=8, logger=logger, callbacks=[before, clip]).fit(TwoOptimizers())
+    # 4 batches, each steps opt0 then opt1 (global steps alternate): each optimizer's own 2nd and 4th step is
+    # logged, at its global step (before the fix, (global_step + 1) % 2 == 0 never held for opt0)
+    assert len(before.norms) == 8
+    opt0 = [(s, m["grad_clip/opt0/norm"]) for s, m in logger.logged if "grad_clip/opt0/norm" in m]
+    opt1 = [(s, m["grad_clip/opt1/norm"]) for s, m in logger.logged if "grad_clip/opt1/norm" in m]
+    assert [s for s, _ in opt0] == [2, 6]
+    assert [s for s, _ in opt1] == [3, 7]
+    assert [n for _, n in opt0] == pytest.approx([before.norms[2], before.norms[6]], rel=1e-6)
+    assert [n for _, n in opt1] == pytest.approx([before.norms[3], before.norms[7]], rel=1e-6)
+
+
+class FirstOptimizerDiverges(TwoOptimizers):
+    def on_after_backward(self) -> None:
+        self.net[0].weight.grad[0, 0] = math.inf  # only the first optimizer's parameters
+
+
+def test_consecutive_skips_are_counted_per_optimizer(make_trainer: Callable[..., Trainer]) -> None:
+    clip = GradientClipping(skip_nonfinite=True, max_consecutive_skips=3)
+    trainer = make_trainer(max_steps=20, callbacks=[clip])
+    with pytest.raises(RuntimeError, match=r"of optimizer 0 was non-finite on 3 consecutive optimizer steps"):
+        trainer.fit(FirstOptimizerDiverges())
+    assert clip.skipped_steps == 3
+    assert trainer.global_step == 4  # raised in batch 2's first step: 2 batches x 2 completed optimizer steps
+
+
+class ScheduledInfGradModule(InfGradModule):
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class WindowEnd(Callback):
+    """The LR and the weights after each accumulation window of 2 batches."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, list[torch.Tensor]]] = []
+
+    def on_train_batch_end(self, trainer: Trainer, module: LightningModule, *args: Any) -> None:
+        if (args[-1] + 1) % 2 == 0:
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            self.rows.append((lr, [p.detach().clone() for p in module.parameters()]))
+
+
+def test_skip_with_accumulation_leaves_weights_and_schedule(make_trainer: Callable[..., Trainer]) -> None:
+    before, ends = GradRecorder(), WindowEnd()
+    clip = GradientClipping(skip_nonfinite=True)
+    trainer = make_trainer(
+        max_steps=4, accumulate_grad_batches=2, callbacks=[SchedulerStepper(), before, clip, ends]
+    )
+    trainer.fit(ScheduledInfGradModule(bad_steps={1}))  # both micro-batches of window 1 get an inf
+    assert clip.skipped_steps == 1
+    assert trainer.global_step == 4
+    # window 1 was skipped: the schedule did not advance (LambdaLR(1 / (s + 1)) after s real steps)
+    assert [lr for lr, _ in ends.rows] == [0.1 * (1.0 / (s + 1)) for s in (1, 1, 2, 3)]
+    for a, b in zip(ends.rows[0][1], ends.rows[1][1], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(ends.rows[1][1], ends.rows[2][1], strict=True):
+        assert not torch.equal(a, b)
+    assert len(before.grads) == 4
+    assert len(before.grads[2]) == 4  # window 2 starts from fresh gradients, all finite
+    assert all(bool(torch.isfinite(g).all()) for g in before.grads[2])
+
+
+def test_skip_with_two_optimizers_skips_only_the_nonfinite_one(make_trainer: Callable[..., Trainer]) -> None:
+    model = FirstOptimizerDiverges()
+    first = [p.detach().clone() for p in model.net[0].parameters()]
+    second = [p.detach().clone() for p in model.net[2].parameters()]
+    clip = GradientClipping(skip_nonfinite=True, max_consecutive_skips=10)
+    make_trainer(max_steps=4, callbacks=[clip]).fit(model)
+    assert clip.skipped_steps == 2
+    for a, b in zip(first, model.net[0].parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(second, model.net[2].parameters(), strict=True):
+        assert not torch.equal(a, b)
+    assert clip.state_dict()["consecutive_skips"] == {0: 2, 1: 0}
+
+
+
+
+# -- fp16 AMP on CPU (Lightning refuses precision="16-mixed" on CPU; the plugin itself runs there) ----------------
+
+
+def _fp16_cpu() -> Any:
+    from lightning.pytorch.plugins import MixedPrecision
+
+    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
+
+
+class ScaledGradNorms(Callback):
+    """The true norm right after backward: the scaled gradients' norm divided by the scale."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        scale = trainer.precision_plugin.scaler.get_scale()  # type: ignore[attr-defined]
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(torch.nn.utils.get_total_norm(grads).item() / scale)
+
+
+def test_fp16_callback_clips_the_unscaled_gradients(make_trainer: Callable[..., Trainer]) -> None:
+    logger, scaled, after = RecordingLogger(), ScaledGradNorms(), OptimizerGradRecorder()
+    clip = GradientClipping(max_norm=0.05, log_every_n_steps=1)
+    trainer = make_trainer(max_steps=3, plugins=[_fp16_cpu()], logger=logger, callbacks=[scaled, clip, after])
+    trainer.fit(TinyModule())
+    assert trainer.precision_plugin.scaler.get_scale() == 1024.0  # type: ignore[attr-defined]
+    assert logger.series("grad_clip/norm") == pytest.approx(scaled.norms, rel=1e-5)
+    assert after.norms == pytest.approx([0.05] * 3, rel=1e-4)
+
+
+def test_fp16_manual_clip_gradients_with_the_scaler_unscales_once(make_trainer: Callable[..., Trainer]) -> None:
+    class Manual(TinyModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.norms: list[tuple[float, float]] = []
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            opt = self.optimizers()
+            loss = nn.functional.mse_loss(self(batch[0]), batch[1])
+            opt.zero_grad()
+            self.manual_backward(loss)
+            scaler = self.trainer.precision_plugin.scaler  # type: ignore[attr-defined]
+            true_norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters()]).item() / scaler.get_scale()
+            result = clip_gradients(opt, max_norm=0.01, scaler=scaler)
+            self.norms.append((result.total_norm.item(), true_norm))
+            opt.step()  # Lightning unscales here, once
+            return loss
+
+    model, after = Manual(), OptimizerGradRecorder()
+    trainer = make_trainer(max_steps=3, plugins=[_fp16_cpu()], callbacks=[after])
+    trainer.fit(model)
+    assert trainer.precision_plugin.scaler.get_scale() == 1024.0  # type: ignore[attr-defined]
+    assert len(model.norms) == 3
+    for measured, true_norm in model.norms:
+        assert measured == pytest.approx(true_norm, rel=1e-6)
+    assert after.norms == pytest.approx([0.01] * 3, rel=1e-4)  # clipped and unscaled exactly once
+
+
+def test_fp16_overflow_is_left_to_the_grad_scaler(make_trainer: Callable[..., Trainer]) -> None:
+    logger, snap = RecordingLogger(), Snapshot(step=1)
+    clip = GradientClipping(skip_nonfinite=True, max_consecutive_skips=1, log_every_n_steps=1)
+    trainer = make_trainer(max_steps=3, plugins=[_fp16_cpu()], logger=logger, callbacks=[clip, snap])
+    trainer.fit(InfGradModule(bad_steps={1}))
+    assert clip.skipped_steps == 0  # not counted (max_consecutive_skips=1 would have raised)
+    assert trainer.precision_plugin.scaler.get_scale() == 512.0  # type: ignore[attr-defined]
+    assert snap.before is not None
+    assert snap.after is not None
+    for p0, p1 in zip(snap.before[0], snap.after[0], strict=True):
+        assert torch.equal(p0, p1)  # the GradScaler skipped the step
+    norms = logger.series("grad_clip/norm")
+    assert [math.isfinite(n) for n in norms] == [True, False, True]

@@ -158,11 +158,11 @@ def test_scheduler_without_a_trainer_names_the_fix() -> None:
 
 
 def test_scheduler_of_unknown_kind_or_name_raises() -> None:
-    with pytest.raises(TypeError, match="`scheduler` must be a lit_optim schedule"):
+    with pytest.raises(TypeError, match="`schedule` must be a lit_optim schedule"):
         configure_optimizers(nn.Linear(2, 2), scheduler=torch.optim.lr_scheduler.StepLR)
     with pytest.raises(ValueError, match=r"Unknown schedule 'cosin'.*Did you mean 'cosine'"):
         configure_optimizers(nn.Linear(2, 2), scheduler="cosin")
-    with pytest.raises(ValueError, match="needs a 'name' key"):
+    with pytest.raises(ValueError, match="needs its catalogue `name`"):
         configure_optimizers(nn.Linear(2, 2), scheduler={"warmup": 2})
 
 

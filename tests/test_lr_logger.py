@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BaseFinetuning, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
@@ -261,6 +261,7 @@ def test_resume_continues_the_logging_windows(make_trainer: MakeTrainer, tmp_pat
     second = run("second", epochs=4, ckpt=tmp_path / "first.ckpt")  # steps 2-7: window 0 was already logged
     expected = [(s, 0.1 * (1 / (s + 1))) for s in (0, 3, 6)]
     assert csv_series(straight, "lr/decay") == expected
+    print(csv_series(first, "lr/decay"), csv_series(second, "lr/decay"))
     assert csv_series(first, "lr/decay") + csv_series(second, "lr/decay") == expected
 
 
@@ -336,6 +337,15 @@ def test_mismatch_message_names_keys_ranks_and_values() -> None:
     assert _mismatch_message(["lr/decay"], [[0.1], [0.1]], step=0) is None
 
 
+def test_mismatch_message_treats_nan_on_every_rank_as_equal() -> None:
+    nan = float("nan")
+    assert _mismatch_message(["lr/decay"], [[nan], [nan]], step=3) is None  # identical, if broken, on every rank
+    assert _mismatch_message(["lr/decay"], [[nan], [0.1]], step=3) == (
+        "LearningRateLogger: ranks [1] hold values different from rank 0 at global step 3: "
+        "lr/decay: rank 0: nan, rank 1: 0.1."
+    )
+
+
 # --- arguments ----------------------------------------------------------------------------------------------------
 
 
@@ -367,3 +377,33 @@ def test_pickles_and_state_key_tells_instances_apart() -> None:
     assert clone.log_every_n_steps == 5
     assert clone.state_key == callback.state_key
     assert LearningRateLogger(logging_interval="epoch").state_key != callback.state_key
+
+
+class _SaveAt(Callback):
+    """Saves ``mid.ckpt`` after optimizer step ``step`` (mid-epoch), like a step-interval ModelCheckpoint."""
+
+    def __init__(self, path: Path, step: int) -> None:
+        self.path, self.step = path, step
+
+    def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
+@pytest.mark.filterwarnings("ignore:.*resuming from a checkpoint that ended before the epoch ended.*")
+def test_epoch_interval_resumed_mid_epoch_does_not_log_that_epoch_again(
+    make_trainer: MakeTrainer, tmp_path: Path
+) -> None:
+    def run(name: str, ckpt: Path | None = None) -> CSVLogger:
+        logger = CSVLogger(tmp_path, name=name, version=0)
+        callback = LearningRateLogger(logging_interval="epoch", log_momentum=False, log_weight_decay=False)
+        callbacks = [callback, _SaveAt(tmp_path / "mid.ckpt", step=6)]
+        trainer = make_trainer(logger=logger, callbacks=callbacks, limit_train_batches=4, max_epochs=3)
+        trainer.fit(EpochStep(), ckpt_path=ckpt)
+        return logger
+
+    straight = run("straight")  # epochs start at steps 0, 4, 8; saves mid-epoch 1, at step 6
+    expected = [(0, 0.1), (4, 0.1 * 0.5), (8, 0.1 * 0.5 * 0.5)]
+    assert csv_series(straight, "lr/decay") == expected
+    resumed = run("resumed", ckpt=tmp_path / "mid.ckpt")
+    assert csv_series(resumed, "lr/decay") == expected[2:]  # epoch 1 was logged before the save

@@ -535,6 +535,13 @@ def test_compiled_submodule_patterns_may_leave_out_orig_mod() -> None:
         no_decay=["backbone._orig_mod.0.weight"],
     )
     assert named(model, same) == named(model, groups)
+    # both spellings in one mapping: the more specific override wins (not a tied-parameter conflict)
+    mixed = param_groups(model, lr=1.0, overrides={"backbone._orig_mod.*": {"lr": 0.1}, "backbone.0.*": {"lr": 0.5}})
+    assert [(g["name"], g["lr"]) for g in mixed] == [
+        ("backbone._orig_mod+backbone.0/decay", 0.5), ("backbone._orig_mod+backbone.0/no_decay", 0.5),
+        ("backbone._orig_mod/no_decay", 0.1),
+        ("decay", 1.0), ("no_decay", 1.0),
+    ]  # fmt: skip
 
 
 def test_attention_key_value_biases_are_biases() -> None:
@@ -573,3 +580,62 @@ def test_layer_decay_puts_a_stem_before_the_blocks_at_layer_0() -> None:
         ("layer_02/decay", 0.5, ["stages.1.weight"]),
         ("layer_03/decay", 1.0, ["head.weight"]),
     ]
+
+
+def test_layer_decay_of_one_is_no_layer_decay() -> None:
+    # every layer scale is 1, so all layers merge: naming them all "layer_00" would mislabel the LR logs
+    model = GPT()
+    groups = param_groups(model, lr=0.1, layer_decay=1.0)
+    assert named(model, groups) == named(model, param_groups(model, lr=0.1)) == {
+        "decay": GPT_DECAY,
+        "no_decay": GPT_NO_DECAY,
+    }
+    assert [(g["lr"], g["lr_scale"]) for g in groups] == [(0.1, 1.0), (0.1, 1.0)]
+
+
+def test_tied_parameter_named_differently_by_two_overrides_is_ambiguous() -> None:
+    model = GPT()  # lm_head.weight is tok_emb.weight
+    with pytest.raises(
+        ValueError,
+        match=r"Parameter 'tok_emb\.weight' is tied \(also named \['lm_head\.weight'\]\); overrides 'tok_emb\.\*' "
+        r"\(lr=0\.1\) and 'lm_head\.\*' \(lr=0\.5\) reach it by different names and disagree\. HINT: a tied "
+        r"parameter has one 'lr'",
+    ):
+        param_groups(model, overrides={"tok_emb.*": {"lr": 0.1}, "lm_head.*": {"lr": 0.5}})
+    tied = GPT()
+    tied.ln_f.weight = nn.Parameter(torch.ones(11, 8))
+    tied.lm_head.weight = tied.ln_f.weight
+    with pytest.raises(ValueError, match=r"overrides LayerNorm \(lr=0\.1\) and 'lm_head\.\*'"):
+        param_groups(tied, overrides={tied.ln_f: {"lr": 0.1}, "lm_head.*": {"lr": 0.5}})
+    # agreeing values, or an override naming the parameter by both names, are fine
+    agree = param_groups(model, lr=1.0, overrides={"tok_emb.*": {"lr": 0.5}, "lm_head.*": {"lr": 0.5}})
+    assert named(model, agree)["tok_emb+lm_head/decay"] == ["tok_emb.weight"]
+    specific = param_groups(model, lr=1.0, overrides={"*.weight": {"lr": 0.1}, "lm_head.*": {"lr": 0.5}})
+    assert [g["lr"] for g in specific if "tok_emb.weight" in named(model, [g])[g["name"]]] == [0.5]
+
+
+def test_data_parallel_wrapper_patterns_may_leave_out_module() -> None:
+    inner = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    wrapped = nn.DataParallel(inner)  # DistributedDataParallel names its parameters the same way
+    groups = param_groups(wrapped, lr=1.0, overrides={"1.*": {"lr": 0.5}})
+    assert named(wrapped, groups) == {
+        "decay": ["module.0.weight"],
+        "no_decay": ["module.0.bias"],
+        "1/decay": ["module.1.weight"],
+        "1/no_decay": ["module.1.bias"],
+    }
+    assert [g["lr"] for g in groups] == [1.0, 1.0, 0.5, 0.5]
+    assert named(wrapped, param_groups(wrapped, lr=1.0, overrides={"module.1.*": {"lr": 0.5, "name": "1"}})) == (
+        named(wrapped, groups)
+    )
+
+
+def test_no_decay_module_class_covers_all_its_parameters() -> None:
+    model = GPT()
+    # nn.MultiheadAttention's parameters include its out_proj submodule's, as attn.parameters() does
+    groups = param_groups(model, no_decay=[nn.MultiheadAttention])
+    assert named(model, groups)["decay"] == [
+        "tok_emb.weight", "pos_emb.weight", "blocks.0.mlp.0.weight", "blocks.0.mlp.2.weight",
+        "blocks.1.mlp.0.weight", "blocks.1.mlp.2.weight",
+    ]  # fmt: skip
+    assert_partition(model, groups)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 import torchmetrics
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from torch.optim import lr_scheduler as tl
@@ -296,6 +296,18 @@ def test_plateau_without_validation_loop_raises(make_trainer: Callable[..., Trai
     trainer = make_trainer(callbacks=[SchedulerStepper()], limit_train_batches=2, limit_val_batches=0)
     with pytest.raises(ValueError, match=r"monitors 'val_metric' after validation runs, but this run has no valid"):
         trainer.fit(ScriptedModule("lit_optim"))
+
+
+class TrainOnly(LightningDataModule):
+    def train_dataloader(self) -> Any:
+        return TinyModule().train_dataloader()
+
+
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")  # the point
+def test_plateau_without_validation_data_raises(make_trainer: Callable[..., Trainer]) -> None:
+    trainer = make_trainer(callbacks=[SchedulerStepper()], limit_train_batches=2)
+    with pytest.raises(ValueError, match=r"monitors 'val_metric' after validation runs, but this run has no valid"):
+        trainer.fit(ScriptedModule("lit_optim"), datamodule=TrainOnly())
 
 
 def test_rop_in_manual_optimization_needs_a_monitor(make_trainer: Callable[..., Trainer]) -> None:
@@ -602,3 +614,61 @@ def test_warmup_in_epochs_resolves_against_the_trainer(make_trainer: Callable[..
     warmup = Warmup(duration=4, shape="cosine")
     assert trainer.lr_scheduler_configs[0].scheduler.warmup_steps == 4
     assert recorder.step_lrs == [0.1 * warmup.factor(s, 4) for s in range(4)] + [0.1] * 4
+
+
+DDP_RANK_ZERO_ONLY_SCRIPT = """
+import json, sys
+from pathlib import Path
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback
+from lit_optim import Plateau, configure_optimizers
+from tests.models import TinyModule
+
+class RankZeroLogs(TinyModule):
+    def validation_step(self, batch, batch_idx):
+        if self.global_rank == 0:  # Lightning's `rank_zero_only=True` recipe: rank 1 never has the metric
+            self.log("val_metric", torch.tensor(1.0), rank_zero_only=True)
+
+    def configure_optimizers(self):
+        spec = Plateau("val_metric", factor=0.5, patience=0)
+        return configure_optimizers(self, "sgd", lr=0.1, weight_decay=0.0, scheduler=spec)
+
+class Record(Callback):
+    def __init__(self):
+        self.epochs = []
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epochs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+record = Record()
+trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=4, limit_train_batches=2,
+                  limit_val_batches=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, num_sanity_val_steps=0, callbacks=[record])
+trainer.fit(RankZeroLogs(n=32))
+out = {"epochs": record.epochs, "reductions": trainer.lr_scheduler_configs[0].scheduler.reductions}
+(Path(sys.argv[1]) / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
+"""
+
+
+@pytest.mark.ddp
+def test_ddp_metric_logged_on_rank_zero_only_drives_every_rank(tmp_path: Path) -> None:
+    # Before: rank 1 found no metric and raised (or skipped) while rank 0 waited in the all-reduce.
+    rank0, rank1 = run_ddp(DDP_RANK_ZERO_ONLY_SCRIPT, tmp_path, timeout=150)
+    assert rank0 == rank1 == {"epochs": [0.1, 0.05, 0.025, 0.0125], "reductions": 3}
+
+
+DDP_NAN_SCRIPT = DDP_RANK_ZERO_ONLY_SCRIPT.replace(
+    """        if self.global_rank == 0:  # Lightning's `rank_zero_only=True` recipe: rank 1 never has the metric
+            self.log("val_metric", torch.tensor(1.0), rank_zero_only=True)""",
+    """        epoch = self.current_epoch  # improving on both ranks, except that rank 0 logs NaN in epoch 1
+        value = float("nan") if (self.global_rank, epoch) == (0, 1) else 1.0 / (1 + epoch)
+        self.log("val_metric", torch.tensor(value))""",
+)
+
+
+@pytest.mark.ddp
+@pytest.mark.filterwarnings("ignore:.*val_metric.*is nan")
+def test_ddp_nan_on_one_rank_is_no_improvement_on_every_rank(tmp_path: Path) -> None:
+    assert DDP_NAN_SCRIPT != DDP_RANK_ZERO_ONLY_SCRIPT
+    rank0, rank1 = run_ddp(DDP_NAN_SCRIPT, tmp_path, timeout=150)
+    assert rank0 == rank1 == {"epochs": [0.1, 0.05, 0.05, 0.05], "reductions": 1}

@@ -13,7 +13,21 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler
 
 from lit_optim._durations import TrainingLength
 from lit_optim.scheduler import ScheduleLR, lightning_scheduler_config
-from lit_optim.schedules import Constant, Cosine, Linear, Schedule, Warmup
+from lit_optim.schedules import (
+    Constant,
+    Cosine,
+    CosineRestarts,
+    Exponential,
+    InverseSqrt,
+    Linear,
+    MultiStep,
+    OneCycle,
+    Polynomial,
+    Schedule,
+    Step,
+    Warmup,
+    WarmupStableDecay,
+)
 from tests.models import TinyModule
 
 BASE_LRS = (0.1, 0.03, 1e-4)
@@ -332,3 +346,126 @@ def test_learning_rate_monitor_logs_named_groups(make_trainer: Callable[..., Tra
     assert [(int(r["step"]), float(r["lr/body"]), float(r["lr/head"])) for r in rows] == [
         (s, 0.1 * f_[s], 0.5 * f_[s]) for s in range(5)
     ]
+
+
+def test_learning_rate_monitor_tells_two_optimizers_of_one_class_apart(
+    make_trainer: Callable[..., Trainer], tmp_path: Path
+) -> None:
+    # A name set in the config stops LearningRateMonitor from numbering repeated optimizer classes, so a default
+    # "lr-SGD" for both made one optimizer's lr overwrite the other's.
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import CSVLogger
+
+    class TwoSGD(TinyModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            for opt in self.optimizers():  # type: ignore[union-attr]
+                opt.zero_grad()
+                loss = torch.nn.functional.mse_loss(self(batch[0]), batch[1])
+                self.manual_backward(loss)
+                opt.step()  # the SchedulerStepper that lightning_scheduler_config attached steps the schedule
+
+        def configure_optimizers(self) -> Any:
+            body = torch.optim.SGD(self.net[0].parameters(), lr=0.1)
+            head = torch.optim.SGD(self.net[2].parameters(), lr=0.5)
+            return [
+                {"optimizer": opt, "lr_scheduler": lightning_scheduler_config(opt, Linear(), self.trainer)}
+                for opt in (body, head)
+            ]
+
+    logger = CSVLogger(tmp_path / "logs", name="", version="")
+    trainer = make_trainer(limit_train_batches=4, limit_val_batches=0, logger=logger, log_every_n_steps=1,
+                           callbacks=[LearningRateMonitor(logging_interval="step")])
+    trainer.fit(TwoSGD())
+    assert [c.name for c in trainer.lr_scheduler_configs] == [None, None]  # Lightning names them
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("lr-SGD", "")]
+    assert [(float(r["lr-SGD"]), float(r["lr-SGD-1"])) for r in rows] == [
+        pytest.approx((0.1 * (1 - s / 4), 0.5 * (1 - s / 4))) for s in range(4)
+    ]
+
+
+def test_schedule_from_a_config_mapping() -> None:
+    # what a YAML config / OptimizerMixin hparams hold: plain data, no `!!python/object`
+    config = {"name": "cosine", "warmup": {"duration": 2, "shape": "cosine"}, "min_lr": 0.1}
+    sched = ScheduleLR(make_optimizer(), config, total_steps=10)
+    assert sched.schedule == Cosine(warmup=Warmup(duration=2, shape="cosine"), min_lr=0.1)
+    assert config == {"name": "cosine", "warmup": {"duration": 2, "shape": "cosine"}, "min_lr": 0.1}  # not mutated
+    assert ours(Cosine(warmup=Warmup(duration=2, shape="cosine"), min_lr=0.1), 10) == drive(sched, 10)
+    with pytest.raises(ValueError, match=r"A schedule given as a mapping needs its catalogue `name`, e.g. "
+                       r"\{'name': 'cosine', 'warmup': '5%'\}; got \{'warmup': 2\}"):
+        ScheduleLR(make_optimizer(), {"warmup": 2}, total_steps=10)
+    with pytest.raises(ValueError, match=r"Unknown parameter of Cosine 'min_lr_ratio'"):
+        ScheduleLR(make_optimizer(), {"name": "cosine", "min_lr_ratio": 0.1}, total_steps=10)
+
+
+def test_fast_dev_run_names_itself_when_the_schedule_does_not_fit(make_trainer: Callable[..., Trainer]) -> None:
+    class Model(TinyModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            config = lightning_scheduler_config(opt, Cosine(warmup="5%"), self.trainer)
+            return {"optimizer": opt, "lr_scheduler": config}
+
+    with pytest.raises(ValueError, match=r"Duration 5% resolves to 0 optimizer steps in a run of 2 steps .*"
+                       r"`Trainer\(fast_dev_run=2\)` cuts the run to 2 optimizer steps"):
+        make_trainer(fast_dev_run=2).fit(Model())
+
+
+@pytest.mark.parametrize(
+    ("schedule", "needs"),
+    [
+        (Constant(warmup=3), False),
+        (Linear(), True),
+        (Cosine(warmup=3), True),
+        (Constant(warmup="5%"), True),  # a warmup in % of the run
+        (Constant(warmup="1ep"), False),
+    ],
+)
+def test_needs_total_steps(schedule: Schedule, needs: bool) -> None:
+    assert schedule.needs_total_steps() is needs
+
+
+def test_needs_total_steps_for_the_rest_of_the_catalogue() -> None:
+    free = [CosineRestarts(period=4), Exponential(gamma=0.9), InverseSqrt(warmup=2), MultiStep(milestones=(2, "1ep")),
+            Step(every=3)]  # fmt: skip
+    assert [s.needs_total_steps() for s in free] == [False] * 5
+    bound = [OneCycle(), Polynomial(), WarmupStableDecay(decay=4), Step(every="10%"), MultiStep(milestones=(2, 0.5))]
+    assert [s.needs_total_steps() for s in bound] == [True] * 5
+
+
+class _Endless(TinyModule):
+    """An iterable dataset (8 batches per pass) and no `max_steps`: the run's total is unknown."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        super().__init__()
+        self.schedule = schedule
+        self.lrs: list[float] = []
+
+    def train_dataloader(self) -> Any:
+        class Stream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+            def __iter__(self) -> Any:
+                g = torch.Generator().manual_seed(0)
+                for _ in range(8):
+                    yield torch.randn(8, generator=g), torch.randn(1, generator=g)
+
+        return torch.utils.data.DataLoader(Stream(), batch_size=1)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        return {"optimizer": opt, "lr_scheduler": lightning_scheduler_config(opt, self.schedule, self.trainer)}
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def test_schedule_without_total_drives_a_run_of_unknown_length(make_trainer: Callable[..., Trainer]) -> None:
+    model = _Endless(InverseSqrt(warmup=2))
+    make_trainer(max_epochs=1, limit_val_batches=0).fit(model)
+    expected = [0.0, 0.05] + [0.1 * math.sqrt(2 / s) for s in range(2, 8)]
+    assert model.lrs == pytest.approx(expected, rel=1e-15, abs=0)
+    with pytest.raises(ValueError, match=r"total number of optimizer steps is unknown .*Set `max_steps` .* "
+                       r"Cosine\(.*\) needs it \(by its formula or a duration in % of the run\); InverseSqrt"):
+        make_trainer(max_epochs=1, limit_val_batches=0).fit(_Endless(Cosine(warmup=2)))

@@ -380,3 +380,108 @@ def test_fp16_amp_skipped_step_on_cuda(make_trainer: Callable[..., Trainer]) -> 
     trainer.fit(model)
     assert model.lr_schedulers().last_epoch == 4  # 5 batches, the inf one skipped by the GradScaler
     assert model.optimizers().param_groups[0]["lr"] == 0.1 * _f(4)
+
+
+# ----------------------------------------------------------------------------- composite torch schedulers
+
+
+def _warmup_cosine(opt: torch.optim.Optimizer) -> tl.SequentialLR:
+    """The usual per-step recipe: 4 steps of linear warmup, then cosine over the remaining 4 of 8 steps."""
+    warmup = tl.LinearLR(opt, start_factor=0.1, total_iters=4)
+    return tl.SequentialLR(opt, [warmup, tl.CosineAnnealingLR(opt, T_max=4)], milestones=[4])
+
+
+def _chained_epochs(opt: torch.optim.Optimizer) -> tl.ChainedScheduler:
+    return tl.ChainedScheduler([tl.StepLR(opt, step_size=1, gamma=0.5), tl.ConstantLR(opt, 0.5, total_iters=1)])
+
+
+def _chained_steps(opt: torch.optim.Optimizer) -> tl.ChainedScheduler:
+    return tl.ChainedScheduler([tl.ConstantLR(opt, 0.5, total_iters=3), tl.CosineAnnealingLR(opt, T_max=8)])
+
+
+@pytest.mark.parametrize(
+    ("factory", "per_step"),
+    [(_warmup_cosine, True), (_chained_steps, True), (_chained_epochs, False)],
+    ids=["SequentialLR-steps", "ChainedScheduler-steps", "ChainedScheduler-epochs"],
+)
+def test_composite_torch_schedulers_are_judged_from_their_parts(
+    make_trainer: Callable[..., Trainer], factory: Callable[[Any], Any], per_step: bool
+) -> None:
+    class Module(TinyModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return {"optimizer": opt, "lr_scheduler": factory(opt)}  # Lightning's default interval: "epoch"
+
+    recorder = _fit(make_trainer, Module(), limit_train_batches=4, max_epochs=2)
+    got = [lrs[0] for lrs in recorder.lrs]
+    if per_step:
+        assert got == _reference(factory, 8)
+    else:
+        per_epoch = _reference(factory, 2)
+        assert got == [per_epoch[0]] * 4 + [per_epoch[1]] * 4
+
+
+def test_infer_interval_of_composite_schedulers() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    # SequentialLR spans its last milestone plus its last part: 4 + 4 = 8 calls.
+    assert infer_interval(_warmup_cosine(opt), "epoch", 2, 8) == ("step", None)
+    assert infer_interval(_warmup_cosine(opt), "epoch", 8, 80) == ("epoch", None)
+    cyclic = tl.SequentialLR(opt, [tl.LinearLR(opt, total_iters=2), tl.OneCycleLR(opt, 0.1, total_steps=6)], [2])
+    assert infer_interval(cyclic, "epoch", 100, 8) == ("step", None)  # a per-step part makes the whole per-step
+    # ChainedScheduler spans its longest part.
+    assert infer_interval(_chained_steps(opt), "epoch", 2, 8) == ("step", None)
+    assert infer_interval(_chained_epochs(opt), "epoch", 2, 8) == ("epoch", None)
+
+
+class SelfSteppingModule(TwoOptimizerModule):
+    """Lightning's manual-optimization recipe: the user steps the schedulers; the stepper would step them too."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        loss = super().training_step(batch, batch_idx)
+        self.lr_schedulers()[1].step()  # type: ignore[index]
+        return loss
+
+
+def test_scheduler_stepped_by_the_user_as_well_raises_instead_of_double_stepping(
+    make_trainer: Callable[..., Trainer],
+) -> None:
+    model = SelfSteppingModule()
+    with pytest.raises(RuntimeError, match=r"LambdaLR \(lr_scheduler_configs\[1\]\) was stepped outside"):
+        _fit(make_trainer, model, limit_train_batches=4)
+    assert model.lr_schedulers()[1].last_epoch == 2  # type: ignore[index]  # caught at the second batch
+
+
+class EveryThirdStep(LambdaModule):
+    def configure_optimizers(self) -> Any:
+        config = super().configure_optimizers()
+        config["lr_scheduler"]["frequency"] = 3
+        return config
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed:UserWarning")  # resuming into a fresh folder
+@pytest.mark.filterwarnings("ignore:.*your dataloader is not resumable")  # about data order; lrs are what we check
+@pytest.mark.parametrize("ckpt_name", ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "epoch=1-step=9.ckpt"])
+def test_frequency_window_survives_resume(tmp_path: Path, ckpt_name: str) -> None:
+    def fit(root: Path, ckpt_path: str | None = None) -> LrRecorder:
+        recorder = LrRecorder()
+        checkpoint = ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_train_steps=1)
+        trainer = Trainer(
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=root,
+            max_epochs=3,
+            limit_train_batches=5,
+            limit_val_batches=0,
+            callbacks=[SchedulerStepper(), recorder, checkpoint],
+        )
+        trainer.fit(EveryThirdStep(), ckpt_path=ckpt_path)
+        return recorder
+
+    straight = fit(tmp_path / "a")
+    assert [lrs[0] for lrs in straight.lrs] == [0.1 * _f(k // 3) for k in range(15)]
+    resumed = fit(tmp_path / "b", ckpt_path=str(tmp_path / "a" / ckpt_name))
+    step = int(ckpt_name.split("step=")[1].split(".")[0])
+    assert resumed.lrs == straight.lrs[step:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,16 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from lit_optim import Cosine, SchedulerStepper, Warmup, lightning_scheduler_config, preview_schedule
+from lit_optim import (
+    Cosine,
+    GradientClipping,
+    Linear,
+    SchedulerStepper,
+    Warmup,
+    configure_optimizers,
+    lightning_scheduler_config,
+    preview_schedule,
+)
 from lit_optim.schedules import Schedule
 from tests.ddp import run_ddp
 from tests.models import TinyModule
@@ -208,3 +218,47 @@ def test_ddp_both_ranks_follow_the_same_per_rank_schedule(tmp_path: Path) -> Non
     assert rank0["total"] == rank0["last_epoch"] == rank0["global_step"] == len(rank0["lrs"]) == 10
     curve = preview_schedule(Cosine(warmup=Warmup(duration=3), min_lr=0.1), 10, base_lrs=0.1)
     assert rank0["lrs"] == [row[0] for row in curve.lrs]
+
+
+# ----------------------------------------------------------------------------- skipped non-finite steps
+
+
+class InfAt(TinyModule):
+    """``configure_optimizers(self, scheduler=...)``; the loss of the batches in ``inf_batches`` is inf."""
+
+    def __init__(self, inf_batches: frozenset[int]) -> None:
+        super().__init__(n=32)
+        self.inf_batches = inf_batches
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        loss = super().training_step(batch, batch_idx)
+        return loss * math.inf if batch_idx in self.inf_batches else loss
+
+    def configure_optimizers(self) -> Any:
+        return configure_optimizers(self, "sgd", lr=0.1, weight_decay=0.0, scheduler=Linear())
+
+
+class BatchEndLr(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_nonfinite_step_skipped_by_gradient_clipping_does_not_advance_the_schedule(
+    make_trainer: Callable[..., Trainer],
+) -> None:
+    # 8 batches, accumulate 2: optimizer steps end at batches 1, 3, 5, 7; batch 3's inf spoils step 1.
+    recorder, clipping = BatchEndLr(), GradientClipping(skip_nonfinite=True)
+    trainer = make_trainer(
+        callbacks=[clipping, recorder], accumulate_grad_batches=2, limit_train_batches=8, limit_val_batches=0
+    )
+    model = InfAt(frozenset({3}))
+    trainer.fit(model)
+    curve = [row[0] for row in preview_schedule(Linear(), 4, base_lrs=0.1).lrs]
+    assert clipping.skipped_steps == 1
+    steps_done = [0, 1, 1, 1, 1, 2, 2, 3]  # real optimizer steps after each batch
+    assert recorder.lrs == [curve[k] for k in steps_done]
+    assert model.lr_schedulers().last_epoch == 3
+    assert trainer.global_step == 4  # Lightning counts the skipped call; the schedule does not

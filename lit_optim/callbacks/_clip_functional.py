@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
+from torch.amp.grad_scaler import OptState
 from torch.optim import Optimizer
 
 from lit_optim._grad_norms import clip_by_coef_, clip_coef, clip_value_, grouped_norms
@@ -35,6 +36,14 @@ def group_names(optimizer: Optimizer) -> list[str]:
 def optimizer_grads(optimizer: Optimizer) -> list[list[Tensor]]:
     """The existing gradients of each param group."""
     return [[p.grad for p in g["params"] if p.grad is not None] for g in optimizer.param_groups]
+
+
+def _still_scaled(scaler: torch.amp.GradScaler | None, optimizer: Optimizer) -> bool:
+    """Whether ``optimizer``'s gradients still carry ``scaler``'s scale (no ``scaler.unscale_`` since its update)."""
+    if scaler is None or not scaler.is_enabled():
+        return False
+    state = scaler._per_optimizer_states.get(id(optimizer))  # torch's own per-optimizer record (READY/UNSCALED)
+    return state is None or state["stage"] is not OptState.UNSCALED
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,9 @@ def clip_gradients(
     Call it in ``training_step`` after ``self.manual_backward(loss)`` and before ``opt.step()``. Under fp16 AMP
     the gradients are still scaled there: pass ``scaler=self.trainer.precision_plugin.scaler`` and the norms
     and thresholds are computed on the unscaled values (the gradients stay scaled, so ``GradScaler`` still
-    unscales them once and skips non-finite steps itself). Norms are global under DDP and FSDP2/DTensor.
+    unscales them once and skips non-finite steps itself). If ``scaler.unscale_(optimizer)`` was already
+    called (torch's plain-loop recipe), the scaler's record says so and the gradients are taken as they are:
+    never unscaled twice. Norms are global under DDP and FSDP2/DTensor.
 
     Args:
         optimizer: the optimizer (or Lightning's wrapper from ``self.optimizers()``).
@@ -83,7 +94,7 @@ def clip_gradients(
         clip_value: the clamp bound of ``mode="value"``.
         skip_nonfinite: set every gradient to ``None`` when the global norm is inf/nan, so ``opt.step()``
             changes nothing (one host sync). Ignored with ``scaler``, which skips such steps itself.
-        scaler: the ``GradScaler`` whose scale the gradients still carry, if any.
+        scaler: the ``GradScaler`` in use, if any; its scale is divided out only while the gradients carry it.
         foreach: force (``True``) or forbid (``False``) the batched ``torch._foreach_*`` kernels.
 
     Returns:
@@ -109,7 +120,7 @@ def clip_gradients(
     opt = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
     grads = optimizer_grads(opt)
     total, per_group = grouped_norms(grads, norm_type, foreach)
-    scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+    scale = scaler.get_scale() if scaler is not None and _still_scaled(scaler, opt) else 1.0
     if scale != 1.0:
         total, per_group = total / scale, per_group / scale
     names = group_names(opt)

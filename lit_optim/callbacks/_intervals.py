@@ -25,7 +25,30 @@ _LENGTH_ARGS: tuple[tuple[type[tl.LRScheduler], str], ...] = (
 )
 
 
+def _parts(scheduler: object) -> list[object]:
+    """The schedulers inside a ``SequentialLR``/``ChainedScheduler`` (empty for any other scheduler)."""
+    if isinstance(scheduler, (tl.SequentialLR, tl.ChainedScheduler)):
+        return list(scheduler._schedulers)
+    return []
+
+
+def _per_step(scheduler: object) -> bool:
+    """A scheduler that is per-step by construction, or a composite holding one."""
+    if isinstance(scheduler, (PlateauLR, tl.OneCycleLR, tl.CyclicLR)):
+        return True
+    return any(_per_step(part) for part in _parts(scheduler))
+
+
 def _length(scheduler: object) -> int | None:
+    if isinstance(scheduler, tl.SequentialLR):
+        # Its parts run one after another: the last milestone plus the last part's own length (a last part
+        # without a length, e.g. ExponentialLR, leaves the milestones as the only length there is).
+        last = _length(scheduler._schedulers[-1])
+        start = int(max(scheduler._milestones)) if scheduler._milestones else 0
+        return start + last if last is not None else (start or None)
+    if isinstance(scheduler, tl.ChainedScheduler):  # its parts run side by side: the longest one
+        lengths = [n for n in map(_length, scheduler._schedulers) if n is not None]
+        return max(lengths) if lengths else None
     for cls, attr in _LENGTH_ARGS:
         if isinstance(scheduler, cls):
             value = getattr(scheduler, attr)
@@ -45,7 +68,9 @@ def infer_interval(
     Rules: ``ReduceLROnPlateau`` -> ``"plateau"``; lit_optim's ``PlateauLR``, ``OneCycleLR``, ``CyclicLR`` and
     any config that says ``interval="step"`` (Lightning's default is ``"epoch"``, so ``"step"`` was chosen on
     purpose) -> ``"step"``. For an epoch-parameterised torch scheduler the length its arguments imply
-    (``step_size``, ``max(milestones)``, ``T_max``, ``T_0``, ``total_iters``) is compared with ``max_epochs``:
+    (``step_size``, ``max(milestones)``, ``T_max``, ``T_0``, ``total_iters``; for a ``SequentialLR`` its last
+    milestone plus its last part's length, for a ``ChainedScheduler`` its longest part's; a composite holding a
+    ``OneCycleLR``/``CyclicLR`` is per step) is compared with ``max_epochs``:
     at most ``max_epochs`` -> ``"epoch"``; more than ``max_epochs`` but at most the total optimizer steps ->
     ``"step"``. Without a known ``max_epochs``, or for ``ExponentialLR`` (no length), or for a scheduler we do
     not know, the configured interval is kept; the first two are reported as ambiguous.
@@ -58,7 +83,7 @@ def infer_interval(
     """
     if isinstance(scheduler, tl.ReduceLROnPlateau):
         return "plateau", None
-    if isinstance(scheduler, (PlateauLR, tl.OneCycleLR, tl.CyclicLR)) or configured == "step":
+    if _per_step(scheduler) or configured == "step":
         return "step", None
     epochs = max_epochs if max_epochs is not None and max_epochs > 0 else None
     name = type(scheduler).__name__

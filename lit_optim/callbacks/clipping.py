@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from lit_optim._clip_thresholds import PercentileThreshold, ZScoreThreshold
 from lit_optim._grad_norms import agc_, clip_by_coef_, clip_coef, clip_value_, grouped_norms
-from lit_optim._validation import check_choice, check_positive, check_positive_int, check_ratio
+from lit_optim._validation import check_choice, check_positive, check_positive_int
 from lit_optim.callbacks._clip_functional import (
     ClipResult,
     check_norm_type,
@@ -60,12 +60,13 @@ class GradientClipping(Callback):
     Non-finite steps (``skip_nonfinite=True``): when the global norm is inf/nan, every gradient of that
     optimizer is set to ``None``, so the optimizer leaves parameters and state untouched and
     ``SchedulerStepper`` does not advance the LR schedule. Deciding this costs one host sync per step.
-    After ``max_consecutive_skips`` skips in a row a ``RuntimeError`` is raised. Under fp16 AMP the
+    After ``max_consecutive_skips`` skips in a row of one optimizer a ``RuntimeError`` is raised. Under fp16 AMP the
     ``GradScaler`` already skips such steps, so they are left to it (not counted).
     Without ``skip_nonfinite`` nothing is synchronised except on logging steps.
 
-    Logged keys (through ``trainer.loggers`` at ``step=trainer.global_step``, on optimizer steps where
-    ``(global_step + 1) % log_every_n_steps == 0``; with several optimizers the prefix is ``grad_clip/opt{i}/``):
+    Logged keys (through ``trainer.loggers`` at ``step=trainer.global_step``, on every ``log_every_n_steps``-th
+    step of each optimizer, i.e. where ``(global_step + 1) % log_every_n_steps == 0`` with one optimizer; with
+    several optimizers the prefix is ``grad_clip/opt{i}/``):
 
     - ``grad_clip/norm``: pre-clip global norm; ``grad_clip/norm/{group}``: pre-clip norm of each param group,
       by its ``name`` (else ``group{i}``; not under FSDP1);
@@ -88,7 +89,7 @@ class GradientClipping(Callback):
         ema_decay: in (0, 1), the EMA decay of ``mode="zscore"``.
         warmup_steps: unclipped steps that initialise ``mode="zscore"``'s statistics.
         skip_nonfinite: skip optimizer steps whose global norm is inf/nan.
-        max_consecutive_skips: raise after this many skipped steps in a row.
+        max_consecutive_skips: raise after this many skipped steps in a row (counted per optimizer).
         log_every_n_steps: logging period in optimizer steps; ``None`` uses the Trainer's.
         foreach: force (``True``) or forbid (``False``) the batched ``torch._foreach_*`` kernels.
 
@@ -141,9 +142,9 @@ class GradientClipping(Callback):
         self.percentile = float(percentile)
         self.window = check_positive_int("window", window)
         self.z_threshold = check_positive("z_threshold", z_threshold)
-        self.ema_decay = check_ratio("ema_decay", ema_decay)
-        if self.ema_decay == 1.0:
+        if not _is_number(ema_decay) or not 0 < ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in (0, 1), got {ema_decay!r}.")
+        self.ema_decay = float(ema_decay)
         self.warmup_steps = check_positive_int("warmup_steps", warmup_steps)
         self.skip_nonfinite = bool(skip_nonfinite)
         self.max_consecutive_skips = check_positive_int("max_consecutive_skips", max_consecutive_skips)
@@ -152,7 +153,8 @@ class GradientClipping(Callback):
         )
         self.foreach = foreach
         self._skipped_steps = 0
-        self._consecutive_skips = 0
+        self._consecutive_skips: dict[int, int] = {}  # optimizer index -> skips in a row
+        self._optimizer_steps: dict[int, int] = {}  # optimizer index -> steps seen (the logging cadence)
         self._rules: dict[int, PercentileThreshold | ZScoreThreshold] = {}
         self._pending_rules: dict[int, dict[str, Any]] = {}
         self._agc_excluded: set[int] = set()
@@ -200,14 +202,18 @@ class GradientClipping(Callback):
         rules = {idx: rule.state_dict() for idx, rule in self._rules.items()}
         return {
             "skipped_steps": self._skipped_steps,
-            "consecutive_skips": self._consecutive_skips,
+            "consecutive_skips": dict(self._consecutive_skips),
+            "optimizer_steps": dict(self._optimizer_steps),
             "rules": {**self._pending_rules, **rules},
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._skipped_steps = int(state_dict.get("skipped_steps", 0))
-        self._consecutive_skips = int(state_dict.get("consecutive_skips", 0))
+        in_a_row = state_dict.get("consecutive_skips", {})
+        in_a_row = {0: in_a_row} if isinstance(in_a_row, int) else in_a_row  # saved before it was per optimizer
+        self._consecutive_skips = {int(k): int(v) for k, v in in_a_row.items()}
+        self._optimizer_steps = {int(k): int(v) for k, v in state_dict.get("optimizer_steps", {}).items()}
         self._rules = {}
         self._pending_rules = {int(k): v for k, v in state_dict.get("rules", {}).items()}
 
@@ -263,11 +269,14 @@ class GradientClipping(Callback):
 
     def _clip(self, trainer: pl.Trainer, optimizer: Optimizer) -> None:
         idx = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), 0)
+        # this optimizer's step index: the global step with one optimizer (also when resuming without our state)
+        step = self._optimizer_steps.get(idx, trainer.global_step // max(1, len(trainer.optimizers)))
+        self._optimizer_steps[idx] = step + 1
         grads = optimizer_grads(optimizer)
         flat = [g for gs in grads for g in gs]
         if not flat:  # `training_step` returned None (or an earlier callback skipped): nothing to measure
             return
-        log = self._should_log(trainer)
+        log = self._should_log(trainer, step)
         if isinstance(trainer.strategy, FSDPStrategy):
             model: Any = trainer.strategy.model
             total = model.clip_grad_norm_(math.inf, self.norm_type)  # measures only: the factor is 1
@@ -280,11 +289,11 @@ class GradientClipping(Callback):
         fp16 = getattr(trainer.precision_plugin, "scaler", None) is not None
         if self.skip_nonfinite and not fp16:
             if not bool(torch.isfinite(total)):  # the documented host sync of skip_nonfinite
-                self._skip(optimizer)
+                self._skip(optimizer, idx, len(trainer.optimizers))
                 if log:
                     self._log(trainer, idx, metrics)
                 return
-            self._consecutive_skips = 0
+            self._consecutive_skips[idx] = 0
         if self.mode in _NORM_MODES:
             threshold = self.max_norm if self.mode == "norm" else self._rule(idx).update(total)
             coef = clip_coef(threshold, total)
@@ -304,22 +313,23 @@ class GradientClipping(Callback):
         if log:
             self._log(trainer, idx, metrics)
 
-    def _skip(self, optimizer: Optimizer) -> None:
+    def _skip(self, optimizer: Optimizer, idx: int, n_optimizers: int) -> None:
         for group in optimizer.param_groups:
             for p in group["params"]:
                 p.grad = None
         self._skipped_steps += 1
-        self._consecutive_skips += 1
-        if self._consecutive_skips >= self.max_consecutive_skips:
+        in_a_row = self._consecutive_skips[idx] = self._consecutive_skips.get(idx, 0) + 1
+        if in_a_row >= self.max_consecutive_skips:
+            of_optimizer = f" of optimizer {idx}" if n_optimizers > 1 else ""
             raise RuntimeError(
-                f"The global gradient norm was non-finite on {self._consecutive_skips} consecutive optimizer steps "
+                f"The global gradient norm{of_optimizer} was non-finite on {in_a_row} consecutive optimizer steps "
                 f"(`max_consecutive_skips={self.max_consecutive_skips}`); every one was skipped. Training has "
                 "diverged: lower the learning rate, check the data for inf/nan, or use `precision='bf16-mixed'`."
             )
 
-    def _should_log(self, trainer: pl.Trainer) -> bool:
+    def _should_log(self, trainer: pl.Trainer, step: int) -> bool:
         every = int(self.log_every_n_steps or getattr(trainer, "log_every_n_steps", 50) or 0)
-        return bool(trainer.loggers) and every > 0 and (trainer.global_step + 1) % every == 0
+        return bool(trainer.loggers) and every > 0 and (step + 1) % every == 0
 
     def _log(self, trainer: pl.Trainer, idx: int, metrics: dict[str, Tensor | float]) -> None:
         if self.skip_nonfinite:

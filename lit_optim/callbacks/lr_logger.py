@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -338,13 +339,18 @@ def _read(groups: Sequence[Mapping[str, Any]], keys: Sequence[_Keys], flags: tup
     return metrics
 
 
+def _same(a: float, b: float) -> bool:
+    """Equal, counting NaN on both sides as equal (the same broken value on every rank is not a mismatch)."""
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
 def _mismatch_message(keys: Sequence[str], gathered: Sequence[Sequence[float]], step: int) -> str | None:
     """Describe the keys whose values differ between ranks (rows of ``gathered``), or ``None``."""
     parts = []
     ranks: set[int] = set()
     for j, key in enumerate(keys):
         column = [row[j] for row in gathered]
-        differ = [r for r, value in enumerate(column) if value != column[0]]
+        differ = [r for r, value in enumerate(column) if not _same(value, column[0])]
         if differ:
             ranks.update(differ)
             parts.append(f"{key}: " + ", ".join(f"rank {r}: {value!r}" for r, value in enumerate(column)))

@@ -11,20 +11,20 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lit_optim._distributed import reduce_mean
+from lit_optim._distributed import is_distributed
 from lit_optim._validation import check_choice, unknown_key_error
 from lit_optim.callbacks._intervals import Interval, infer_interval
 from lit_optim.plateau import PlateauLR
 
 __all__ = ["SchedulerStepper", "ensure_stepper"]
 
+_STEP_COUNT = "lit_optim_step_count"
 _NEVER = sys.maxsize  # Lightning steps a config when (batch_idx + 1) % frequency == 0: never with this.
 
 
@@ -37,6 +37,8 @@ class _Claim:
     monitor: str | None
     on_missing: Literal["raise", "warn"]
     start: int = 0  # the scheduler's `last_epoch` before the first epoch of the run
+    stepped: int = 0  # epoch steps taken in this run (the progress of a scheduler that keeps no count)
+    expected: int | None = None  # a per-step scheduler's progress after our last step (to catch a second owner)
     configured_interval: str = "epoch"
 
     @property
@@ -46,6 +48,18 @@ class _Claim:
     @property
     def optimizer(self) -> Optimizer:
         return self.config.scheduler.optimizer
+
+
+def _progress(scheduler: object) -> int | None:
+    """How often ``scheduler`` was stepped: its ``last_epoch``; a ``ChainedScheduler`` has none, its parts do."""
+    if hasattr(scheduler, "last_epoch"):
+        return int(scheduler.last_epoch)
+    parts = getattr(scheduler, "_schedulers", None)
+    return _progress(parts[0]) if parts else None
+
+
+def _reduce_sum(trainer: Trainer, tensor: torch.Tensor) -> torch.Tensor:
+    return trainer.strategy.reduce(tensor, reduce_op="sum") if is_distributed(trainer) else tensor
 
 
 def _has_grad(optimizer: Optimizer) -> bool:
@@ -63,16 +77,20 @@ class SchedulerStepper(Callback):
       ``training_step`` that returned ``None``); with ``accumulate_grad_batches`` once per accumulated step;
     - ``"epoch"`` schedulers at the end of each training epoch (before checkpoint callbacks save);
     - plateau schedulers (torch ``ReduceLROnPlateau``, lit_optim ``PlateauLR``) right after each non-sanity
-      validation run, with the monitored value of *that* run averaged over ranks (``strategy.reduce``, mean),
-      so all ranks take the same decision even when the metric was logged without ``sync_dist``.
+      validation run, with the monitored value of *that* run averaged over ranks (``strategy.reduce``), so all
+      ranks take the same decision even when the metric was logged without ``sync_dist``; ranks that did not
+      log it this run (e.g. ``self.log(..., rank_zero_only=True)`` on rank 0 only) are left out of the mean.
 
     The interval of a plain torch scheduler is inferred (see ``infer_interval``); a one-time warning says
     when the choice was ambiguous. A config's ``frequency`` N > 1 means every N optimizer steps (``"step"``)
     or every N epochs (``"epoch"``); plateau schedulers step after every validation run. Manual optimization
-    is supported: do not call ``scheduler.step()`` yourself then.
+    is supported: do not call ``scheduler.step()`` yourself then (a per-step scheduler stepped by someone else
+    as well raises a ``RuntimeError`` at the next optimizer step rather than advancing twice).
 
     The stepper keeps no state of its own (``state_dict()`` is empty): all progress is in the schedulers,
-    which Lightning checkpoints, so a stepper added during ``configure_optimizers`` resumes exactly.
+    which Lightning checkpoints, so a stepper added during ``configure_optimizers`` resumes exactly. With
+    ``frequency`` N > 1 on a per-step torch scheduler, the count inside the N-step window is kept on the
+    scheduler as ``lit_optim_step_count`` (torch's ``state_dict`` saves it).
 
     Logged keys (through ``trainer.loggers``, after each validation run that stepped a plateau scheduler):
     ``"plateau/reductions"`` (reductions so far; ``"plateau/reductions/<name or index>"`` when there are
@@ -176,11 +194,13 @@ class SchedulerStepper(Callback):
                         "(or 'epoch') to choose.",
                     )
             claim = _Claim(index, config, interval, max(1, int(config.frequency)), None, self.on_missing_monitor)
-            progress = int(getattr(scheduler, "last_epoch", 0))
+            progress = _progress(scheduler) or 0
             if interval == "epoch":
                 claim.start = progress - trainer.current_epoch // claim.frequency
             elif interval == "step":
-                self._step_counts[index] = progress * claim.frequency
+                # optimizer steps counted towards `frequency`, saved with the scheduler (see _after_optimizer_step)
+                self._step_counts[index] = int(getattr(scheduler, _STEP_COUNT, progress * claim.frequency))
+                claim.expected = _progress(scheduler)
             if claim.is_plateau:
                 self._check_plateau(claim, trainer, pl_module)
             config.frequency = _NEVER
@@ -205,11 +225,11 @@ class SchedulerStepper(Callback):
                 f"{type(scheduler).__name__} needs a metric to monitor, and none was given. Pass "
                 "`SchedulerStepper(monitor='val_loss')` or return `{'scheduler': ..., 'monitor': 'val_loss'}`."
             )
-        if not is_overridden("validation_step", pl_module) or trainer.limit_val_batches == 0:
+        if not trainer.enable_validation:  # Lightning's own test: a `validation_step`, val data, limit_val_batches
             raise ValueError(
                 f"{type(scheduler).__name__} monitors {claim.monitor!r} after validation runs, but this run has no "
-                "validation loop (no `validation_step`, or `limit_val_batches=0`). Add a validation loop or use a "
-                "schedule that does not depend on a metric."
+                "validation loop (no `validation_step`, no `val_dataloader`, or `limit_val_batches=0`). Add a "
+                "validation loop or use a schedule that does not depend on a metric."
             )
 
     def _release(self) -> None:
@@ -227,10 +247,22 @@ class SchedulerStepper(Callback):
         for claim in self._claims:
             if claim.interval != "step" or claim.optimizer is not optimizer:
                 continue
+            scheduler = claim.config.scheduler
+            if claim.expected is not None and _progress(scheduler) != claim.expected:
+                raise RuntimeError(
+                    f"{type(scheduler).__name__} (lr_scheduler_configs[{claim.index}]) was stepped outside "
+                    f"SchedulerStepper (it is at step {_progress(scheduler)}, the stepper left it at "
+                    f"{claim.expected}), "
+                    "so it would advance twice per optimizer step. SchedulerStepper steps it after every real "
+                    "optimizer step: remove your own `scheduler.step()` call (also under manual optimization)."
+                )
             count = self._step_counts.get(claim.index, 0) + 1
             self._step_counts[claim.index] = count
+            if claim.frequency > 1:  # torch's state_dict saves __dict__: a resumed run keeps the same N-step window
+                scheduler.__dict__[_STEP_COUNT] = count
             if count % claim.frequency == 0:
-                claim.config.scheduler.step()  # type: ignore[call-arg]
+                scheduler.step()  # type: ignore[call-arg]
+                claim.expected = _progress(scheduler)
 
     def _step_epochs_until(self, epochs: int) -> None:
         # The scheduler's own `last_epoch` (restored from the checkpoint) says how often it was stepped, so a
@@ -239,8 +271,12 @@ class SchedulerStepper(Callback):
             if claim.interval != "epoch":
                 continue
             scheduler = claim.config.scheduler
-            while scheduler.last_epoch < claim.start + epochs // claim.frequency:
+            while True:
+                done = _progress(scheduler)
+                if (claim.start + claim.stepped if done is None else done) >= claim.start + epochs // claim.frequency:
+                    break
                 scheduler.step()  # type: ignore[call-arg]
+                claim.stepped += 1
 
     def _step_plateaus(self, trainer: Trainer) -> None:
         plateaus = [c for c in self._claims if c.is_plateau]
@@ -252,7 +288,17 @@ class SchedulerStepper(Callback):
         for claim in plateaus:
             monitor = claim.monitor
             assert monitor is not None  # set in _check_plateau
-            if monitor not in metrics:
+            # One collective per plateau config on every rank, whatever this rank holds, so no rank waits alone
+            # in it: (sum of fresh values, ranks with a fresh value, ranks that logged the metric at all).
+            value = metrics.get(monitor)
+            logged = value is not None
+            fresh = logged and not (monitor in self._metrics_before and self._metrics_before[monitor] is value)
+            local = torch.zeros(3, dtype=torch.float64, device=trainer.strategy.root_device)
+            if fresh:
+                local[0] = torch.as_tensor(value, dtype=torch.float64).detach().reshape(())
+            local[1], local[2] = float(fresh), float(logged)
+            total, n_fresh, n_logged = _reduce_sum(trainer, local).tolist()
+            if n_logged == 0:
                 message = f"Plateau scheduler monitor {monitor!r} was not logged by this validation run."
                 if first and claim.on_missing == "raise":
                     raise unknown_key_error(
@@ -264,17 +310,14 @@ class SchedulerStepper(Callback):
                     )
                 self._warn_once(f"missing-{claim.index}", f"{message} Skipping the plateau step (warned once).")
                 continue
-            value = metrics[monitor]
-            if monitor in self._metrics_before and self._metrics_before[monitor] is value:
+            if n_fresh == 0:
                 self._warn_once(
                     f"stale-{claim.index}",
                     f"Plateau scheduler monitor {monitor!r} holds a value from before this validation run; skipping "
                     "the plateau step rather than reusing a stale value (warned once).",
                 )
                 continue
-            tensor = torch.as_tensor(value, dtype=torch.float64).to(trainer.strategy.root_device).detach()
-            current = float(reduce_mean(trainer, tensor.clone()))
-            self._apply_plateau(trainer, claim, current, len(plateaus) > 1)
+            self._apply_plateau(trainer, claim, total / n_fresh, len(plateaus) > 1)
 
     def _apply_plateau(self, trainer: Trainer, claim: _Claim, value: float, several: bool) -> None:
         scheduler = claim.config.scheduler
