@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from lit_optim import Cosine, GradientClipping, LearningRateLogger, Linear, ScheduleLR
 
@@ -191,6 +193,48 @@ def test_finetune_fast(tmp_path: Path) -> None:
     assert min(s for s, _ in series["lr/head/decay"]) == 0
     for name, tensor in model.backbone.state_dict().items():
         assert not torch.equal(tensor, result["pretrained"][name]), name
+
+
+def test_finetune_resumes_exactly_after_the_unfreeze(tmp_path: Path) -> None:
+    """Stopped after the unfreeze epoch and resumed, the run matches one that never stopped: same weights, same
+    named groups and lrs, and a trainable backbone (Lightning re-freezes it on resume, issue #21901)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    example = load_example("finetune")
+    _, task = example.make_tasks(n=512)
+    pretrained = example.Backbone().state_dict()
+    loader = DataLoader(task, batch_size=64)  # 8 batches per epoch, fixed order
+
+    class StopAfterEpoch1(Callback):
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            trainer.should_stop = trainer.current_epoch == 1
+
+    def run(*callbacks: Callback, ckpt_path: Path | None = None) -> tuple[L.Trainer, Any]:
+        torch.manual_seed(1)  # the same new head every time
+        backbone = example.Backbone()
+        backbone.load_state_dict(pretrained)
+        model = example.FineTune(backbone)
+        trainer = L.Trainer(
+            accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, num_sanity_val_steps=0,
+            callbacks=[example.UnfreezeBackbone(unfreeze_at_epoch=1), *callbacks],
+        )
+        trainer.fit(model, loader, DataLoader(task, batch_size=512), ckpt_path=ckpt_path)
+        return trainer, model
+
+    straight, straight_model = run()
+    stopped, _ = run(StopAfterEpoch1())
+    assert stopped.global_step == 16
+    stopped.save_checkpoint(tmp_path / "epoch1.ckpt")
+    resumed, resumed_model = run(ckpt_path=tmp_path / "epoch1.ckpt")
+
+    assert resumed.global_step == straight.global_step == 24
+    assert all(p.requires_grad for p in resumed_model.backbone.parameters())
+    groups = [(g["name"], g["lr"], len(g["params"])) for g in resumed.optimizers[0].param_groups]
+    assert groups == [(g["name"], g["lr"], len(g["params"])) for g in straight.optimizers[0].param_groups]
+    for (name, a), b in zip(straight_model.named_parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_warmup_plateau_fast(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
