@@ -16,6 +16,9 @@
    - The warmup + cosine ``ScheduleLR`` adopts the new groups at its current point (their lr is what they were
      given, then it decays in proportion with the others), and ``LearningRateLogger`` logs them under their
      names from then on.
+   - Resuming from a checkpoint taken after the unfreeze continues exactly: Lightning restores the named
+     groups, lit_optim the schedule, and ``UnfreezeBackbone`` makes the backbone trainable again (Lightning's
+     ``BaseFinetuning`` freezes it again in ``setup``; Lightning issue #21901).
 """
 
 from __future__ import annotations
