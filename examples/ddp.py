@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"\n{trainer.world_size} ranks, {trainer.num_training_batches} batches per rank per epoch, "
               f"schedule over {scheduler.total_steps} optimizer steps; val_loss {summary['val_loss']:.3f}")
         print(f"lrs at the end (identical on every rank): {summary['lrs']}")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # before interpreter exit, or gloo's threads may abort it
     return summary
 
 

@@ -76,7 +76,9 @@ class PercentileThreshold:
 
 
 class ZScoreThreshold:
-    r"""Spike rule on an EMA of the norm's mean and variance (z-score clipping, as in ZClip).
+    r"""Spike rule on an EMA of the norm's mean and variance (after ZClip, Kumar et al. 2025).
+
+    Unlike ZClip's default reciprocal rescaling, a spike is clipped to the threshold itself.
 
     The first ``warmup_steps`` finite norms are not clipped; they set the mean and (population) variance.
     Afterwards, with :math:`\mu, \sigma^2` the current statistics and :math:`g` the norm,

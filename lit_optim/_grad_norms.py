@@ -23,6 +23,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 __all__ = [
+    "AGC_DTENSOR_ERROR",
     "agc_",
     "clip_by_coef_",
     "clip_coef",
@@ -33,6 +34,10 @@ __all__ = [
 ]
 
 _EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by (total_norm + 1e-6)
+AGC_DTENSOR_ERROR = (
+    "`mode='agc'` needs whole output units on each rank; DTensor (FSDP2 / tensor parallel) gradients "
+    "are not supported. Use `mode='norm'` or a percentile/zscore mode with sharded parameters."
+)
 
 
 def local_tensor(tensor: Tensor) -> Tensor:
@@ -97,6 +102,13 @@ def grouped_norms(
     flat = [t for g in groups for t in g]
     if not flat:
         return torch.tensor(0.0), torch.zeros(len(groups))
+    sparse = next((t for t in flat if t.layout != torch.strided), None)  # a host-side attribute: no sync
+    if sparse is not None:
+        raise TypeError(
+            f"Gradient norms need dense gradients, got a {sparse.layout} gradient of shape {tuple(sparse.shape)} "
+            "(e.g. from `nn.Embedding(sparse=True)`); `torch.nn.utils.clip_grad_norm_` rejects it too. "
+            "Use a dense layer (`sparse=False`) with gradient clipping."
+        )
     if has_dtensor(flat):
         return _grouped_norms_distributed(groups, norm_type, foreach)
     stacked, order = _per_tensor_norms(flat, norm_type, foreach)
@@ -229,10 +241,7 @@ def agc_(params: Sequence[Tensor], clipping: float, eps: float = 1e-3) -> Tensor
         if g is None:
             continue
         if isinstance(g, DTensor):
-            raise ValueError(
-                "`mode='agc'` needs whole output units on each rank; DTensor (FSDP2 / tensor parallel) gradients "
-                "are not supported. Use `mode='norm'` or a percentile/zscore mode with sharded parameters."
-            )
+            raise ValueError(AGC_DTENSOR_ERROR)
         max_norm = _unitwise_norm(p.detach()).clamp(min=eps) * clipping
         grad_norm = _unitwise_norm(g)
         trigger = grad_norm > max_norm

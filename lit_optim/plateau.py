@@ -173,6 +173,9 @@ class PlateauLR(LRScheduler):
     ``step_metric(value)`` applies one evaluation of the monitored metric. Normally both are called by
     :class:`~lit_optim.callbacks.stepper.SchedulerStepper`.
 
+    A parameter group added during training (``BaseFinetuning.unfreeze_and_add_param_group``) joins at the lr
+    it was given and is reduced with the others from then on; its ``min_lr`` ratio applies to that lr.
+
     Args:
         optimizer: the wrapped optimizer; each group's current ``lr`` is its initial lr.
         plateau: the spec.
@@ -228,8 +231,27 @@ class PlateauLR(LRScheduler):
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         """LR of each group at the current optimizer step."""
+        self._adopt_new_groups(self.last_epoch - 1)  # torch has just advanced `last_epoch`
         factor = self.plateau.warmup_factor(max(self.last_epoch, 0), self.warmup_steps)
         return [p * factor for p in self._state.plateau_lrs]
+
+    def _adopt_new_groups(self, given_at: int) -> None:
+        """Groups added after construction (``BaseFinetuning``) join at the lr given them at step ``given_at``."""
+        groups = self.optimizer.param_groups
+        if len(groups) <= len(self._state.plateau_lrs):
+            return
+        if isinstance(self.plateau.min_lr, tuple):
+            raise ValueError(
+                f"`min_lr` has {len(self.plateau.min_lr)} value(s) but the optimizer now has {len(groups)} parameter "
+                "groups (one was added during training, e.g. by BaseFinetuning); pass a single `min_lr`."
+            )
+        now = self.plateau.warmup_factor(max(given_at, 0), self.warmup_steps)
+        for group in groups[len(self._state.plateau_lrs) :]:
+            lr = float(group["lr"])
+            start = lr / now if now > 0 else lr
+            group.setdefault("initial_lr", start)
+            self.base_lrs.append(float(group["initial_lr"]))
+            self._state.plateau_lrs.append(start)
 
     def step_metric(self, value: float) -> bool:
         """Apply one evaluation of the monitored metric; return whether it reduced the learning rate.
@@ -237,6 +259,7 @@ class PlateauLR(LRScheduler):
         Args:
             value: the metric of this validation run (already averaged over ranks by the stepper).
         """
+        self._adopt_new_groups(self.last_epoch)
         state, spec = self._state, self.plateau
         current = float(value)
         if not math.isfinite(current) and not self._warned_nonfinite:

@@ -26,11 +26,21 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Appended to every script: tear the process group down before the interpreter exits. Left to interpreter
+# shutdown, gloo's background threads can outlive it and abort the process ("terminate called without an
+# active exception", exit -6) after the work is done -- seen on a loaded 2-core machine.
+_TEARDOWN = """
+
+import torch.distributed as _dist
+if _dist.is_available() and _dist.is_initialized():
+    _dist.destroy_process_group()
+"""
+
 
 def run_ddp(script: str, tmp_path: Path, timeout: float = 240) -> list[dict[str, Any]]:
     """Write ``script`` to ``tmp_path``, run it with 2 CPU processes, return each rank's JSON output."""
     path = tmp_path / "ddp_script.py"
-    path.write_text(textwrap.dedent(script))
+    path.write_text(textwrap.dedent(script) + _TEARDOWN)
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     env.pop("MASTER_PORT", None)
     proc = subprocess.run(

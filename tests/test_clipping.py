@@ -13,35 +13,12 @@ import pytest
 import torch
 from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import Logger
 from torch import nn
 
 from lit_optim import GradientClipping, SchedulerStepper, clip_gradients
 from lit_optim._clip_thresholds import PercentileThreshold
+from tests.loggers import MemoryLogger
 from tests.models import TinyModule
-
-
-class RecordingLogger(Logger):
-    def __init__(self) -> None:
-        super().__init__()
-        self.logged: list[tuple[int | None, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "recording"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.logged.append((step, dict(metrics)))
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def series(self, key: str) -> list[float]:
-        return [m[key] for _, m in self.logged if key in m]
 
 
 class GradRecorder(Callback):
@@ -67,7 +44,7 @@ class GroupedModule(TinyModule):
 
 
 def test_trainer_logs_exact_keys_and_torch_norms(make_trainer: Callable[..., Trainer]) -> None:
-    logger, before, after = RecordingLogger(), GradRecorder(), GradRecorder()
+    logger, before, after = MemoryLogger(), GradRecorder(), GradRecorder()
     clip = GradientClipping(max_norm=0.05, log_every_n_steps=2)
     trainer = make_trainer(max_steps=5, logger=logger, callbacks=[before, clip, after])
     trainer.fit(GroupedModule())
@@ -96,7 +73,7 @@ def test_trainer_logs_exact_keys_and_torch_norms(make_trainer: Callable[..., Tra
 
 
 def test_once_per_optimizer_step_with_accumulation(make_trainer: Callable[..., Trainer]) -> None:
-    logger, before = RecordingLogger(), GradRecorder()
+    logger, before = MemoryLogger(), GradRecorder()
     clip = GradientClipping(max_norm=1e6, log_every_n_steps=1)
     trainer = make_trainer(
         max_steps=3, accumulate_grad_batches=2, logger=logger, callbacks=[before, clip]
@@ -109,7 +86,7 @@ def test_once_per_optimizer_step_with_accumulation(make_trainer: Callable[..., T
 
 
 def test_percentile_mode_threshold_equals_numpy_of_history(make_trainer: Callable[..., Trainer]) -> None:
-    logger, before = RecordingLogger(), GradRecorder()
+    logger, before = MemoryLogger(), GradRecorder()
     clip = GradientClipping(mode="percentile", percentile=25.0, window=3, log_every_n_steps=1)
     trainer = make_trainer(max_steps=6, logger=logger, callbacks=[before, clip])
     trainer.fit(TinyModule())
@@ -183,7 +160,7 @@ class Snapshot(Callback):
 
 
 def test_inf_gradient_skips_step(make_trainer: Callable[..., Trainer]) -> None:
-    logger, snap = RecordingLogger(), Snapshot(step=2)
+    logger, snap = MemoryLogger(), Snapshot(step=2)
     clip = GradientClipping(skip_nonfinite=True, log_every_n_steps=1)
     trainer = make_trainer(max_steps=4, logger=logger, callbacks=[clip, snap])
     trainer.fit(InfGradModule(bad_steps={2}))
@@ -250,7 +227,7 @@ def test_resume_restores_history_exactly(mode: str, make_trainer: Callable[..., 
 
 
 def test_bf16_mixed_on_cpu(make_trainer: Callable[..., Trainer]) -> None:
-    logger, before, after = RecordingLogger(), GradRecorder(), GradRecorder()
+    logger, before, after = MemoryLogger(), GradRecorder(), GradRecorder()
     clip = GradientClipping(max_norm=0.05, log_every_n_steps=1)
     trainer = make_trainer(
         max_steps=3, precision="bf16-mixed", logger=logger, callbacks=[before, clip, after]
@@ -320,16 +297,16 @@ class SyncGuardedClipping(GradientClipping):
 @pytest.mark.parametrize("mode", ["norm", "value", "agc", "percentile", "zscore"])
 def test_no_host_sync_when_nothing_is_logged(mode: str, make_trainer: Callable[..., Trainer]) -> None:
     clip = SyncGuardedClipping(mode=mode, log_every_n_steps=100, warmup_steps=1)  # type: ignore[arg-type]
-    make_trainer(max_steps=3, logger=RecordingLogger(), callbacks=[clip]).fit(TinyModule())
+    make_trainer(max_steps=3, logger=MemoryLogger(), callbacks=[clip]).fit(TinyModule())
 
 
 def test_sync_guard_catches_the_documented_syncs(make_trainer: Callable[..., Trainer]) -> None:
     logging = SyncGuardedClipping(log_every_n_steps=1)
     with pytest.raises(AssertionError, match="host-device sync"):
-        make_trainer(max_steps=1, logger=RecordingLogger(), callbacks=[logging]).fit(TinyModule())
+        make_trainer(max_steps=1, logger=MemoryLogger(), callbacks=[logging]).fit(TinyModule())
     skipping = SyncGuardedClipping(skip_nonfinite=True, log_every_n_steps=100)
     with pytest.raises(AssertionError, match="host-device sync"):
-        make_trainer(max_steps=1, logger=RecordingLogger(), callbacks=[skipping]).fit(TinyModule())
+        make_trainer(max_steps=1, logger=MemoryLogger(), callbacks=[skipping]).fit(TinyModule())
 
 
 class TwoOptimizers(TinyModule):
@@ -361,7 +338,7 @@ class OptimizerGradRecorder(Callback):
 
 
 def test_manual_optimization_two_optimizers_prefixes(make_trainer: Callable[..., Trainer]) -> None:
-    logger, before, after = RecordingLogger(), OptimizerGradRecorder(), OptimizerGradRecorder()
+    logger, before, after = MemoryLogger(), OptimizerGradRecorder(), OptimizerGradRecorder()
     clip = GradientClipping(max_norm=0.01, log_every_n_steps=1)
     make_trainer(max_steps=4, logger=logger, callbacks=[before, clip, after]).fit(TwoOptimizers())
     opt0, opt1 = logger.series("grad_clip/opt0/norm"), logger.series("grad_clip/opt1/norm")
@@ -384,7 +361,7 @@ def test_step_without_gradients_leaves_history_alone(make_trainer: Callable[...,
         def training_step(self, batch: Any, batch_idx: int) -> Any:
             return None if batch_idx == 1 else super().training_step(batch, batch_idx)
 
-    logger = RecordingLogger()
+    logger = MemoryLogger()
     clip = GradientClipping(mode="percentile", window=10, log_every_n_steps=1)
     make_trainer(max_steps=4, logger=logger, callbacks=[clip]).fit(SkipsBatch())
     rule = clip.threshold_rule()
@@ -407,7 +384,7 @@ def test_value_and_agc_modes_log_their_keys(
         def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
             self.grads.append([p.detach().clone() for p in pl_module.parameters()])
 
-    logger, before, after, weights = RecordingLogger(), GradRecorder(), GradRecorder(), WeightRecorder()
+    logger, before, after, weights = MemoryLogger(), GradRecorder(), GradRecorder(), WeightRecorder()
     units_seen: list[int] = []
     clip = GradientClipping(mode=mode, clip_value=0.05, agc_clipping=1e-4, log_every_n_steps=1)  # type: ignore[arg-type]
     make_trainer(max_steps=2, logger=logger, callbacks=[weights, before, clip, after]).fit(TinyModule())
@@ -458,7 +435,7 @@ def test_fsdp1_refuses_agc_and_several_optimizers() -> None:
 
 
 def test_two_optimizers_are_both_logged_every_n_steps(make_trainer: Callable[..., Trainer]) -> None:
-    logger, before = RecordingLogger(), OptimizerGradRecorder()
+    logger, before = MemoryLogger(), OptimizerGradRecorder()
     clip = GradientClipping(max_norm=0.01, log_every_n_steps=2)
     make_trainer(max_steps=8, logger=logger, callbacks=[before, clip]).fit(TwoOptimizers())
     # 4 batches, each steps opt0 then opt1 (global steps alternate): each optimizer's own 2nd and 4th step is
@@ -539,78 +516,41 @@ def test_skip_with_two_optimizers_skips_only_the_nonfinite_one(make_trainer: Cal
     assert clip.state_dict()["consecutive_skips"] == {0: 2, 1: 0}
 
 
+def test_agc_refuses_dtensor_parameters_when_fitting_starts(tmp_path: Path) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        module = TinyModule()
+        mesh = init_device_mesh("cpu", (1,))
+        module.net[0].weight = nn.Parameter(distribute_tensor(module.net[0].weight.detach(), mesh, [Shard(0)]))
+        with pytest.raises(ValueError, match=r"`mode='agc'` needs whole output units on each rank; DTensor"):
+            GradientClipping(mode="agc").on_fit_start(_fake_trainer(object()), module)
+        GradientClipping(mode="norm").on_fit_start(_fake_trainer(object()), module)  # norm modes handle DTensors
+    finally:
+        dist.destroy_process_group()
 
 
-# -- fp16 AMP on CPU (Lightning refuses precision="16-mixed" on CPU; the plugin itself runs there) ----------------
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before")  # same batches, on purpose
+def test_two_optimizers_cadence_survives_resume(make_trainer: Callable[..., Trainer], tmp_path: Path) -> None:
+    straight = MemoryLogger()
+    make_trainer(max_steps=8, logger=straight, callbacks=[GradientClipping(log_every_n_steps=2)]).fit(TwoOptimizers())
 
+    # max_epochs=-1: a checkpoint saved after a fit that stopped mid-epoch counts that epoch as done
+    first = make_trainer(max_epochs=-1, max_steps=4, callbacks=[GradientClipping(log_every_n_steps=2)])
+    first.fit(TwoOptimizers())
+    ckpt = tmp_path / "half.ckpt"
+    first.save_checkpoint(ckpt)
+    resumed = MemoryLogger()
+    clip = GradientClipping(log_every_n_steps=2)
+    make_trainer(max_epochs=-1, max_steps=8, logger=resumed, callbacks=[clip]).fit(TwoOptimizers(), ckpt_path=ckpt)
 
-def _fp16_cpu() -> Any:
-    from lightning.pytorch.plugins import MixedPrecision
+    def logged(logger: MemoryLogger) -> list[tuple[int | None, list[str]]]:
+        return [(s, sorted(k for k in m if k.endswith("/norm"))) for s, m in logger.logged]
 
-    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=1024.0))
-
-
-class ScaledGradNorms(Callback):
-    """The true norm right after backward: the scaled gradients' norm divided by the scale."""
-
-    def __init__(self) -> None:
-        self.norms: list[float] = []
-
-    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        scale = trainer.precision_plugin.scaler.get_scale()  # type: ignore[attr-defined]
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        self.norms.append(torch.nn.utils.get_total_norm(grads).item() / scale)
-
-
-def test_fp16_callback_clips_the_unscaled_gradients(make_trainer: Callable[..., Trainer]) -> None:
-    logger, scaled, after = RecordingLogger(), ScaledGradNorms(), OptimizerGradRecorder()
-    clip = GradientClipping(max_norm=0.05, log_every_n_steps=1)
-    trainer = make_trainer(max_steps=3, plugins=[_fp16_cpu()], logger=logger, callbacks=[scaled, clip, after])
-    trainer.fit(TinyModule())
-    assert trainer.precision_plugin.scaler.get_scale() == 1024.0  # type: ignore[attr-defined]
-    assert logger.series("grad_clip/norm") == pytest.approx(scaled.norms, rel=1e-5)
-    assert after.norms == pytest.approx([0.05] * 3, rel=1e-4)
-
-
-def test_fp16_manual_clip_gradients_with_the_scaler_unscales_once(make_trainer: Callable[..., Trainer]) -> None:
-    class Manual(TinyModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.automatic_optimization = False
-            self.norms: list[tuple[float, float]] = []
-
-        def training_step(self, batch: Any, batch_idx: int) -> Any:
-            opt = self.optimizers()
-            loss = nn.functional.mse_loss(self(batch[0]), batch[1])
-            opt.zero_grad()
-            self.manual_backward(loss)
-            scaler = self.trainer.precision_plugin.scaler  # type: ignore[attr-defined]
-            true_norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters()]).item() / scaler.get_scale()
-            result = clip_gradients(opt, max_norm=0.01, scaler=scaler)
-            self.norms.append((result.total_norm.item(), true_norm))
-            opt.step()  # Lightning unscales here, once
-            return loss
-
-    model, after = Manual(), OptimizerGradRecorder()
-    trainer = make_trainer(max_steps=3, plugins=[_fp16_cpu()], callbacks=[after])
-    trainer.fit(model)
-    assert trainer.precision_plugin.scaler.get_scale() == 1024.0  # type: ignore[attr-defined]
-    assert len(model.norms) == 3
-    for measured, true_norm in model.norms:
-        assert measured == pytest.approx(true_norm, rel=1e-6)
-    assert after.norms == pytest.approx([0.01] * 3, rel=1e-4)  # clipped and unscaled exactly once
-
-
-def test_fp16_overflow_is_left_to_the_grad_scaler(make_trainer: Callable[..., Trainer]) -> None:
-    logger, snap = RecordingLogger(), Snapshot(step=1)
-    clip = GradientClipping(skip_nonfinite=True, max_consecutive_skips=1, log_every_n_steps=1)
-    trainer = make_trainer(max_steps=3, plugins=[_fp16_cpu()], logger=logger, callbacks=[clip, snap])
-    trainer.fit(InfGradModule(bad_steps={1}))
-    assert clip.skipped_steps == 0  # not counted (max_consecutive_skips=1 would have raised)
-    assert trainer.precision_plugin.scaler.get_scale() == 512.0  # type: ignore[attr-defined]
-    assert snap.before is not None
-    assert snap.after is not None
-    for p0, p1 in zip(snap.before[0], snap.after[0], strict=True):
-        assert torch.equal(p0, p1)  # the GradScaler skipped the step
-    norms = logger.series("grad_clip/norm")
-    assert [math.isfinite(n) for n in norms] == [True, False, True]
+    expected = [(2, ["grad_clip/opt0/norm"]), (3, ["grad_clip/opt1/norm"])]
+    assert logged(straight) == [*expected, (6, ["grad_clip/opt0/norm"]), (7, ["grad_clip/opt1/norm"])]
+    assert logged(resumed) == logged(straight)[2:]
+    assert clip.state_dict()["optimizer_steps"] == {0: 4, 1: 4}

@@ -15,8 +15,9 @@ from lightning.pytorch.callbacks import Callback
 
 from lit_optim import GradientClipping
 from tests.ddp import run_ddp
+from tests.loggers import MemoryLogger
 from tests.models import TinyModule
-from tests.test_clipping import GradRecorder, RecordingLogger
+from tests.test_clipping import GradRecorder
 
 # Shared by both scripts: a logger that records on every rank, and recorders of the full (unsharded)
 # gradients right before and right after the clipper.
@@ -217,7 +218,7 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 @pytest.mark.gpu
 @needs_gpu
 def test_fp16_amp_clips_unscaled_gradients(make_trainer: Callable[..., Trainer]) -> None:
-    logger, before, after = RecordingLogger(), GradRecorder(), GradRecorder()
+    logger, before, after = MemoryLogger(), GradRecorder(), GradRecorder()
     clip = GradientClipping(max_norm=0.05, log_every_n_steps=1, skip_nonfinite=True)
     trainer = make_trainer(
         accelerator="gpu", max_steps=6, precision="16-mixed", logger=logger, callbacks=[before, clip, after]
@@ -256,7 +257,7 @@ class _FullGradNorms(Callback):
 def test_fsdp1_uses_the_wrapped_modules_norm(make_trainer: Callable[..., Trainer]) -> None:
     from lightning.pytorch.strategies import FSDPStrategy
 
-    logger, before, after = RecordingLogger(), _FullGradNorms(), _FullGradNorms()
+    logger, before, after = MemoryLogger(), _FullGradNorms(), _FullGradNorms()
     clip = GradientClipping(max_norm=0.05, log_every_n_steps=1)
     trainer = make_trainer(
         accelerator="gpu", devices=1, strategy=FSDPStrategy(), max_steps=3, logger=logger,

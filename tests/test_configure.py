@@ -8,34 +8,12 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
-from lightning.pytorch.loggers import Logger
 from torch import nn
 
 from lit_optim import Cosine, OptimizerMixin, SchedulerStepper, configure_optimizers, preview_schedule
 from lit_optim.configure import OPTIMIZER_HPARAMS, optimizer_settings
+from tests.loggers import MemoryLogger
 from tests.models import GPT, FrozenBackbone, GPTModule, TinyModule, gpt_block_names
-
-
-class CaptureLogger(Logger):
-    """Keeps every ``log_metrics`` call in memory."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.metrics: list[tuple[int | None, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "capture"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.metrics.append((step, dict(metrics)))
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
 
 
 class LayerDecayGPT(GPTModule):
@@ -66,7 +44,7 @@ def test_bad_input_reaches_the_user() -> None:
 def test_fit_through_configure_optimizers_logs_named_groups(make_trainer: Callable[..., L.Trainer]) -> None:
     model = LayerDecayGPT(steps=3)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    logger = CaptureLogger()
+    logger = MemoryLogger()
     trainer = make_trainer(
         max_steps=3, logger=logger, log_every_n_steps=1, callbacks=[LearningRateMonitor(logging_interval="step")]
     )
@@ -84,8 +62,8 @@ def test_fit_through_configure_optimizers_logs_named_groups(make_trainer: Callab
     assert {g["name"]: g["lr"] for g in opt.param_groups} == expected
     assert all(g["betas"] == (0.9, 0.95) for g in opt.param_groups)
     # Lightning's LearningRateMonitor names its keys after the groups and logs the effective lr.
-    assert [step for step, _ in logger.metrics] == [0, 1, 2]
-    assert logger.metrics[0][1] == {f"lr-AdamW/{name}": lr for name, lr in expected.items()}
+    assert [step for step, _ in logger.logged] == [0, 1, 2]
+    assert logger.logged[0][1] == {f"lr-AdamW/{name}": lr for name, lr in expected.items()}
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == {n for n, p in model.named_parameters() if p.requires_grad}
     names = {id(p): n for n, p in model.named_parameters()}

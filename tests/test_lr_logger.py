@@ -118,18 +118,19 @@ def test_tensorboard_keys_steps_values(make_trainer: MakeTrainer, tmp_path: Path
         return [(e.step, e.value) for e in events.Scalars(tag)]
 
     f32 = np.float32
-    assert series("lr/decay") == [(0, f32(0.1)), (2, f32(0.1 * 0.5)), (4, f32(0.1 * 0.5 * 0.5))]
-    assert series("lr/no_decay") == [(0, f32(0.05)), (2, f32(0.05 * 0.5)), (4, f32(0.05 * 0.5 * 0.5))]
-    assert series("momentum/decay") == [(s, f32(0.8)) for s in (0, 2, 4)]
-    assert series("beta2/no_decay") == [(s, f32(0.95)) for s in (0, 2, 4)]
-    assert series("weight_decay/decay") == [(s, f32(0.01)) for s in (0, 2, 4)]
+    steps = (0, 1, 3, 5)  # the first step, then Lightning's rows: (s + 1) % 2 == 0
+    assert series("lr/decay") == [(s, f32(0.1 * 0.5 ** (s // 2))) for s in steps]
+    assert series("lr/no_decay") == [(s, f32(0.05 * 0.5 ** (s // 2))) for s in steps]
+    assert series("momentum/decay") == [(s, f32(0.8)) for s in steps]
+    assert series("beta2/no_decay") == [(s, f32(0.95)) for s in steps]
+    assert series("weight_decay/decay") == [(s, f32(0.01)) for s in steps]
 
 
 def test_default_period_is_the_trainers(make_trainer: MakeTrainer, tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path, name="csv", version=0)
     trainer = make_trainer(logger=logger, callbacks=[LearningRateLogger()], limit_train_batches=7, log_every_n_steps=3)
     trainer.fit(SGDInverse())
-    assert csv_series(logger, "lr/decay") == [(s, 0.1 * (1 / (s + 1))) for s in (0, 3, 6)]
+    assert csv_series(logger, "lr/decay") == [(s, 0.1 * (1 / (s + 1))) for s in (0, 2, 5)]
 
 
 def test_trainer_period_zero_logs_nothing_and_says_so(make_trainer: MakeTrainer, tmp_path: Path) -> None:
@@ -176,9 +177,10 @@ def test_two_optimizers_are_qualified_and_logged_at_their_own_steps(make_trainer
     }  # fmt: skip
     assert csv_series(logger, "lr/SGD/body") == [(0, 0.1), (4, 0.1), (8, 0.1)]
     assert csv_series(logger, "momentum/SGD/body") == [(0, 0.5), (4, 0.5), (8, 0.5)]
-    # Adam steps are the odd global steps 2k+1, taken with lr 0.01 * 0.5**k.
-    assert csv_series(logger, "lr/Adam/group0") == [(1, 0.01), (5, 0.01 * 0.5 * 0.5), (9, 0.01 * 0.5**4)]
-    assert csv_series(logger, "beta2/Adam/group0") == [(1, 0.99), (5, 0.99), (9, 0.99)]
+    # Adam steps are the odd global steps 2k+1, taken with lr 0.01 * 0.5**k; each optimizer is logged at its first
+    # step in every window (s + 1) // 4.
+    assert csv_series(logger, "lr/Adam/group0") == [(1, 0.01), (3, 0.01 * 0.5), (7, 0.01 * 0.5**3)]
+    assert csv_series(logger, "beta2/Adam/group0") == [(1, 0.99), (3, 0.99), (7, 0.99)]
 
 
 class Unfreeze(BaseFinetuning):
@@ -259,9 +261,8 @@ def test_resume_continues_the_logging_windows(make_trainer: MakeTrainer, tmp_pat
     straight = run("straight", epochs=4)
     first = run("first", epochs=1)  # steps 0-1, logs 0
     second = run("second", epochs=4, ckpt=tmp_path / "first.ckpt")  # steps 2-7: window 0 was already logged
-    expected = [(s, 0.1 * (1 / (s + 1))) for s in (0, 3, 6)]
+    expected = [(s, 0.1 * (1 / (s + 1))) for s in (0, 2, 5)]
     assert csv_series(straight, "lr/decay") == expected
-    print(csv_series(first, "lr/decay"), csv_series(second, "lr/decay"))
     assert csv_series(first, "lr/decay") + csv_series(second, "lr/decay") == expected
 
 

@@ -11,12 +11,20 @@ import pytest
 import torch
 import torchmetrics
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.callbacks import BaseFinetuning, Callback, ModelCheckpoint
 from torch.optim import lr_scheduler as tl
 
-from lit_optim import Plateau, PlateauLR, SchedulerStepper, TrainingLength, Warmup, plateau_scheduler_config
+from lit_optim import (
+    Plateau,
+    PlateauLR,
+    SchedulerStepper,
+    TrainingLength,
+    Warmup,
+    configure_optimizers,
+    plateau_scheduler_config,
+)
 from tests.ddp import run_ddp
+from tests.loggers import MemoryLogger
 from tests.models import TinyModule
 
 # ----------------------------------------------------------------------------- pure semantics vs torch
@@ -394,26 +402,6 @@ def test_torchmetrics_metric_at_epoch_and_step_cadence(
     assert [lr for _, _, lr in recorder.runs] == [0.1 * 0.5**k for k in range(runs)]
 
 
-class MemoryLogger(Logger):
-    def __init__(self) -> None:
-        super().__init__()
-        self.metrics: list[tuple[int | None, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "memory"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.metrics.append((step, dict(metrics)))
-
-
 def test_reductions_are_logged_and_printed(
     make_trainer: Callable[..., Trainer], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -421,7 +409,7 @@ def test_reductions_are_logged_and_printed(
     trainer = make_trainer(callbacks=[SchedulerStepper()], logger=logger, limit_train_batches=4, max_epochs=6)
     with caplog.at_level(logging.INFO):
         trainer.fit(ScriptedModule("lit_optim"))
-    logged = [(step, m["plateau/reductions"]) for step, m in logger.metrics if "plateau/reductions" in m]
+    logged = [(step, m["plateau/reductions"]) for step, m in logger.logged if "plateau/reductions" in m]
     reference = torch_reference([scripted_value(s) for s in (4, 8, 12, 16, 20, 24)])
     expected, count, previous = [], 0, 0.1
     for step, lr in zip((4, 8, 12, 16, 20, 24), reference, strict=True):
@@ -672,3 +660,130 @@ def test_ddp_nan_on_one_rank_is_no_improvement_on_every_rank(tmp_path: Path) -> 
     assert DDP_NAN_SCRIPT != DDP_RANK_ZERO_ONLY_SCRIPT
     rank0, rank1 = run_ddp(DDP_NAN_SCRIPT, tmp_path, timeout=150)
     assert rank0 == rank1 == {"epochs": [0.1, 0.05, 0.05, 0.05], "reductions": 1}
+
+
+# ----------------------------------------------------------------------------- groups added during training
+
+
+class Unfreeze(BaseFinetuning):
+    """Freeze the first layer, then add it as a new param group (lr = current lr / 10) at epoch 1."""
+
+    def freeze_before_training(self, pl_module: LightningModule) -> None:
+        self.freeze(pl_module.net[0])
+
+    def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        if epoch == 1:
+            self.unfreeze_and_add_param_group(pl_module.net[0], optimizer, lr=None, initial_denom_lr=10.0)
+
+
+class FlatMetric(TinyModule):
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        self.log("val_metric", torch.tensor(1.0))  # never improves: a reduction after every run but the first
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)  # BaseFinetuning's recipe
+        spec = Plateau("val_metric", factor=0.5, patience=0, warmup=2)
+        return {"optimizer": opt, "lr_scheduler": plateau_scheduler_config(opt, spec, self.trainer)}
+
+
+class GroupLrs(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        self.lrs.append([group["lr"] for group in optimizer.param_groups])
+
+
+def test_group_added_by_base_finetuning_joins_the_plateau(make_trainer: Callable[..., Trainer]) -> None:
+    recorder = GroupLrs()
+    trainer = make_trainer(
+        callbacks=[Unfreeze(), recorder], max_epochs=4, limit_train_batches=2, limit_val_batches=1
+    )
+    model = FlatMetric()
+    trainer.fit(model)
+    # warmup over 2 steps, then the new group starts at 0.1 / 10 and is reduced with the others
+    expected = [[0.0], [0.05], [0.1, 0.01], [0.1, 0.01], [0.05, 0.005], [0.05, 0.005]] + [[0.025, 0.0025]] * 2
+    assert [len(lrs) for lrs in recorder.lrs] == [len(lrs) for lrs in expected]
+    flat = [lr for lrs in expected for lr in lrs]
+    assert [lr for lrs in recorder.lrs for lr in lrs] == pytest.approx(flat, rel=1e-12)
+    assert [g["lr"] for g in model.optimizers().param_groups] == pytest.approx([0.0125, 0.00125], rel=1e-12)
+    assert model.lr_schedulers().state_dict()["plateau_lrs"] == pytest.approx([0.0125, 0.00125], rel=1e-12)
+
+
+def test_group_added_later_with_a_min_lr_per_group_raises() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = PlateauLR(opt, Plateau("val_loss", factor=0.5, patience=0, min_lr=(0.1,)))
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.5})
+    opt.step()
+    with pytest.raises(ValueError, match=r"`min_lr` has 1 value\(s\) but the optimizer now has 2 parameter groups"):
+        sched.step()
+
+
+class WorseningMetric(TinyModule):
+    """``configure_optimizers(self, scheduler=Plateau(...))``; the metric gets worse with every validation run."""
+
+    def __init__(self) -> None:
+        super().__init__(n=16)
+        self.runs = 0
+
+    def on_validation_epoch_start(self) -> None:
+        self.runs += 1
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        self.log("val_metric", torch.tensor(float(self.runs)))
+
+    def configure_optimizers(self) -> Any:
+        spec = Plateau("val_metric", factor=0.5, patience=0)
+        return configure_optimizers(self, "sgd", lr=0.1, weight_decay=0.0, scheduler=spec)
+
+
+def test_validate_after_fit_never_steps_and_a_second_fit_starts_afresh(make_trainer: Callable[..., Trainer]) -> None:
+    trainer = make_trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1)
+    model = WorseningMetric()
+    trainer.fit(model)
+    scheduler = model.lr_schedulers()
+    assert scheduler.reductions == 2  # runs 1, 2, 3: the last two are worse
+    state = scheduler.state_dict()
+    for _ in range(2):
+        trainer.validate(model, verbose=False)  # worse again, but outside fit: no plateau step
+    assert scheduler.state_dict() == state
+    assert model.optimizers().param_groups[0]["lr"] == 0.025
+    assert len(model.optimizers()._optimizer_step_post_hooks) == 0
+    trainer.fit_loop.max_epochs = 5
+    trainer.fit(model)  # Lightning calls configure_optimizers again: a fresh optimizer and schedule
+    assert sum(isinstance(c, SchedulerStepper) for c in trainer.callbacks) == 1
+    assert model.lr_schedulers() is not scheduler
+    assert model.lr_schedulers().reductions == 1  # epoch 3 sets the new schedule's best, epoch 4 is worse
+    assert model.optimizers().param_groups[0]["lr"] == 0.05
+
+
+def test_torch_rop_without_a_monitor_key_uses_the_stepper_monitor(make_trainer: Callable[..., Trainer]) -> None:
+    class NoMonitorKey(ScriptedModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            sched = tl.ReduceLROnPlateau(opt, factor=0.5, patience=1)
+            # Lightning refuses a ReduceLROnPlateau without `monitor` unless told it is not a plateau config
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "reduce_on_plateau": False}}
+
+    recorder = ValidationRecorder()
+    trainer = make_trainer(
+        callbacks=[SchedulerStepper(monitor="val_metric"), recorder], max_epochs=6, limit_train_batches=4
+    )
+    trainer.fit(NoMonitorKey())
+    values = [value for _, value, _ in recorder.runs]
+    assert [lr for _, _, lr in recorder.runs] == torch_reference(values)
+    assert min(lr for _, _, lr in recorder.runs) < 0.1
+
+
+def test_group_added_mid_warmup_joins_at_its_lr_when_a_validation_comes_first() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = PlateauLR(opt, Plateau("val_loss", factor=0.5, patience=0, warmup=4))
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == 0.5  # warmup factor 2/4
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.25})  # given under factor 0.5
+    assert sched.step_metric(1.0) is False
+    assert sched.step_metric(2.0) is True
+    assert [g["lr"] for g in opt.param_groups] == [0.25, 0.125]
+    assert sched.state_dict()["plateau_lrs"] == [0.5, 0.25]

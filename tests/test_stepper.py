@@ -142,10 +142,21 @@ def test_plain_torch_scheduler_interval_is_inferred(
 def test_infer_interval_table() -> None:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     assert infer_interval(tl.StepLR(opt, step_size=30), "epoch", 90, 9000) == ("epoch", None)
-    assert infer_interval(tl.StepLR(opt, step_size=3000), "epoch", 90, 9000) == ("step", None)
+    assert infer_interval(tl.CosineAnnealingLR(opt, T_max=9000), "epoch", 90, 9000) == ("step", None)
+    assert infer_interval(tl.LinearLR(opt, total_iters=500), "epoch", 90, 9000) == ("step", None)
     assert infer_interval(tl.ReduceLROnPlateau(opt), "epoch", 90, 9000) == ("plateau", None)
-    assert infer_interval(tl.LambdaLR(opt, _f), "epoch", 90, 9000) == ("epoch", None)
     assert infer_interval(tl.LambdaLR(opt, _f), "step", 90, 9000) == ("step", None)
+    # A period longer than the run's epochs may be meant in epochs of a longer run: per step, but said.
+    interval, why = infer_interval(tl.StepLR(opt, step_size=3000), "epoch", 90, 9000)
+    assert interval == "step"
+    assert why is not None
+    assert "StepLR's period of 3000 is longer than `max_epochs`=90" in why
+    # No length to judge by (a LambdaLR warmup is the classic per-batch schedule left at 'epoch'): said too.
+    interval, why = infer_interval(tl.LambdaLR(opt, _f), "epoch", 90, 9000)
+    assert interval == "epoch"
+    assert why is not None
+    assert "LambdaLR has no length" in why
+    assert "'interval': 'step'" in why
     interval, why = infer_interval(tl.StepLR(opt, step_size=30), "epoch", -1, 9000)
     assert interval == "step"
     assert why is not None
@@ -485,3 +496,18 @@ def test_frequency_window_survives_resume(tmp_path: Path, ckpt_name: str) -> Non
     resumed = fit(tmp_path / "b", ckpt_path=str(tmp_path / "a" / ckpt_name))
     step = int(ckpt_name.split("step=")[1].split(".")[0])
     assert resumed.lrs == straight.lrs[step:]
+
+
+def test_a_bare_schedule_lr_is_stepped_per_optimizer_step(make_trainer: Callable[..., Trainer]) -> None:
+    from lit_optim import Linear, ScheduleLR
+
+    class Module(TinyModule):
+        def configure_optimizers(self) -> Any:
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return [opt], [ScheduleLR(opt, Linear(), total_steps=8)]  # no config dict: Lightning says "epoch"
+
+    model = Module()
+    recorder = _fit(make_trainer, model, limit_train_batches=4, max_epochs=2)
+    assert [lrs[0] for lrs in recorder.lrs] == [0.1 * (1 - k / 8) for k in range(8)]
+    assert model.lr_schedulers().last_epoch == 8
+    assert infer_interval(model.lr_schedulers(), "epoch", 2, 8) == ("step", None)

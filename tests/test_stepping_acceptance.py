@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, StochasticWeightAveraging
 
 from lit_optim import (
     Cosine,
@@ -262,3 +262,21 @@ def test_nonfinite_step_skipped_by_gradient_clipping_does_not_advance_the_schedu
     assert recorder.lrs == [curve[k] for k in steps_done]
     assert model.lr_schedulers().last_epoch == 3
     assert trainer.global_step == 4  # Lightning counts the skipped call; the schedule does not
+
+
+class LinearDecay(TinyModule):
+    def configure_optimizers(self) -> Any:
+        return configure_optimizers(self, "sgd", lr=0.1, weight_decay=0.0, scheduler=Linear())
+
+
+@pytest.mark.filterwarnings("ignore:SWA is currently only supported every epoch")  # Lightning's, about our config
+def test_a_scheduler_replaced_by_swa_is_no_longer_stepped(make_trainer: Callable[..., Trainer]) -> None:
+    recorder = Recorder()
+    swa = StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=2, annealing_epochs=1)
+    trainer = make_trainer(callbacks=[swa, recorder], max_epochs=4, limit_train_batches=4, limit_val_batches=0)
+    trainer.fit(LinearDecay(n=16))
+    curve = [row[0] for row in preview_schedule(Linear(), 16, base_lrs=0.1).lrs]
+    lrs = [lrs[0] for lrs in recorder.lrs[0]]
+    # SWA swaps in SWALR at epoch index 1 (`swa_epoch_start - 1`); it anneals from the lr it found (curve[4])
+    # to 0.01 over one epoch. The replaced schedule must not overwrite that lr after every optimizer step.
+    assert lrs == curve[:5] + [curve[4]] * 3 + [0.01] * 8

@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from lit_optim._grad_norms import clip_by_coef_, clip_coef, clip_value_, grouped_norms
 from lit_optim._validation import check_choice, check_positive
 
-__all__ = ["ClipResult", "check_norm_type", "clip_gradients", "group_names", "optimizer_grads"]
+__all__ = ["ClipResult", "check_norm_type", "clip_gradients", "group_names", "optimizer_grads", "still_scaled"]
 
 
 def check_norm_type(value: object) -> float:
@@ -38,7 +38,7 @@ def optimizer_grads(optimizer: Optimizer) -> list[list[Tensor]]:
     return [[p.grad for p in g["params"] if p.grad is not None] for g in optimizer.param_groups]
 
 
-def _still_scaled(scaler: torch.amp.GradScaler | None, optimizer: Optimizer) -> bool:
+def still_scaled(scaler: torch.amp.GradScaler | None, optimizer: Optimizer) -> bool:
     """Whether ``optimizer``'s gradients still carry ``scaler``'s scale (no ``scaler.unscale_`` since its update)."""
     if scaler is None or not scaler.is_enabled():
         return False
@@ -93,7 +93,8 @@ def clip_gradients(
             element to ``[-clip_value, clip_value]``.
         clip_value: the clamp bound of ``mode="value"``.
         skip_nonfinite: set every gradient to ``None`` when the global norm is inf/nan, so ``opt.step()``
-            changes nothing (one host sync). Ignored with ``scaler``, which skips such steps itself.
+            changes nothing (one host sync). Ignored while the gradients still carry ``scaler``'s scale: the
+            ``GradScaler`` skips such steps itself.
         scaler: the ``GradScaler`` in use, if any; its scale is divided out only while the gradients carry it.
         foreach: force (``True``) or forbid (``False``) the batched ``torch._foreach_*`` kernels.
 
@@ -120,7 +121,7 @@ def clip_gradients(
     opt = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
     grads = optimizer_grads(opt)
     total, per_group = grouped_norms(grads, norm_type, foreach)
-    scale = scaler.get_scale() if scaler is not None and _still_scaled(scaler, opt) else 1.0
+    scale = scaler.get_scale() if scaler is not None and still_scaled(scaler, opt) else 1.0
     if scale != 1.0:
         total, per_group = total / scale, per_group / scale
     names = group_names(opt)

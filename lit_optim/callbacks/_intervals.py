@@ -8,6 +8,7 @@ from typing import Literal
 from torch.optim import lr_scheduler as tl
 
 from lit_optim.plateau import PlateauLR
+from lit_optim.scheduler import ScheduleLR
 
 __all__ = ["Interval", "infer_interval"]
 
@@ -25,6 +26,11 @@ _LENGTH_ARGS: tuple[tuple[type[tl.LRScheduler], str], ...] = (
 )
 
 
+# Of those, the ones whose argument is a period (it repeats), not the length of the whole schedule: a period longer
+# than `max_epochs` may be meant in epochs for a longer run, so choosing "step" for it deserves a warning.
+_PERIODIC = (tl.StepLR, tl.CosineAnnealingWarmRestarts)
+
+
 def _parts(scheduler: object) -> list[object]:
     """The schedulers inside a ``SequentialLR``/``ChainedScheduler`` (empty for any other scheduler)."""
     if isinstance(scheduler, (tl.SequentialLR, tl.ChainedScheduler)):
@@ -34,7 +40,7 @@ def _parts(scheduler: object) -> list[object]:
 
 def _per_step(scheduler: object) -> bool:
     """A scheduler that is per-step by construction, or a composite holding one."""
-    if isinstance(scheduler, (PlateauLR, tl.OneCycleLR, tl.CyclicLR)):
+    if isinstance(scheduler, (ScheduleLR, PlateauLR, tl.OneCycleLR, tl.CyclicLR)):  # lit_optim's count optimizer steps
         return True
     return any(_per_step(part) for part in _parts(scheduler))
 
@@ -65,15 +71,18 @@ def infer_interval(
 
     ``why_ambiguous`` is ``None`` when the choice is clear, else a sentence for a one-time warning.
 
-    Rules: ``ReduceLROnPlateau`` -> ``"plateau"``; lit_optim's ``PlateauLR``, ``OneCycleLR``, ``CyclicLR`` and
+    Rules: ``ReduceLROnPlateau`` -> ``"plateau"``; lit_optim's ``ScheduleLR`` and ``PlateauLR`` (they count
+    optimizer steps by definition), ``OneCycleLR``, ``CyclicLR`` and
     any config that says ``interval="step"`` (Lightning's default is ``"epoch"``, so ``"step"`` was chosen on
     purpose) -> ``"step"``. For an epoch-parameterised torch scheduler the length its arguments imply
     (``step_size``, ``max(milestones)``, ``T_max``, ``T_0``, ``total_iters``; for a ``SequentialLR`` its last
     milestone plus its last part's length, for a ``ChainedScheduler`` its longest part's; a composite holding a
     ``OneCycleLR``/``CyclicLR`` is per step) is compared with ``max_epochs``:
     at most ``max_epochs`` -> ``"epoch"``; more than ``max_epochs`` but at most the total optimizer steps ->
-    ``"step"``. Without a known ``max_epochs``, or for ``ExponentialLR`` (no length), or for a scheduler we do
-    not know, the configured interval is kept; the first two are reported as ambiguous.
+    ``"step"`` (reported as ambiguous for the periodic ``StepLR`` and ``CosineAnnealingWarmRestarts``, whose
+    period may be meant in epochs of a longer run). Without a known ``max_epochs``, or for a scheduler with no
+    length (``ExponentialLR``, ``LambdaLR``, ``MultiplicativeLR``, unknown classes) -> ``"epoch"``, reported as
+    ambiguous.
 
     Example:
         >>> import torch
@@ -91,7 +100,11 @@ def infer_interval(
         return "epoch", (f"{name} has no length to compare with the run; stepping it once per epoch.")
     length = _length(scheduler)
     if length is None:
-        return ("step" if configured == "step" else "epoch"), None
+        return "epoch", (
+            f"{name} has no length to compare with the run, so it keeps Lightning's default interval and is "
+            "stepped once per epoch. If it counts optimizer steps (a warmup written for `step()` per batch), return "
+            "it as `{'scheduler': ..., 'interval': 'step'}`."
+        )
     if epochs is None:
         chosen: Interval = "step" if length <= total_steps else "epoch"
         return chosen, (
@@ -101,6 +114,11 @@ def infer_interval(
     if length <= epochs:
         return "epoch", None
     if length <= total_steps:
+        if isinstance(scheduler, _PERIODIC):
+            return "step", (
+                f"{name}'s period of {length} is longer than `max_epochs`={epochs}, so it is stepped once per "
+                "optimizer step (per epoch it would never fire in this run). If the period is meant in epochs, say so."
+            )
         return "step", None
     return "epoch", (
         f"{name} spans {length} calls to step(), more than both `max_epochs`={epochs} and the "

@@ -11,11 +11,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_optim._clip_thresholds import PercentileThreshold, ZScoreThreshold
-from lit_optim._grad_norms import agc_, clip_by_coef_, clip_coef, clip_value_, grouped_norms
+from lit_optim._grad_norms import AGC_DTENSOR_ERROR, agc_, clip_by_coef_, clip_coef, clip_value_, grouped_norms
+from lit_optim._logging import log_metrics
 from lit_optim._validation import check_choice, check_positive, check_positive_int
 from lit_optim.callbacks._clip_functional import (
     ClipResult,
@@ -23,6 +25,7 @@ from lit_optim.callbacks._clip_functional import (
     clip_gradients,
     group_names,
     optimizer_grads,
+    still_scaled,
 )
 
 __all__ = ["ClipResult", "GradientClipping", "clip_gradients"]
@@ -36,7 +39,10 @@ class GradientClipping(Callback):
     r"""Clip gradients once per optimizer step, where they are unscaled, and log their norms.
 
     Runs in ``on_before_optimizer_step``: after the whole accumulation window's backward passes and after
-    Lightning's fp16 ``GradScaler.unscale_``, in automatic and manual optimization alike.
+    Lightning's fp16 ``GradScaler.unscale_``, in automatic and manual optimization alike. A fused optimizer
+    (``AdamW(fused=True)``) unscales inside its own step, so Lightning leaves its gradients scaled: the scale is
+    divided out of the norms and bounds (Lightning's own clipping refuses such optimizers). A window whose last
+    ``training_step`` returned ``None`` under fp16 is neither unscaled nor stepped by Lightning: it is ignored.
 
     Modes (``mode=``):
 
@@ -95,8 +101,8 @@ class GradientClipping(Callback):
 
     Raises:
         ValueError: on an unknown mode or an argument out of range (at construction), and when fitting starts
-            with ``Trainer(gradient_clip_val=...)`` also set, under DeepSpeed, or with an unmatched
-            ``agc_exclude`` pattern.
+            with ``Trainer(gradient_clip_val=...)`` also set, under DeepSpeed, with an unmatched
+            ``agc_exclude`` pattern, or with ``mode="agc"`` on sharded (DTensor) parameters.
 
     Example:
         >>> GradientClipping(max_norm=0.5).state_key
@@ -135,7 +141,10 @@ class GradientClipping(Callback):
         self.agc_eps = check_positive("agc_eps", agc_eps)
         patterns: object = agc_exclude
         if isinstance(patterns, str):
-            raise TypeError(f"`agc_exclude` must be a list of name patterns, got the string {patterns!r}.")
+            raise TypeError(
+                f"`agc_exclude` must be a list of name patterns, got the string {patterns!r}. "
+                f"Wrap it in a list: `agc_exclude=[{patterns!r}]`."
+            )
         self.agc_exclude = tuple(agc_exclude)
         if not _is_number(percentile) or not 0 < percentile <= 100:
             raise ValueError(f"`percentile` must be in (0, 100], got {percentile!r}.")
@@ -154,7 +163,7 @@ class GradientClipping(Callback):
         self.foreach = foreach
         self._skipped_steps = 0
         self._consecutive_skips: dict[int, int] = {}  # optimizer index -> skips in a row
-        self._optimizer_steps: dict[int, int] = {}  # optimizer index -> steps seen (the logging cadence)
+        self._optimizer_steps: dict[int, int] = {}  # optimizer index -> steps seen, with several optimizers
         self._rules: dict[int, PercentileThreshold | ZScoreThreshold] = {}
         self._pending_rules: dict[int, dict[str, Any]] = {}
         self._agc_excluded: set[int] = set()
@@ -189,6 +198,8 @@ class GradientClipping(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check_trainer(trainer)
         if self.mode == "agc":
+            if any(isinstance(p, DTensor) for p in pl_module.parameters()):  # sharded by `configure_model`
+                raise ValueError(AGC_DTENSOR_ERROR)
             self._agc_excluded = self._resolve_excluded(pl_module)
 
     @override
@@ -269,24 +280,36 @@ class GradientClipping(Callback):
 
     def _clip(self, trainer: pl.Trainer, optimizer: Optimizer) -> None:
         idx = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), 0)
-        # this optimizer's step index: the global step with one optimizer (also when resuming without our state)
-        step = self._optimizer_steps.get(idx, trainer.global_step // max(1, len(trainer.optimizers)))
-        self._optimizer_steps[idx] = step + 1
+        # this optimizer's step index (the logging cadence): the global step with one optimizer; with several,
+        # the global step advances once per optimizer step, so each optimizer's steps are counted here
+        step = trainer.global_step
+        if len(trainer.optimizers) > 1:
+            step = self._optimizer_steps.get(idx, trainer.global_step // len(trainer.optimizers))
+            self._optimizer_steps[idx] = step + 1
         grads = optimizer_grads(optimizer)
         flat = [g for gs in grads for g in gs]
         if not flat:  # `training_step` returned None (or an earlier callback skipped): nothing to measure
             return
+        scaler: torch.amp.GradScaler | None = getattr(trainer.precision_plugin, "scaler", None)
+        fp16 = scaler is not None
+        grad_scale: Tensor | None = None  # the fp16 scale the gradients still carry, if any
+        if scaler is not None and still_scaled(scaler, optimizer):
+            if not getattr(optimizer, "_step_supports_amp_scaling", False):
+                return  # Lightning did not unscale because `training_step` returned None: no step follows
+            grad_scale = scaler._get_scale_async()  # a fused optimizer unscales inside its step: divide it out
         log = self._should_log(trainer, step)
         if isinstance(trainer.strategy, FSDPStrategy):
             model: Any = trainer.strategy.model
             total = model.clip_grad_norm_(math.inf, self.norm_type)  # measures only: the factor is 1
-            group_norms: dict[str, Tensor] = {}
+            per_group = None
         else:
             total, per_group = grouped_norms(grads, self.norm_type, self.foreach)
-            group_norms = dict(zip(group_names(optimizer), per_group.unbind(), strict=True))
+        if grad_scale is not None:
+            total = total / grad_scale
+            per_group = None if per_group is None else per_group / grad_scale
+        group_norms = {} if per_group is None else dict(zip(group_names(optimizer), per_group.unbind(), strict=True))
         metrics: dict[str, Tensor | float] = {"norm": total}  # only read on logging steps
         metrics.update({f"norm/{name}": value for name, value in group_norms.items()})
-        fp16 = getattr(trainer.precision_plugin, "scaler", None) is not None
         if self.skip_nonfinite and not fp16:
             if not bool(torch.isfinite(total)):  # the documented host sync of skip_nonfinite
                 self._skip(optimizer, idx, len(trainer.optimizers))
@@ -301,17 +324,27 @@ class GradientClipping(Callback):
             if log:
                 metrics.update(threshold=threshold, clip_coef=coef, clipped=(coef < 1).float())
         elif self.mode == "value":
+            scale = self._bound_scale(scaler, grad_scale)
             if log:
                 amax = grouped_norms([flat], math.inf, self.foreach)[0]
-                metrics["clipped"] = (amax > self.clip_value).float()
-            clip_value_(flat, self.clip_value, self.foreach)
+                metrics["clipped"] = (amax > self.clip_value * scale).float()
+            clip_value_(flat, self.clip_value * scale, self.foreach)
         else:
+            scale = self._bound_scale(scaler, grad_scale)
             params = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in self._agc_excluded]
-            units = agc_(params, self.agc_clipping, self.agc_eps)
+            units = agc_(params, self.agc_clipping * scale, self.agc_eps)  # ||G||/s > c||W||  <=>  ||G|| > cs||W||
             if log:
                 metrics.update(clipped_units=units.float(), clipped=(units > 0).float())
         if log:
             self._log(trainer, idx, metrics)
+
+    @staticmethod
+    def _bound_scale(scaler: torch.amp.GradScaler | None, grad_scale: Tensor | None) -> float:
+        """The factor value/AGC bounds take in the gradients' units: the fp16 scale they still carry, else 1.
+
+        Only a fused optimizer under fp16 gets here with scaled gradients; reading the scale then syncs.
+        """
+        return 1.0 if grad_scale is None or scaler is None else scaler.get_scale()
 
     def _skip(self, optimizer: Optimizer, idx: int, n_optimizers: int) -> None:
         for group in optimizer.param_groups:
@@ -332,6 +365,8 @@ class GradientClipping(Callback):
         return bool(trainer.loggers) and every > 0 and (step + 1) % every == 0
 
     def _log(self, trainer: pl.Trainer, idx: int, metrics: dict[str, Tensor | float]) -> None:
+        if not trainer.is_global_zero:
+            return  # the values are identical on every rank; only rank 0 reads them (one host sync) and writes
         if self.skip_nonfinite:
             metrics["skipped_steps"] = float(self._skipped_steps)
         prefix = "grad_clip/" if len(trainer.optimizers) <= 1 else f"grad_clip/opt{idx}/"
@@ -340,8 +375,7 @@ class GradientClipping(Callback):
         values = torch.stack([v.detach().to(device=device, dtype=torch.float32) for v in tensors.values()]).tolist()
         host = dict(zip(tensors, values, strict=True))  # one host sync for all tensors
         logged = {f"{prefix}{k}": float(host[k] if isinstance(v, Tensor) else v) for k, v in metrics.items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(logged, step=trainer.global_step)
+        log_metrics(trainer, logged)
 
 
 def _is_number(value: object) -> bool:

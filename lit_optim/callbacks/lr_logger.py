@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_optim._distributed import is_distributed
+from lit_optim._logging import log_metrics
 from lit_optim._validation import check_choice, check_positive_int
 
 __all__ = ["LearningRateLogger"]
@@ -34,10 +35,12 @@ class LearningRateLogger(Callback):
     step (the ``on_before_optimizer_step`` hook, which Lightning calls once per optimizer step, never per
     micro-batch under gradient accumulation), so the row at step ``s`` holds the hyper-parameters that optimizer
     step ``s`` (0-based, ``trainer.global_step`` before the step) used. An optimizer is logged at its first step
-    in each window ``[k * n, (k + 1) * n)`` of ``n = log_every_n_steps`` global steps: with one optimizer that is
-    steps ``0, n, 2n, ...``. With ``logging_interval="epoch"`` the values are logged once per training epoch, at
-    its start, at the global step of the epoch's first optimizer step. A change made outside the schedule (for
-    example a plateau reduction after validation) shows up at the next logged step.
+    in each window ``[k * n - 1, (k + 1) * n - 1)`` of ``n = log_every_n_steps`` global steps: with one optimizer
+    that is steps ``0, n - 1, 2n - 1, ...``, the rows where Lightning logs ``self.log`` metrics (and
+    ``GradientClipping`` its norms), plus the first step so a warmup's start is on record. With
+    ``logging_interval="epoch"`` the values are logged once per training epoch, at its start, at the global step
+    of the epoch's first optimizer step. A change made outside the schedule (for example a plateau reduction
+    after validation) shows up at the next logged step.
 
     **Keys.** With one optimizer (the usual case):
 
@@ -170,7 +173,7 @@ class LearningRateLogger(Callback):
             metrics: dict[str, float] = {}
             for index, optimizer in enumerate(trainer.optimizers):
                 metrics.update(self._metrics(index, _unwrap(optimizer)))
-            self._write(trainer, metrics)
+            log_metrics(trainer, metrics)
 
     @override
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
@@ -232,11 +235,12 @@ class LearningRateLogger(Callback):
                 return
         step = trainer.global_step
         metrics: dict[str, float] | None = None
-        if self._step_every and self._log_window.get(index, -1) != step // self._step_every:
-            self._log_window[index] = step // self._step_every
+        window = (step + 1) // self._step_every if self._step_every else 0
+        if self._step_every and self._log_window.get(index, -1) != window:
+            self._log_window[index] = window
             if self._has_logger and trainer.is_global_zero:
                 metrics = self._metrics(index, optimizer)
-                self._write(trainer, metrics)
+                log_metrics(trainer, metrics)
         every = self.check_consistency_every_n_steps
         if every is not None and is_distributed(trainer) and self._check_window.get(index, -1) != step // every:
             self._check_window[index] = step // every
@@ -251,11 +255,6 @@ class LearningRateLogger(Callback):
             keys = [_keys(prefix, name) for name in names]
             self._group_names[index], self._group_keys[index] = names, keys
         return _read(groups, keys, self._flags)
-
-    def _write(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        step = trainer.global_step
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
 
     def _check_consistency(self, trainer: Trainer, metrics: Mapping[str, float]) -> None:
         device = trainer.strategy.root_device

@@ -18,6 +18,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lit_optim._distributed import is_distributed
+from lit_optim._logging import log_metrics
 from lit_optim._validation import check_choice, unknown_key_error
 from lit_optim.callbacks._intervals import Interval, infer_interval
 from lit_optim.plateau import PlateauLR
@@ -81,6 +82,9 @@ class SchedulerStepper(Callback):
       ranks take the same decision even when the metric was logged without ``sync_dist``; ranks that did not
       log it this run (e.g. ``self.log(..., rank_zero_only=True)`` on rank 0 only) are left out of the mean.
 
+    A config that leaves ``trainer.lr_scheduler_configs`` during the fit (``StochasticWeightAveraging`` swaps
+    in its ``SWALR``) is no longer stepped; configs added during the fit are left to Lightning.
+
     The interval of a plain torch scheduler is inferred (see ``infer_interval``); a one-time warning says
     when the choice was ambiguous. A config's ``frequency`` N > 1 means every N optimizer steps (``"step"``)
     or every N epochs (``"epoch"``); plateau schedulers step after every validation run. Manual optimization
@@ -132,6 +136,7 @@ class SchedulerStepper(Callback):
         self._warned: set[str] = set()
         self._step_counts: dict[int, int] = {}
         self._monitor_checked = False
+        self._configs: list[LRSchedulerConfig] | None = None  # the Trainer's live list during a fit
 
     @property
     def reductions(self) -> dict[int, int]:
@@ -173,6 +178,7 @@ class SchedulerStepper(Callback):
     def _claim(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._release()
         self._claims, self._step_counts, self._monitor_checked = [], {}, False
+        self._configs = trainer.lr_scheduler_configs
         total = float(trainer.estimated_stepping_batches)
         max_epochs = trainer.max_epochs
         for index, config in enumerate(trainer.lr_scheduler_configs):
@@ -232,10 +238,15 @@ class SchedulerStepper(Callback):
                 "validation loop or use a schedule that does not depend on a metric."
             )
 
+    def _active(self, claim: _Claim) -> bool:
+        """Whether the claimed config is still the Trainer's (``StochasticWeightAveraging`` replaces it)."""
+        return self._configs is None or any(config is claim.config for config in self._configs)
+
     def _release(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._configs = None
         for claim in self._claims:  # kept until the next fit, so `reductions` can be read after training
             claim.config.frequency = claim.frequency
             claim.config.interval = claim.configured_interval
@@ -245,7 +256,7 @@ class SchedulerStepper(Callback):
         if not _has_grad(optimizer):
             return  # nothing was trained this step (training_step returned None, or a skipped step)
         for claim in self._claims:
-            if claim.interval != "step" or claim.optimizer is not optimizer:
+            if claim.interval != "step" or claim.optimizer is not optimizer or not self._active(claim):
                 continue
             scheduler = claim.config.scheduler
             if claim.expected is not None and _progress(scheduler) != claim.expected:
@@ -268,7 +279,7 @@ class SchedulerStepper(Callback):
         # The scheduler's own `last_epoch` (restored from the checkpoint) says how often it was stepped, so a
         # resumed run neither repeats nor misses the step of an epoch whose end the checkpoint straddles.
         for claim in self._claims:
-            if claim.interval != "epoch":
+            if claim.interval != "epoch" or not self._active(claim):
                 continue
             scheduler = claim.config.scheduler
             while True:
@@ -279,7 +290,7 @@ class SchedulerStepper(Callback):
                 claim.stepped += 1
 
     def _step_plateaus(self, trainer: Trainer) -> None:
-        plateaus = [c for c in self._claims if c.is_plateau]
+        plateaus = [c for c in self._claims if c.is_plateau and self._active(c)]
         if not plateaus:
             return
         metrics = trainer.callback_metrics
@@ -331,8 +342,7 @@ class SchedulerStepper(Callback):
                 scheduler.__dict__["lit_optim_reductions"] = self._reduction_count(claim) + 1
         count = self._reduction_count(claim)
         suffix = f"/{claim.config.name or claim.index}" if several else ""
-        for logger in trainer.loggers:
-            logger.log_metrics({f"plateau/reductions{suffix}": float(count)}, step=trainer.global_step)
+        log_metrics(trainer, {f"plateau/reductions{suffix}": float(count)})
         if reduced:
             lrs = ", ".join(f"{group['lr']:.4g}" for group in scheduler.optimizer.param_groups)
             rank_zero_info(
