@@ -13,7 +13,8 @@ and a checkpoint all configure the optimizer. The schedule is a spec given by ``
 ``LearningRateLogger``) go under ``trainer.callbacks`` the same way. The vocabulary size is linked from the
 data module to the model. Schedule specs are frozen dataclasses, which jsonargparse reads field by field
 unless told otherwise: ``set_parsing_settings(subclasses_enabled=[Schedule])`` (in ``cli_main``) is what lets
-``class_path`` choose the schedule.
+``class_path`` choose the schedule. Under LightningCLI ``hparams["scheduler"]`` is that ``class_path`` config, not
+the spec, so ``CLICharGPT.configure_optimizers`` hands the spec itself to lit_optim.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from char_gpt import CharDataModule, CharGPT
 
-from lit_optim import OptimizerMixin, Schedule
+from lit_optim import OptimizerMixin, Schedule, configure_optimizers
+from lit_optim.configure import optimizer_settings
 
 CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
@@ -75,8 +77,14 @@ class CLICharGPT(OptimizerMixin, CharGPT):
         )
         self.save_hyperparameters()
         # Under LightningCLI, `hparams` hold nested objects as their config ({"class_path": ..., "init_args":
-        # ...}, so that a checkpoint can rebuild them); OptimizerMixin needs the schedule object itself.
-        self.hparams["scheduler"] = scheduler
+        # ...}): plain values, so the checkpoint loads with torch's `weights_only=True` and
+        # `load_from_checkpoint` rebuilds the spec through the CLI. Keep the instantiated spec for the optimizer.
+        self.schedule = scheduler
+
+    def configure_optimizers(self) -> Any:
+        settings = optimizer_settings(self.hparams, self.ignored_hparams)  # what OptimizerMixin reads
+        settings["scheduler"] = self.schedule
+        return configure_optimizers(self, **settings)
 
 
 class CharCLI(LightningCLI):

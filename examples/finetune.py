@@ -16,6 +16,9 @@
    - The warmup + cosine ``ScheduleLR`` adopts the new groups at its current point (their lr is what they were
      given, then it decays in proportion with the others), and ``LearningRateLogger`` logs them under their
      names from then on.
+   - Resuming from a checkpoint taken after the unfreeze continues exactly: Lightning restores the named
+     groups, lit_optim the schedule, and ``UnfreezeBackbone`` makes the backbone trainable again (Lightning's
+     ``BaseFinetuning`` freezes it again in ``setup``; Lightning issue #21901).
 """
 
 from __future__ import annotations
@@ -144,12 +147,17 @@ class UnfreezeBackbone(BaseFinetuning):
         self.freeze(pl_module.backbone)
 
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer) -> None:
-        if epoch != self.unfreeze_at_epoch:
+        if epoch < self.unfreeze_at_epoch:
             return
         backbone = pl_module.backbone
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"UnfreezeBackbone needs a `backbone` submodule, got {type(backbone).__name__}.")
+        # Every epoch from the unfreeze on, not only at it: on resume, BaseFinetuning.setup() freezes the backbone
+        # again and restores its param groups without `requires_grad` (Lightning issue #21901).
         self.make_trainable(backbone)
+        owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if any(id(p) in owned for p in backbone.parameters()):
+            return  # its groups are in the optimizer already (added earlier, or restored from a checkpoint)
         groups = param_groups(backbone, lr=self.lr, weight_decay=self.weight_decay, layer_decay=self.layer_decay)
         for group in groups:
             group["name"] = f"backbone/{group['name']}"

@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from lit_optim import Cosine, GradientClipping, LearningRateLogger, Linear, ScheduleLR
 
@@ -193,6 +195,48 @@ def test_finetune_fast(tmp_path: Path) -> None:
         assert not torch.equal(tensor, result["pretrained"][name]), name
 
 
+def test_finetune_resumes_exactly_after_the_unfreeze(tmp_path: Path) -> None:
+    """Stopped after the unfreeze epoch and resumed, the run matches one that never stopped: same weights, same
+    named groups and lrs, and a trainable backbone (Lightning re-freezes it on resume, issue #21901)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    example = load_example("finetune")
+    _, task = example.make_tasks(n=512)
+    pretrained = example.Backbone().state_dict()
+    loader = DataLoader(task, batch_size=64)  # 8 batches per epoch, fixed order
+
+    class StopAfterEpoch1(Callback):
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            trainer.should_stop = trainer.current_epoch == 1
+
+    def run(*callbacks: Callback, ckpt_path: Path | None = None) -> tuple[L.Trainer, Any]:
+        torch.manual_seed(1)  # the same new head every time
+        backbone = example.Backbone()
+        backbone.load_state_dict(pretrained)
+        model = example.FineTune(backbone)
+        trainer = L.Trainer(
+            accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, num_sanity_val_steps=0,
+            callbacks=[example.UnfreezeBackbone(unfreeze_at_epoch=1), *callbacks],
+        )
+        trainer.fit(model, loader, DataLoader(task, batch_size=512), ckpt_path=ckpt_path)
+        return trainer, model
+
+    straight, straight_model = run()
+    stopped, _ = run(StopAfterEpoch1())
+    assert stopped.global_step == 16
+    stopped.save_checkpoint(tmp_path / "epoch1.ckpt")
+    resumed, resumed_model = run(ckpt_path=tmp_path / "epoch1.ckpt")
+
+    assert resumed.global_step == straight.global_step == 24
+    assert all(p.requires_grad for p in resumed_model.backbone.parameters())
+    groups = [(g["name"], g["lr"], len(g["params"])) for g in resumed.optimizers[0].param_groups]
+    assert groups == [(g["name"], g["lr"], len(g["params"])) for g in straight.optimizers[0].param_groups]
+    for (name, a), b in zip(straight_model.named_parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_warmup_plateau_fast(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     example = load_example("warmup_plateau")
     result = example.main(["--fast"])
@@ -227,6 +271,11 @@ def test_ddp_example_fast(tmp_path: Path) -> None:
         assert summary["lrs"] == {"decay": pytest.approx(3e-4), "no_decay": pytest.approx(3e-4)}  # min_lr 0.1
     assert ranks[0]["weight_sum"] == ranks[1]["weight_sum"]  # identical weights on both ranks
     assert ranks[0]["val_loss"] == ranks[1]["val_loss"]
+    # Rank 0 alone wrote the logs: one run folder, lr per group at steps 0, 2, 4, 6, clipping norms logged.
+    assert [p.name for p in (tmp_path / "ddp").iterdir()] == ["version_0"]
+    series = read_csv(tmp_path / "ddp" / "version_0" / "metrics.csv")
+    assert [s for s, _ in series["lr/decay"]] == [0, 2, 4, 6]
+    assert [s for s, _ in series["grad_clip/norm"]] == [1, 3, 5, 7]
 
 
 # --- LightningCLI ------------------------------------------------------------------------------------------
@@ -259,7 +308,9 @@ def test_cli_config_runs_fit_with_optimizer_schedule_and_callbacks(tmp_path: Pat
         run=False,
     )
     trainer, model = cli.trainer, cli.model
-    assert model.hparams["scheduler"] == Cosine(warmup="10%", min_lr=0.1)
+    assert model.schedule == Cosine(warmup="10%", min_lr=0.1)
+    spec = {"class_path": "lit_optim.Cosine", "init_args": {"warmup": "10%", "min_lr": 0.1}}
+    assert model.hparams["scheduler"] == spec  # LightningCLI keeps the config, the module keeps the object
     assert model.hparams["vocab_size"] == cli.datamodule.vocab_size == 76  # linked from the data module
     [clipping] = [c for c in trainer.callbacks if isinstance(c, GradientClipping)]
     assert (clipping.mode, clipping.max_norm) == ("norm", 1.0)
@@ -285,6 +336,15 @@ def test_cli_config_runs_fit_with_optimizer_schedule_and_callbacks(tmp_path: Pat
     assert dict(series["lr/head/decay"])[4] == pytest.approx(1.5e-3 * warmup_cosine(4, 10, 1, 0.1))
     assert "grad_clip/norm" in series
 
+    # The checkpoint holds plain hparams (torch's weights_only load works) and rebuilds the spec via the CLI.
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    assert torch.load(path, weights_only=True)["hyper_parameters"]["scheduler"]["class_path"] == "lit_optim.Cosine"
+    restored = cli_module.CLICharGPT.load_from_checkpoint(path)
+    assert restored.schedule == Cosine(warmup="10%", min_lr=0.1)
+    assert restored.hparams["n_layer"] == 1
+    assert torch.equal(restored.tok_emb.weight, model.tok_emb.weight)
+
 
 @pytest.mark.usefixtures("no_argv")
 def test_cli_command_line_overrides_optimizer_settings(tmp_path: Path) -> None:
@@ -308,7 +368,7 @@ def test_cli_chooses_the_schedule_by_class_path(tmp_path: Path) -> None:
     args = cli_args(tmp_path, "--model.scheduler=lit_optim.Linear", "--model.scheduler.min_lr=0.2", "--model.n_layer=1")
     cli = cli_module.cli_main(args, run=False)
     # The YAML's `warmup: 10%` carries over to the new class; `min_lr` comes from the command line.
-    assert cli.model.hparams["scheduler"] == Linear(warmup="10%", min_lr=0.2)
+    assert cli.model.schedule == Linear(warmup="10%", min_lr=0.2)
 
 
 @pytest.mark.usefixtures("no_argv")
