@@ -52,7 +52,7 @@ def _stepper(scheduler: LRScheduler, steps: int) -> Callable[[], None]:
 
 
 def run(quick: bool = False) -> dict[str, float]:
-    steps, repeats = (500, 7) if quick else (2_000, 25)
+    steps, repeats = (2_000, 15) if quick else (2_000, 41)
     ours = ScheduleLR(_optimizer(), Cosine(warmup=WARMUP, min_lr=MIN_LR), total_steps=TOTAL)
     ref = LambdaLR(_optimizer(), _lambda)
     medians = interleaved_medians({"ScheduleLR": _stepper(ours, steps), "LambdaLR": _stepper(ref, steps)}, repeats)

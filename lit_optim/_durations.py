@@ -201,16 +201,15 @@ def parse_duration(value: Any, name: str = "duration") -> Duration:
         if isinstance(value, str):
             match = _PATTERN.match(value)
             if match is None:
-                raise ValueError(
-                    f"Cannot parse {value!r}: write a positive number and a unit, e.g. '500steps', '2ep', '5%'."
-                )
+                raise ValueError("write a positive number and a unit, e.g. '500steps', '2ep', '5%'.")
             number, unit = float(match.group(1)), match.group(2).lower()
             if unit not in _UNIT_ALIASES:
-                raise unknown_key_error("duration unit", unit, _UNIT_ALIASES, hint=f"(in {value!r})")
+                raise unknown_key_error("duration unit", unit, _UNIT_ALIASES)
             kind = _UNIT_ALIASES[unit]
             return Duration(number / 100 if kind == "fraction" else number, kind)
     except (TypeError, ValueError) as err:
-        raise type(err)(f"Invalid `{name}`: {err}") from None
+        given = f" {value!r}" if isinstance(value, str) else ""  # echo what the user wrote, e.g. '150%'
+        raise type(err)(f"Invalid `{name}`{given}: {err}") from None
     raise TypeError(f"`{name}` must be an int, float, str or Duration, got {value!r} ({type(value).__name__}).")
 
 

@@ -89,6 +89,7 @@ class LRCurve:
     def to_csv(self, path: str | Path) -> Path:
         """Write ``step,<group names>[,momentum]`` rows (full precision) to ``path`` and return it."""
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["step", *self.names] + (["momentum"] if self.momenta is not None else []))
@@ -126,6 +127,7 @@ class LRCurve:
         ax.legend(loc="best", frameon=False)
         ax.grid(alpha=0.3)
         path = Path(path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, format="png")
         return path
 
