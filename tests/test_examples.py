@@ -271,7 +271,8 @@ def test_ddp_example_fast(tmp_path: Path) -> None:
         assert summary["lrs"] == {"decay": pytest.approx(3e-4), "no_decay": pytest.approx(3e-4)}  # min_lr 0.1
     assert ranks[0]["weight_sum"] == ranks[1]["weight_sum"]  # identical weights on both ranks
     assert ranks[0]["val_loss"] == ranks[1]["val_loss"]
-    # Rank 0 alone wrote the logs: one run folder; lr at step 0 and on Lightning's rows ((step + 1) % 2 == 0).
+    # Rank 0 alone wrote the logs: one run folder, lr per group at step 0 and Lightning's rows (1, 3, 5, 7), like
+    # the clipping norms.
     assert [p.name for p in (tmp_path / "ddp").iterdir()] == ["version_0"]
     series = read_csv(tmp_path / "ddp" / "version_0" / "metrics.csv")
     assert [s for s, _ in series["lr/decay"]] == [0, 1, 3, 5, 7]

@@ -100,11 +100,12 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_only_rank_zero_logs_and_equal_ranks_pass_the_check(tmp_path: Path) -> None:
     rank0, rank1 = run_ddp(SCRIPT.format(mode="same"), tmp_path)
     expected = {"lr/body": 0.1, "momentum/body": 0.9, "lr/head": 0.01, "momentum/head": 0.9}
-    assert rank0 == {"error": None, "warnings": [], "global_step": 4, "calls": [[0, expected], [2, expected]]}
+    calls = [[0, expected], [1, expected], [3, expected]]  # step 0, then (step + 1) % 2 == 0
+    assert rank0 == {"error": None, "warnings": [], "global_step": 4, "calls": calls}
     assert rank1 == {"error": None, "warnings": [], "global_step": 4, "calls": []}
     rows = read_csv(tmp_path / "csv" / "version_0" / "metrics.csv")
     series = [(int(r["step"]), float(r["lr/body"]), float(r["lr/head"])) for r in rows]
-    assert series == [(0, 0.1, 0.01), (2, 0.1, 0.01)]
+    assert series == [(0, 0.1, 0.01), (1, 0.1, 0.01), (3, 0.1, 0.01)]  # step 0, then (step + 1) % 2 == 0
 
 
 @pytest.mark.ddp
@@ -122,7 +123,7 @@ def test_different_lrs_warn_once_on_rank_zero_and_training_goes_on(tmp_path: Pat
     assert rank0["warnings"] == [f"{MISMATCH} Later mismatches are not reported."]
     assert rank1["warnings"] == []
     assert rank0["global_step"] == rank1["global_step"] == 4
-    assert [step for step, _ in rank0["calls"]] == [0, 2]
+    assert [step for step, _ in rank0["calls"]] == [0, 1, 3]
     assert rank0["calls"][0][1]["lr/body"] == 0.1  # rank 0's own value is what gets logged
     assert rank1["calls"] == []
 

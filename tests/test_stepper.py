@@ -110,6 +110,20 @@ def _reference(scheduler_factory: Callable[[torch.optim.Optimizer], Any], steps:
     return lrs
 
 
+def _warmup_cosine(opt: torch.optim.Optimizer) -> tl.SequentialLR:
+    """The usual per-step recipe: 4 steps of linear warmup, then cosine over the remaining 4 of 8 steps."""
+    warmup = tl.LinearLR(opt, start_factor=0.1, total_iters=4)
+    return tl.SequentialLR(opt, [warmup, tl.CosineAnnealingLR(opt, T_max=4)], milestones=[4])
+
+
+def _chained_epochs(opt: torch.optim.Optimizer) -> tl.ChainedScheduler:
+    return tl.ChainedScheduler([tl.StepLR(opt, step_size=1, gamma=0.5), tl.ConstantLR(opt, 0.5, total_iters=1)])
+
+
+def _chained_steps(opt: torch.optim.Optimizer) -> tl.ChainedScheduler:
+    return tl.ChainedScheduler([tl.ConstantLR(opt, 0.5, total_iters=3), tl.CosineAnnealingLR(opt, T_max=8)])
+
+
 @pytest.mark.parametrize(
     ("name", "factory", "per_step"),
     [
@@ -120,6 +134,10 @@ def _reference(scheduler_factory: Callable[[torch.optim.Optimizer], Any], steps:
         ("MultiStepLR-steps", lambda o: tl.MultiStepLR(o, milestones=[3, 6], gamma=0.5), True),
         ("LinearLR-epochs", lambda o: tl.LinearLR(o, start_factor=0.5, total_iters=2), False),
         ("PolynomialLR-steps", lambda o: tl.PolynomialLR(o, total_iters=8, power=2.0), True),
+        # composites are judged from their parts
+        ("SequentialLR-steps", _warmup_cosine, True),
+        ("ChainedScheduler-steps", _chained_steps, True),
+        ("ChainedScheduler-epochs", _chained_epochs, False),
     ],
 )
 def test_plain_torch_scheduler_interval_is_inferred(
@@ -391,45 +409,6 @@ def test_fp16_amp_skipped_step_on_cuda(make_trainer: Callable[..., Trainer]) -> 
     trainer.fit(model)
     assert model.lr_schedulers().last_epoch == 4  # 5 batches, the inf one skipped by the GradScaler
     assert model.optimizers().param_groups[0]["lr"] == 0.1 * _f(4)
-
-
-# ----------------------------------------------------------------------------- composite torch schedulers
-
-
-def _warmup_cosine(opt: torch.optim.Optimizer) -> tl.SequentialLR:
-    """The usual per-step recipe: 4 steps of linear warmup, then cosine over the remaining 4 of 8 steps."""
-    warmup = tl.LinearLR(opt, start_factor=0.1, total_iters=4)
-    return tl.SequentialLR(opt, [warmup, tl.CosineAnnealingLR(opt, T_max=4)], milestones=[4])
-
-
-def _chained_epochs(opt: torch.optim.Optimizer) -> tl.ChainedScheduler:
-    return tl.ChainedScheduler([tl.StepLR(opt, step_size=1, gamma=0.5), tl.ConstantLR(opt, 0.5, total_iters=1)])
-
-
-def _chained_steps(opt: torch.optim.Optimizer) -> tl.ChainedScheduler:
-    return tl.ChainedScheduler([tl.ConstantLR(opt, 0.5, total_iters=3), tl.CosineAnnealingLR(opt, T_max=8)])
-
-
-@pytest.mark.parametrize(
-    ("factory", "per_step"),
-    [(_warmup_cosine, True), (_chained_steps, True), (_chained_epochs, False)],
-    ids=["SequentialLR-steps", "ChainedScheduler-steps", "ChainedScheduler-epochs"],
-)
-def test_composite_torch_schedulers_are_judged_from_their_parts(
-    make_trainer: Callable[..., Trainer], factory: Callable[[Any], Any], per_step: bool
-) -> None:
-    class Module(TinyModule):
-        def configure_optimizers(self) -> Any:
-            opt = torch.optim.SGD(self.parameters(), lr=0.1)
-            return {"optimizer": opt, "lr_scheduler": factory(opt)}  # Lightning's default interval: "epoch"
-
-    recorder = _fit(make_trainer, Module(), limit_train_batches=4, max_epochs=2)
-    got = [lrs[0] for lrs in recorder.lrs]
-    if per_step:
-        assert got == _reference(factory, 8)
-    else:
-        per_epoch = _reference(factory, 2)
-        assert got == [per_epoch[0]] * 4 + [per_epoch[1]] * 4
 
 
 def test_infer_interval_of_composite_schedulers() -> None:

@@ -365,8 +365,6 @@ class GradientClipping(Callback):
         return bool(trainer.loggers) and every > 0 and (step + 1) % every == 0
 
     def _log(self, trainer: pl.Trainer, idx: int, metrics: dict[str, Tensor | float]) -> None:
-        if not trainer.is_global_zero:
-            return  # the values are identical on every rank; only rank 0 reads them (one host sync) and writes
         if self.skip_nonfinite:
             metrics["skipped_steps"] = float(self._skipped_steps)
         prefix = "grad_clip/" if len(trainer.optimizers) <= 1 else f"grad_clip/opt{idx}/"
