@@ -30,8 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from char_gpt import CharDataModule, CharGPT
 
-from lit_optim import OptimizerMixin, Schedule, configure_optimizers
-from lit_optim.configure import optimizer_settings
+from lit_optim import OptimizerMixin, Schedule
 
 CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
@@ -75,16 +74,9 @@ class CLICharGPT(OptimizerMixin, CharGPT):
             vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
             dropout=dropout, lr=lr,
         )
+        # Under LightningCLI the hparams hold the schedule as its config ({"class_path": ..., "init_args": ...});
+        # OptimizerMixin builds the spec from it, and checkpoints keep that plain form (weights_only=True loads).
         self.save_hyperparameters()
-        # Under LightningCLI, `hparams` hold nested objects as their config ({"class_path": ..., "init_args":
-        # ...}): plain values, so the checkpoint loads with torch's `weights_only=True` and
-        # `load_from_checkpoint` rebuilds the spec through the CLI. Keep the instantiated spec for the optimizer.
-        self.schedule = scheduler
-
-    def configure_optimizers(self) -> Any:
-        settings = optimizer_settings(self.hparams, self.ignored_hparams)  # what OptimizerMixin reads
-        settings["scheduler"] = self.schedule
-        return configure_optimizers(self, **settings)
 
 
 class CharCLI(LightningCLI):

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal, TypeVar, cast
 from lit_optim._durations import Duration, DurationLike, TrainingLength, parse_duration
 from lit_optim._validation import check_choice, unknown_key_error
 
-__all__ = ["Schedule", "WarmedSchedule", "Warmup", "WarmupShape", "steps_of"]
+__all__ = ["Schedule", "WarmedSchedule", "Warmup", "WarmupShape", "as_warmup", "steps_of"]
 
 WarmupShape = Literal["linear", "cosine", "exponential"]
 _S = TypeVar("_S", bound="Schedule")
@@ -81,6 +81,25 @@ class Warmup:
             return a + (1.0 - a) * (1.0 - math.cos(math.pi * x)) / 2.0
         return float(a ** (1.0 - x))
 
+
+
+
+def as_warmup(value: Warmup | DurationLike | Mapping[str, Any] | None) -> Warmup | None:
+    """A :class:`Warmup` from a warmup, a duration (linear from 0), a mapping of its arguments, or ``None``.
+
+    Example:
+        >>> as_warmup({"duration": "5%", "shape": "cosine"})
+        Warmup(duration=Duration('5%'), shape='cosine', start_factor=0.0)
+    """
+    if value is None or isinstance(value, Warmup):
+        return value
+    if isinstance(value, Mapping):
+        valid = [f.name for f in dataclasses.fields(Warmup)]
+        for key in value:
+            if key not in valid:
+                raise unknown_key_error("parameter of Warmup", str(key), valid)
+        return Warmup(**value)
+    return Warmup(duration=value)
 
 @dataclass(frozen=True, kw_only=True)
 class Schedule:
@@ -181,14 +200,7 @@ class WarmedSchedule(Schedule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.warmup, Mapping):
-            valid = [f.name for f in dataclasses.fields(Warmup)]
-            for key in self.warmup:
-                if key not in valid:
-                    raise unknown_key_error("parameter of Warmup", str(key), valid)
-            object.__setattr__(self, "warmup", Warmup(**self.warmup))
-        elif self.warmup is not None and not isinstance(self.warmup, Warmup):
-            object.__setattr__(self, "warmup", Warmup(duration=self.warmup))
+        object.__setattr__(self, "warmup", as_warmup(self.warmup))
         m = self.min_lr
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 1:
             raise ValueError(

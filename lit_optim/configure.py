@@ -11,11 +11,13 @@ from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lit_optim._spec_config import spec_from_config, spec_to_config
 from lit_optim._validation import closest_match
 from lit_optim.optimizers import build_optimizer, hyperparameter_names, resolve_optimizer
 from lit_optim.param_groups import NoDecayRule, param_groups
 from lit_optim.plateau import Plateau, plateau_scheduler_config
 from lit_optim.scheduler import lightning_scheduler_config
+from lit_optim.schedules import Schedule
 
 __all__ = ["OPTIMIZER_HPARAMS", "OptimizerMixin", "configure_optimizers", "scheduler_config"]
 
@@ -104,7 +106,10 @@ def configure_optimizers(
 
 
 def scheduler_config(optimizer: Optimizer, scheduler: Any, module: nn.Module) -> dict[str, Any]:
-    """Lightning's ``lr_scheduler`` dict for a schedule spec, a catalogue name, or a ``{"name": ..., **params}``.
+    """Lightning's ``lr_scheduler`` dict for a schedule spec, its name, or its config mapping.
+
+    ``scheduler`` may be a spec, a catalogue name, ``{"name": ..., **params}``, or
+    ``{"class_path": ..., "init_args": ...}`` (as LightningCLI writes it and checkpoints store it).
 
     Durations resolve against the Trainer ``module`` is attached to, and a
     :class:`~lit_optim.callbacks.stepper.SchedulerStepper` is added to that Trainer when it has none, so the
@@ -114,6 +119,7 @@ def scheduler_config(optimizer: Optimizer, scheduler: Any, module: nn.Module) ->
         ValueError: when ``module`` is not attached to a Trainer (the run's length is unknown), or the spec is
             not a known schedule.
     """
+    scheduler = spec_from_config(scheduler)  # LightningCLI's / a checkpoint's {"class_path": ..., "init_args": ...}
     # `LightningModule.trainer` raises outside a fit; plain modules have none.
     trainer = module._trainer if isinstance(module, LightningModule) else None
     if isinstance(scheduler, Plateau):
@@ -193,3 +199,12 @@ class OptimizerMixin(LightningModule):
     @override
     def configure_optimizers(self) -> Any:
         return configure_optimizers(self, **optimizer_settings(self.hparams, self.ignored_hparams))
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A spec object in the hparams would make the checkpoint unloadable with `torch.load(weights_only=True)`
+        # (the default of `load_from_checkpoint`); store its plain `{"class_path", "init_args"}` form instead.
+        key = self.CHECKPOINT_HYPER_PARAMS_KEY
+        hparams = checkpoint.get(key)
+        if isinstance(hparams, dict) and isinstance(hparams.get("scheduler"), (Schedule, Plateau)):
+            checkpoint[key] = {**hparams, "scheduler": spec_to_config(hparams["scheduler"])}

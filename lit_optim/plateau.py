@@ -10,6 +10,7 @@ validation run with a fresh, rank-averaged metric (:meth:`PlateauLR.step_metric`
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ from torchmetrics import Metric
 
 from lit_optim._durations import Duration, DurationLike, TrainingLength, resolve_training_length
 from lit_optim._validation import check_choice, check_non_negative, check_ratio
-from lit_optim._warmup import Warmup
+from lit_optim._warmup import Warmup, as_warmup
 
 __all__ = ["Plateau", "PlateauLR", "plateau_scheduler_config"]
 
@@ -92,7 +93,7 @@ class Plateau:
     min_lr: float | tuple[float, ...] = 0.0
     min_lr_mode: MinLrMode = "ratio"
     eps: float = 1e-8
-    warmup: Warmup | DurationLike | None = None
+    warmup: Warmup | DurationLike | Mapping[str, Any] | None = None
     on_missing_monitor: OnMissing = "raise"
 
     def __post_init__(self) -> None:
@@ -123,8 +124,7 @@ class Plateau:
             check_non_negative("min_lr", value)
         check_choice("min_lr_mode", self.min_lr_mode, ["absolute", "ratio"])
         check_non_negative("eps", self.eps)
-        if self.warmup is not None and not isinstance(self.warmup, Warmup):
-            object.__setattr__(self, "warmup", Warmup(duration=self.warmup))
+        object.__setattr__(self, "warmup", as_warmup(self.warmup))
         check_choice("on_missing_monitor", self.on_missing_monitor, ["raise", "warn"])
 
     def warmup_factor(self, step: int, warmup_steps: int) -> float:

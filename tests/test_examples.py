@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_optim import Cosine, GradientClipping, LearningRateLogger, Linear, ScheduleLR
+from lit_optim._spec_config import spec_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -309,9 +310,9 @@ def test_cli_config_runs_fit_with_optimizer_schedule_and_callbacks(tmp_path: Pat
         run=False,
     )
     trainer, model = cli.trainer, cli.model
-    assert model.schedule == Cosine(warmup="10%", min_lr=0.1)
     spec = {"class_path": "lit_optim.Cosine", "init_args": {"warmup": "10%", "min_lr": 0.1}}
-    assert model.hparams["scheduler"] == spec  # LightningCLI keeps the config, the module keeps the object
+    assert model.hparams["scheduler"] == spec  # LightningCLI keeps the config; OptimizerMixin builds the spec
+    assert spec_from_config(spec) == Cosine(warmup="10%", min_lr=0.1)
     assert model.hparams["vocab_size"] == cli.datamodule.vocab_size == 76  # linked from the data module
     [clipping] = [c for c in trainer.callbacks if isinstance(c, GradientClipping)]
     assert (clipping.mode, clipping.max_norm) == ("norm", 1.0)
@@ -337,12 +338,12 @@ def test_cli_config_runs_fit_with_optimizer_schedule_and_callbacks(tmp_path: Pat
     assert dict(series["lr/head/decay"])[4] == pytest.approx(1.5e-3 * warmup_cosine(4, 10, 1, 0.1))
     assert "grad_clip/norm" in series
 
-    # The checkpoint holds plain hparams (torch's weights_only load works) and rebuilds the spec via the CLI.
+    # The checkpoint holds plain hparams (torch's weights_only load works) and the restored model fits the same.
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
     assert torch.load(path, weights_only=True)["hyper_parameters"]["scheduler"]["class_path"] == "lit_optim.Cosine"
     restored = cli_module.CLICharGPT.load_from_checkpoint(path)
-    assert restored.schedule == Cosine(warmup="10%", min_lr=0.1)
+    assert spec_from_config(restored.hparams["scheduler"]) == Cosine(warmup="10%", min_lr=0.1)
     assert restored.hparams["n_layer"] == 1
     assert torch.equal(restored.tok_emb.weight, model.tok_emb.weight)
 
@@ -369,7 +370,7 @@ def test_cli_chooses_the_schedule_by_class_path(tmp_path: Path) -> None:
     args = cli_args(tmp_path, "--model.scheduler=lit_optim.Linear", "--model.scheduler.min_lr=0.2", "--model.n_layer=1")
     cli = cli_module.cli_main(args, run=False)
     # The YAML's `warmup: 10%` carries over to the new class; `min_lr` comes from the command line.
-    assert cli.model.schedule == Linear(warmup="10%", min_lr=0.2)
+    assert spec_from_config(cli.model.hparams["scheduler"]) == Linear(warmup="10%", min_lr=0.2)
 
 
 @pytest.mark.usefixtures("no_argv")

@@ -1,0 +1,73 @@
+"""Schedule specs as plain config data and back: ``{"class_path": ..., "init_args": {...}}``.
+
+This is the form LightningCLI/jsonargparse writes into a model's hparams, and the form
+:class:`~lit_optim.OptimizerMixin` stores in checkpoints, so they load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from lit_optim._durations import Duration
+from lit_optim.plateau import Plateau
+from lit_optim.schedules import Schedule
+
+__all__ = ["spec_from_config", "spec_to_config"]
+
+_SPEC_TYPES = (Schedule, Plateau)
+
+
+def spec_to_config(spec: Schedule | Plateau) -> dict[str, Any]:
+    """``{"class_path": ..., "init_args": {...}}`` of a spec, with plain values only (durations as strings).
+
+    Example:
+        >>> from lit_optim import Cosine
+        >>> spec_to_config(Cosine(warmup="5%", min_lr=0.1))["init_args"]
+        {'warmup': {'duration': '5%', 'shape': 'linear', 'start_factor': 0.0}, 'min_lr': 0.1}
+    """
+    cls = type(spec)
+    init_args = {f.name: _plain(getattr(spec, f.name)) for f in dataclasses.fields(spec) if f.init}
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+def spec_from_config(value: Any) -> Any:
+    """Build the spec a ``{"class_path": ..., "init_args": {...}}`` mapping names; return anything else as is.
+
+    Only lit_optim's own spec classes (:class:`~lit_optim.schedules.Schedule` subclasses and
+    :class:`~lit_optim.plateau.Plateau`) are built, so a config cannot import and call arbitrary code.
+
+    Raises:
+        ValueError: ``class_path`` cannot be imported.
+        TypeError: it names something that is not a lit_optim schedule spec.
+
+    Example:
+        >>> spec_from_config({"class_path": "lit_optim.Cosine", "init_args": {"min_lr": 0.1}})
+        Cosine(warmup=None, min_lr=0.1)
+    """
+    if not isinstance(value, Mapping) or "class_path" not in value:
+        return value
+    path = str(value["class_path"])
+    module_name, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"Cannot import schedule `class_path` {path!r}: {err}.") from None
+    if not (isinstance(cls, type) and issubclass(cls, _SPEC_TYPES)):
+        raise TypeError(
+            f"`class_path` {path!r} is not a lit_optim schedule spec; use one of lit_optim's schedules "
+            "(e.g. 'lit_optim.Cosine', 'lit_optim.Plateau')."
+        )
+    return cls(**dict(value.get("init_args") or {}))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Duration):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. a Warmup: its arguments
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
