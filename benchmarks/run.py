@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning  # noqa: F401  (imported before `quiet()`: its import resets its loggers' level)
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

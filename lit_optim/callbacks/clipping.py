@@ -167,10 +167,17 @@ class GradientClipping(Callback):
         self._rules: dict[int, PercentileThreshold | ZScoreThreshold] = {}
         self._pending_rules: dict[int, dict[str, Any]] = {}
         self._agc_excluded: set[int] = set()
+        self._state_key: str | None = None
 
     @property
     @override
     def state_key(self) -> str:
+        # Lightning reads it on every hook call; the settings never change after __init__, so build it once.
+        if self._state_key is None:
+            self._state_key = self._build_state_key()
+        return self._state_key
+
+    def _build_state_key(self) -> str:
         settings: dict[str, Any] = {"mode": self.mode}
         if self.mode == "norm":
             settings.update(max_norm=self.max_norm)
@@ -303,13 +310,16 @@ class GradientClipping(Callback):
             total = model.clip_grad_norm_(math.inf, self.norm_type)  # measures only: the factor is 1
             per_group = None
         else:
-            total, per_group = grouped_norms(grads, self.norm_type, self.foreach)
+            # per-group norms are only logged: on other steps measure the total alone (the same, torch-exact value)
+            total, per_group = grouped_norms(grads if log else [flat], self.norm_type, self.foreach)
+            per_group = per_group if log else None
         if grad_scale is not None:
             total = total / grad_scale
             per_group = None if per_group is None else per_group / grad_scale
-        group_norms = {} if per_group is None else dict(zip(group_names(optimizer), per_group.unbind(), strict=True))
         metrics: dict[str, Tensor | float] = {"norm": total}  # only read on logging steps
-        metrics.update({f"norm/{name}": value for name, value in group_norms.items()})
+        if per_group is not None:
+            names = group_names(optimizer)
+            metrics.update({f"norm/{name}": v for name, v in zip(names, per_group.unbind(), strict=True)})
         if self.skip_nonfinite and not fp16:
             if not bool(torch.isfinite(total)):  # the documented host sync of skip_nonfinite
                 self._skip(optimizer, idx, len(trainer.optimizers))
