@@ -136,13 +136,17 @@ class LearningRateLogger(Callback):
         self._step_every = 0  # resolved logging period; 0 = no step logging
         self._has_logger = False
         self._mismatch_warned = False
+        self._state_key: str | None = None
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(
-            logging_interval=self.logging_interval, log_every_n_steps=self.log_every_n_steps
-        )
+        # Lightning reads it on every hook call; the settings never change after __init__, so build it once.
+        if self._state_key is None:
+            self._state_key = self._generate_state_key(
+                logging_interval=self.logging_interval, log_every_n_steps=self.log_every_n_steps
+            )
+        return self._state_key
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
