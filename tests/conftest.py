@@ -10,6 +10,8 @@ import lightning as L
 import pytest
 import torch
 
+from tests.trainers import cpu_trainer
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip tests marked ``gpu`` when no CUDA device is present (CI has none; the GPU machine runs them)."""
@@ -35,18 +37,6 @@ def make_trainer(tmp_path: Path) -> Callable[..., L.Trainer]:
     """Return ``make_trainer(**overrides) -> Trainer``: a quiet CPU Trainer writing under ``tmp_path``."""
 
     def make(**overrides: Any) -> L.Trainer:
-        kwargs: dict[str, Any] = {
-            "accelerator": "cpu",
-            "devices": 1,
-            "default_root_dir": tmp_path,
-            "logger": False,
-            "enable_checkpointing": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "num_sanity_val_steps": 0,
-            "max_epochs": 1,
-        }
-        kwargs.update(overrides)
-        return L.Trainer(**kwargs)
+        return cpu_trainer(tmp_path, **overrides)
 
     return make

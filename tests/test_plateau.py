@@ -26,6 +26,7 @@ from lit_optim import (
 from tests.ddp import run_ddp
 from tests.loggers import MemoryLogger
 from tests.models import TinyModule
+from tests.trainers import cpu_trainer
 
 # ----------------------------------------------------------------------------- pure semantics vs torch
 
@@ -428,16 +429,7 @@ def test_reductions_are_logged_and_printed(
 def _run(tmp_path: Path, model: ScriptedModule, ckpt_path: str | None = None, **kwargs: Any) -> ValidationRecorder:
     recorder = ValidationRecorder()
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, **kwargs.pop("checkpoint", {}))
-    trainer = Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[SchedulerStepper(), recorder, checkpoint],
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
+    trainer = cpu_trainer(tmp_path, callbacks=[SchedulerStepper(), recorder, checkpoint], **kwargs)
     trainer.fit(model, ckpt_path=ckpt_path)
     return recorder
 

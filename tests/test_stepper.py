@@ -16,6 +16,7 @@ from torch.optim import lr_scheduler as tl
 from lit_optim import SchedulerStepper, ensure_stepper
 from lit_optim.callbacks._intervals import infer_interval
 from tests.models import TinyModule
+from tests.trainers import cpu_trainer
 
 
 def _f(step: int) -> float:
@@ -347,18 +348,8 @@ def test_epoch_scheduler_resume_neither_repeats_nor_misses_a_step(
 ) -> None:
     def fit(root: Path, ckpt_path: str | None = None) -> LrRecorder:
         recorder = LrRecorder()
-        trainer = Trainer(
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            default_root_dir=root,
-            max_epochs=4,
-            limit_train_batches=4,
-            limit_val_batches=1,
-            callbacks=[SchedulerStepper(), recorder, ModelCheckpoint(dirpath=root, save_top_k=-1, **checkpoint)],
-        )
+        callbacks = [SchedulerStepper(), recorder, ModelCheckpoint(dirpath=root, save_top_k=-1, **checkpoint)]
+        trainer = cpu_trainer(root, max_epochs=4, limit_train_batches=4, limit_val_batches=1, callbacks=callbacks)
         trainer.fit(EpochModule(), ckpt_path=ckpt_path)
         return recorder
 
@@ -455,18 +446,8 @@ def test_frequency_window_survives_resume(tmp_path: Path, ckpt_name: str) -> Non
     def fit(root: Path, ckpt_path: str | None = None) -> LrRecorder:
         recorder = LrRecorder()
         checkpoint = ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_train_steps=1)
-        trainer = Trainer(
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            default_root_dir=root,
-            max_epochs=3,
-            limit_train_batches=5,
-            limit_val_batches=0,
-            callbacks=[SchedulerStepper(), recorder, checkpoint],
-        )
+        callbacks = [SchedulerStepper(), recorder, checkpoint]
+        trainer = cpu_trainer(root, max_epochs=3, limit_train_batches=5, limit_val_batches=0, callbacks=callbacks)
         trainer.fit(EveryThirdStep(), ckpt_path=ckpt_path)
         return recorder
 

@@ -25,6 +25,7 @@ from lit_optim import (
 from lit_optim.schedules import Schedule
 from tests.ddp import run_ddp
 from tests.models import TinyModule
+from tests.trainers import cpu_trainer
 
 SCHEDULE = Cosine(warmup=Warmup(duration=4, shape="linear"), min_lr=0.05)
 
@@ -139,18 +140,8 @@ def test_two_optimizers_each_follow_their_own_preview(make_trainer: Callable[...
 
 def _fit(root: Path, ckpt_path: str | None = None) -> tuple[Recorder, Trainer]:
     recorder = Recorder()
-    trainer = Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=root,
-        max_epochs=4,
-        limit_train_batches=5,
-        limit_val_batches=1,
-        callbacks=[recorder, ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_train_steps=1)],
-    )
+    callbacks = [recorder, ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_train_steps=1)]
+    trainer = cpu_trainer(root, max_epochs=4, limit_train_batches=5, limit_val_batches=1, callbacks=callbacks)
     trainer.fit(Scheduled(), ckpt_path=ckpt_path)
     return recorder, trainer
 
