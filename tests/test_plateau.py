@@ -779,3 +779,28 @@ def test_group_added_mid_warmup_joins_at_its_lr_when_a_validation_comes_first() 
     assert sched.step_metric(2.0) is True
     assert [g["lr"] for g in opt.param_groups] == [0.25, 0.125]
     assert sched.state_dict()["plateau_lrs"] == [0.5, 0.25]
+
+
+class _PlateauModule(TinyModule):
+    def __init__(self, config_monitor: str | None = None) -> None:
+        super().__init__()
+        self.config_monitor = config_monitor
+
+    def configure_optimizers(self) -> Any:
+        config = configure_optimizers(self, "sgd", lr=0.1, scheduler=Plateau("val_loss", patience=0))
+        if self.config_monitor is not None:
+            config["lr_scheduler"]["monitor"] = self.config_monitor
+        return config
+
+
+def test_two_names_for_the_monitored_metric_raise(make_trainer: Callable[..., Trainer]) -> None:
+    trainer = make_trainer(limit_train_batches=2, limit_val_batches=1)
+    with pytest.raises(ValueError, match=r"says `monitor='val_acc'` but its Plateau monitors 'val_loss'"):
+        trainer.fit(_PlateauModule(config_monitor="val_acc"))
+
+
+def test_validation_less_frequent_than_the_run_warns_that_nothing_reduces(make_trainer: Callable[..., Trainer]) -> None:
+    trainer = make_trainer(limit_train_batches=2, limit_val_batches=1, max_epochs=2, check_val_every_n_epoch=3)
+    with pytest.warns(RuntimeWarning, match=r"`check_val_every_n_epoch=3` is more than `max_epochs=2`"):
+        trainer.fit(_PlateauModule())
+    assert trainer.optimizers[0].param_groups[0]["lr"] == 0.1

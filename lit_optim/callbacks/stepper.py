@@ -222,6 +222,11 @@ class SchedulerStepper(Callback):
         if isinstance(scheduler, PlateauLR):
             claim.monitor = scheduler.plateau.monitor
             claim.on_missing = scheduler.plateau.on_missing_monitor
+            if claim.config.monitor not in (None, claim.monitor):  # two names for one metric: refuse to guess
+                raise ValueError(
+                    f"The scheduler config says `monitor={claim.config.monitor!r}` but its Plateau monitors "
+                    f"{claim.monitor!r}. Give the metric once, as `Plateau(monitor=...)`."
+                )
         else:
             claim.monitor = claim.config.monitor or self.monitor
             if not claim.config.strict:  # Lightning's own switch for "warn and skip"
@@ -236,6 +241,14 @@ class SchedulerStepper(Callback):
                 f"{type(scheduler).__name__} monitors {claim.monitor!r} after validation runs, but this run has no "
                 "validation loop (no `validation_step`, no `val_dataloader`, or `limit_val_batches=0`). Add a "
                 "validation loop or use a schedule that does not depend on a metric."
+            )
+        every = trainer.check_val_every_n_epoch
+        if every is not None and trainer.max_epochs is not None and 0 < trainer.max_epochs < every:
+            self._warn_once(
+                f"no-validation-{claim.index}",
+                f"{type(scheduler).__name__} steps after validation runs, but `check_val_every_n_epoch={every}` is "
+                f"more than `max_epochs={trainer.max_epochs}`: no validation runs, so the learning rate never "
+                "reduces in this run.",
             )
 
     def _active(self, claim: _Claim) -> bool:
