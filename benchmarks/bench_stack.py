@@ -17,6 +17,7 @@ Every run logs to a ``CSVLogger`` every 50 steps. Ratios: ``stack_vs_builtin`` =
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -100,7 +101,7 @@ def run(quick: bool = False) -> dict[str, float]:
             # rotate the order so that no configuration always runs first (or right after the same one)
             for kind in kinds[rep % 3 :] + kinds[: rep % 3]:
                 samples[kind].append(_fit(kind, steps, root))
-    medians = {kind: sorted(values)[len(values) // 2] for kind, values in samples.items()}
+    medians = {kind: statistics.median(values) for kind, values in samples.items()}
     rows: list[dict[str, object]] = [
         {"run": kind, "steps": steps, "median s": seconds, "ms/step": 1000 * seconds / steps}
         for kind, seconds in medians.items()

@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object with all ratios last")
     parser.add_argument("--only", nargs="*", default=None, help="run only these benchmark modules")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.only or ()) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
 
     torch.set_num_threads(1)
     quiet()

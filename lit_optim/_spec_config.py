@@ -11,13 +11,15 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from lit_optim._durations import Duration
+from lit_optim._durations import Duration, parse_duration
+from lit_optim._warmup import WarmedSchedule
 from lit_optim.plateau import Plateau
 from lit_optim.schedules import Schedule
 
-__all__ = ["spec_from_config", "spec_to_config"]
+__all__ = ["plain_config", "spec_from_config", "spec_to_config"]
 
 _SPEC_TYPES = (Schedule, Plateau)
+_BASES = (Schedule, WarmedSchedule)  # abstract: never built from a config
 
 
 def spec_to_config(spec: Schedule | Plateau) -> dict[str, Any]:
@@ -51,11 +53,17 @@ def spec_from_config(value: Any) -> Any:
         return value
     path = str(value["class_path"])
     module_name, _, name = path.rpartition(".")
+    if module_name != "lit_optim" and not module_name.startswith("lit_optim."):
+        # refuse before importing: a config (or a checkpoint's hparams) must not run another module's import code
+        raise TypeError(
+            f"`class_path` {path!r} is not a lit_optim schedule spec; use one of lit_optim's schedules "
+            "(e.g. 'lit_optim.Cosine', 'lit_optim.Plateau')."
+        )
     try:
         cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError) as err:
         raise ValueError(f"Cannot import schedule `class_path` {path!r}: {err}.") from None
-    if not (isinstance(cls, type) and issubclass(cls, _SPEC_TYPES)):
+    if not (isinstance(cls, type) and issubclass(cls, _SPEC_TYPES)) or cls in _BASES:
         raise TypeError(
             f"`class_path` {path!r} is not a lit_optim schedule spec; use one of lit_optim's schedules "
             "(e.g. 'lit_optim.Cosine', 'lit_optim.Plateau')."
@@ -63,11 +71,30 @@ def spec_from_config(value: Any) -> Any:
     return cls(**dict(value.get("init_args") or {}))
 
 
+def plain_config(value: Any) -> Any:
+    """``value`` with every spec, warmup and duration in it replaced by plain data that parses back exactly.
+
+    Example:
+        >>> plain_config({"name": "cosine", "warmup": 1 / 3})
+        {'name': 'cosine', 'warmup': 0.3333333333333333}
+    """
+    if isinstance(value, _SPEC_TYPES):
+        return spec_to_config(value)
+    if isinstance(value, Mapping):
+        return {k: plain_config(v) for k, v in value.items()}
+    return _plain(value)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Duration):
-        return str(value)
+        text = str(value)  # '5%', '2ep', '500steps': readable, and exact when it parses back to the same
+        if parse_duration(text) == value:
+            return text
+        return value.value if value.unit == "fraction" else f"{value.value!r}ep"  # e.g. 1/3 of the run
     if dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. a Warmup: its arguments
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value

@@ -11,13 +11,12 @@ from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lit_optim._spec_config import spec_from_config, spec_to_config
+from lit_optim._spec_config import plain_config, spec_from_config
 from lit_optim._validation import closest_match
 from lit_optim.optimizers import build_optimizer, hyperparameter_names, resolve_optimizer
 from lit_optim.param_groups import NoDecayRule, param_groups
 from lit_optim.plateau import Plateau, plateau_scheduler_config
 from lit_optim.scheduler import lightning_scheduler_config
-from lit_optim.schedules import Schedule
 
 __all__ = ["OPTIMIZER_HPARAMS", "OptimizerMixin", "configure_optimizers", "scheduler_config"]
 
@@ -206,5 +205,5 @@ class OptimizerMixin(LightningModule):
         # (the default of `load_from_checkpoint`); store its plain `{"class_path", "init_args"}` form instead.
         key = self.CHECKPOINT_HYPER_PARAMS_KEY
         hparams = checkpoint.get(key)
-        if isinstance(hparams, dict) and isinstance(hparams.get("scheduler"), (Schedule, Plateau)):
-            checkpoint[key] = {**hparams, "scheduler": spec_to_config(hparams["scheduler"])}
+        if isinstance(hparams, dict) and hparams.get("scheduler") is not None:
+            checkpoint[key] = {**hparams, "scheduler": plain_config(hparams["scheduler"])}

@@ -19,6 +19,7 @@ KEYS = {
     "schedule_vs_lambdalr",
     "clip_vs_torch",
     "logger_vs_lightning",
+    "stepper_fit_ratio",
 }
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,24 @@ def test_config_round_trip_is_plain_and_exact(spec: Any, tmp_path: Path) -> None
     assert spec_from_config(loaded) == spec
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [Cosine(warmup=1 / 3), Step(every="0.1234567ep"), CosineRestarts(period=0.500000001), Linear(warmup="1.5ep")],
+    ids=["third-of-run", "odd-epochs", "near-half", "readable"],
+)
+def test_durations_round_trip_exactly(spec: Any) -> None:
+    assert spec_from_config(spec_to_config(spec)) == spec
+
+
 def test_only_lit_optim_specs_are_built() -> None:
     with pytest.raises(TypeError, match=r"'torch.optim.SGD' is not a lit_optim schedule spec"):
         spec_from_config({"class_path": "torch.optim.SGD", "init_args": {}})
+    sys.modules.pop("this", None)
+    with pytest.raises(TypeError, match=r"'this.x' is not a lit_optim schedule spec"):
+        spec_from_config({"class_path": "this.x"})
+    assert "this" not in sys.modules  # refused before importing: a config must not run another module's code
+    with pytest.raises(TypeError, match=r"'lit_optim.Schedule' is not a lit_optim schedule spec"):
+        spec_from_config({"class_path": "lit_optim.Schedule"})
     with pytest.raises(ValueError, match=r"Cannot import schedule `class_path` 'lit_optim.Cosin'"):
         spec_from_config({"class_path": "lit_optim.Cosin"})
     assert spec_from_config("cosine") == "cosine"  # anything else is left to the caller
@@ -108,3 +124,18 @@ def test_mixin_checkpoint_with_a_spec_loads_with_weights_only_and_resumes_the_sc
                  enable_checkpointing=True).fit(model, ckpt_path=ckpt)
     assert len(straight.lrs) == 8
     assert resumed.lrs == straight.lrs[4:]
+
+
+def test_mixin_checkpoint_with_a_schedule_mapping_holding_objects_loads_with_weights_only(
+    make_trainer: Callable[..., L.Trainer], tmp_path: Path
+) -> None:
+    from lit_optim import Warmup
+
+    scheduler = {"name": "cosine", "warmup": Warmup(duration="25%", shape="cosine"), "min_lr": 0.1}
+    trainer = make_trainer(max_steps=4)
+    trainer.fit(Scheduled(scheduler=scheduler))
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    stored = torch.load(tmp_path / "run.ckpt", weights_only=True)["hyper_parameters"]["scheduler"]
+    assert stored == {"name": "cosine", "warmup": {"duration": "25%", "shape": "cosine", "start_factor": 0.0},
+                      "min_lr": 0.1}
+    assert Scheduled.load_from_checkpoint(tmp_path / "run.ckpt").hparams["scheduler"] == stored
