@@ -81,3 +81,19 @@ def _plain(value: Any) -> Any:
 def test_differently_configured_instances_have_distinct_state_keys() -> None:
     assert GradientClipping(max_norm=1.0).state_key != GradientClipping(max_norm=0.5).state_key
     assert LearningRateLogger(log_every_n_steps=1).state_key != LearningRateLogger(log_every_n_steps=2).state_key
+
+
+class _DuplicateNames(TinyModule):
+    def configure_optimizers(self) -> Any:
+        first, second = self.net[0], self.net[2]
+        groups = [{"params": first.parameters(), "name": "a"}, {"params": second.parameters(), "name": "a"}]
+        return torch.optim.SGD(groups, lr=0.1)
+
+
+def test_logging_callbacks_name_groups_alike(make_trainer: Callable[..., L.Trainer]) -> None:
+    logger = MemoryLogger()
+    callbacks = [GradientClipping(log_every_n_steps=1), LearningRateLogger(log_every_n_steps=1)]
+    make_trainer(max_steps=1, logger=logger, callbacks=callbacks).fit(_DuplicateNames())
+    keys = {k for _, metrics in logger.logged for k in metrics}
+    assert {k.removeprefix("lr/") for k in keys if k.startswith("lr/")} == {"a", "a-1"}
+    assert {k.removeprefix("grad_clip/norm/") for k in keys if k.startswith("grad_clip/norm/")} == {"a", "a-1"}

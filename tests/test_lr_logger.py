@@ -17,7 +17,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
 from lit_optim import LearningRateLogger
-from lit_optim.callbacks.lr_logger import _group_names, _mismatch_message, _optimizer_names
+from lit_optim._logging import group_names as _group_names
+from lit_optim.callbacks.lr_logger import _mismatch_message, _optimizer_names
 from tests.models import TinyModule
 
 MakeTrainer = Callable[..., Trainer]

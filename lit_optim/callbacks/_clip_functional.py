@@ -12,9 +12,10 @@ from torch.amp.grad_scaler import OptState
 from torch.optim import Optimizer
 
 from lit_optim._grad_norms import clip_by_coef_, clip_coef, clip_value_, grouped_norms
+from lit_optim._logging import group_names
 from lit_optim._validation import check_choice, check_positive
 
-__all__ = ["ClipResult", "check_norm_type", "clip_gradients", "group_names", "optimizer_grads", "still_scaled"]
+__all__ = ["ClipResult", "check_norm_type", "clip_gradients", "optimizer_grads", "still_scaled"]
 
 
 def check_norm_type(value: object) -> float:
@@ -22,15 +23,6 @@ def check_norm_type(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"`norm_type` must be a number > 0 or float('inf'), got {value!r}.")
     return float(value)
-
-
-def group_names(optimizer: Optimizer) -> list[str]:
-    """Return each group's ``name`` when it has one, else ``group{i}``; duplicates get their index appended."""
-    names: list[str] = []
-    for i, group in enumerate(optimizer.param_groups):
-        name = str(group.get("name") or f"group{i}")
-        names.append(name if name not in names else f"{name}_{i}")
-    return names
 
 
 def optimizer_grads(optimizer: Optimizer) -> list[list[Tensor]]:
@@ -124,7 +116,7 @@ def clip_gradients(
     scale = scaler.get_scale() if scaler is not None and still_scaled(scaler, opt) else 1.0
     if scale != 1.0:
         total, per_group = total / scale, per_group / scale
-    names = group_names(opt)
+    names = group_names(opt.param_groups)
     group_norms = dict(zip(names, per_group.unbind(), strict=True))
     if skip_nonfinite and scale == 1.0 and not bool(torch.isfinite(total)):
         for group in opt.param_groups:

@@ -17,13 +17,12 @@ from typing_extensions import override
 
 from lit_optim._clip_thresholds import PercentileThreshold, ZScoreThreshold
 from lit_optim._grad_norms import AGC_DTENSOR_ERROR, agc_, clip_by_coef_, clip_coef, clip_value_, grouped_norms
-from lit_optim._logging import log_metrics
+from lit_optim._logging import group_names, log_metrics
 from lit_optim._validation import check_choice, check_positive, check_positive_int
 from lit_optim.callbacks._clip_functional import (
     ClipResult,
     check_norm_type,
     clip_gradients,
-    group_names,
     optimizer_grads,
     still_scaled,
 )
@@ -318,7 +317,7 @@ class GradientClipping(Callback):
             per_group = None if per_group is None else per_group / grad_scale
         metrics: dict[str, Tensor | float] = {"norm": total}  # only read on logging steps
         if per_group is not None:
-            names = group_names(optimizer)
+            names = group_names(optimizer.param_groups)
             metrics.update({f"norm/{name}": v for name, v in zip(names, per_group.unbind(), strict=True)})
         if self.skip_nonfinite and not fp16:
             if not bool(torch.isfinite(total)):  # the documented host sync of skip_nonfinite

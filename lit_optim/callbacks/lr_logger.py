@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_optim._distributed import is_distributed
-from lit_optim._logging import log_metrics
+from lit_optim._logging import group_names, log_metrics
 from lit_optim._validation import check_choice, check_positive_int
 
 __all__ = ["LearningRateLogger"]
@@ -200,7 +200,7 @@ class LearningRateLogger(Callback):
             optimizer: Any torch optimizer.
             prefix: The optimizer qualifier, ``""`` for the short form or e.g. ``"SGD/"``.
         """
-        names = _group_names(optimizer.param_groups)
+        names = group_names(optimizer.param_groups)
         return _read(optimizer.param_groups, [_keys(prefix, name) for name in names], self._flags)
 
     @property
@@ -255,7 +255,7 @@ class LearningRateLogger(Callback):
         keys = self._group_keys.get(index)
         if keys is None or len(keys) != len(groups):  # first read, or groups were added
             prefix = self._optimizer_prefix[index] if index < len(self._optimizer_prefix) else ""
-            names = _group_names(groups, known=self._group_names.get(index, ()))
+            names = group_names(groups, known=self._group_names.get(index, ()))
             keys = [_keys(prefix, name) for name in names]
             self._group_names[index], self._group_keys[index] = names, keys
         return _read(groups, keys, self._flags)
@@ -299,23 +299,6 @@ def _optimizer_names(optimizers: Sequence[Any]) -> list[str]:
         count = seen.get(cls, 0)
         seen[cls] = count + 1
         names.append(f"{cls}-{count}" if count else cls)
-    return names
-
-
-def _group_names(groups: Sequence[Mapping[str, Any]], known: Sequence[str] = ()) -> list[str]:
-    """A stable, unique name per group: ``name`` when set and unused, else ``group{i}`` / ``{name}-{i}``.
-
-    ``known`` are the names already given to the first groups; they are kept as they are.
-    """
-    names = list(known[: len(groups)])
-    used = set(names)
-    for i in range(len(names), len(groups)):
-        raw = groups[i].get("name")
-        name = str(raw) if raw is not None and str(raw) != "" else f"group{i}"
-        if name in used:
-            name = f"{name}-{i}"
-        used.add(name)
-        names.append(name)
     return names
 
 
