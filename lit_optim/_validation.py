@@ -22,15 +22,15 @@ __all__ = [
 ]
 
 
-def closest_match(name: str, choices: Iterable[str]) -> str | None:
-    """Return the choice closest to ``name`` (case-insensitive), or ``None`` when nothing is close.
+def closest_match(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """Return the choice closest to ``name`` (case-insensitive), or ``None`` when none is ``cutoff`` similar.
 
     Example:
         >>> closest_match("weight_decy", ["lr", "weight_decay", "momentum"])
         'weight_decay'
     """
     by_lower = {c.lower(): c for c in choices}
-    hits = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    hits = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=cutoff)
     return by_lower[hits[0]] if hits else None
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -148,8 +147,9 @@ def optimizer_settings(hparams: Mapping[str, Any], ignored: frozenset[str] = fro
             continue
         if key in ignored:
             continue
-        near = _ALIASES.get(key) or closest_match(key, OPTIMIZER_HPARAMS)
-        if near is not None and (key in _ALIASES or _similar(key, near)):
+        # a stricter cutoff than for errors: a hparam that merely resembles one of ours is the user's own
+        near = _ALIASES.get(key) or closest_match(key, OPTIMIZER_HPARAMS, cutoff=0.85)
+        if near is not None:
             raise ValueError(
                 f"Unknown optimizer hyper-parameter {key!r}. Valid: {sorted(OPTIMIZER_HPARAMS)}. "
                 f"Did you mean {near!r}? HINT: OptimizerMixin reads only these hparams keys; if {key!r} is your "
@@ -163,10 +163,6 @@ def optimizer_settings(hparams: Mapping[str, Any], ignored: frozenset[str] = fro
         raise ValueError(f"`optimizer_kwargs` must not repeat {clash}; set them as their own hparams instead.")
     settings.update(extra)
     return settings
-
-
-def _similar(key: str, near: str) -> bool:
-    return difflib.SequenceMatcher(None, key.lower(), near.lower()).ratio() >= 0.85
 
 
 class OptimizerMixin(LightningModule):
