@@ -1,35 +1,34 @@
 """lit_optim: optimizers, parameter groups, schedules, clipping and LR logging for PyTorch Lightning."""
 
-from lit_optim._durations import (
-    Duration,
-    TrainingLength,
-    parse_duration,
-    resolve_training_length,
-)
-from lit_optim.callbacks.clipping import ClipResult, GradientClipping, clip_gradients
-from lit_optim.callbacks.lr_logger import LearningRateLogger
-from lit_optim.callbacks.stepper import SchedulerStepper, ensure_stepper
+from lit_optim.callbacks import ClipResult, GradientClipping, LearningRateLogger, SchedulerStepper, ensure_stepper
+from lit_optim.clipping import clip_gradients
 from lit_optim.configure import OptimizerMixin, configure_optimizers
-from lit_optim.optimizers import build_optimizer
-from lit_optim.param_groups import format_groups, param_groups
-from lit_optim.plateau import Plateau, PlateauLR, plateau_scheduler_config
-from lit_optim.preview import LRCurve, preview_schedule
-from lit_optim.scheduler import ScheduleLR, lightning_scheduler_config
+from lit_optim.optim import build_optimizer, format_groups, param_groups
+from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules import (
     Constant,
     Cosine,
     CosineRestarts,
+    Duration,
     Exponential,
     InverseSqrt,
     Linear,
+    LRCurve,
     MultiStep,
     OneCycle,
+    Plateau,
+    PlateauLR,
     Polynomial,
     Schedule,
+    ScheduleLR,
     Step,
+    TrainingLength,
     Warmup,
     WarmupStableDecay,
     build_schedule,
+    parse_duration,
+    preview_schedule,
+    resolve_training_length,
 )
 
 __version__ = "0.1.0.dev0"

@@ -10,12 +10,12 @@ from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lit_optim._spec_config import plain_config, spec_from_config
 from lit_optim._validation import closest_match
-from lit_optim.optimizers import build_optimizer, hyperparameter_names, resolve_optimizer
-from lit_optim.param_groups import NoDecayRule, param_groups
-from lit_optim.plateau import Plateau, plateau_scheduler_config
-from lit_optim.scheduler import lightning_scheduler_config
+from lit_optim.optim.optimizers import build_optimizer, hyperparameter_names, resolve_optimizer
+from lit_optim.optim.param_groups import NoDecayRule, param_groups
+from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
+from lit_optim.schedules._config import plain_config, spec_from_config
+from lit_optim.schedules.plateau import Plateau
 
 __all__ = ["OPTIMIZER_HPARAMS", "OptimizerMixin", "configure_optimizers", "scheduler_config"]
 

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from lit_optim import GradientClipping, SchedulerStepper, clip_gradients
-from lit_optim._clip_thresholds import PercentileThreshold
+from lit_optim.clipping.thresholds import PercentileThreshold
 from tests.loggers import MemoryLogger
 from tests.models import TinyModule
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from lit_optim import GradientClipping, clip_gradients
-from lit_optim._clip_thresholds import PercentileThreshold, ZScoreThreshold
-from lit_optim._grad_norms import agc_, grouped_norms
+from lit_optim.clipping.norms import agc_, grouped_norms
+from lit_optim.clipping.thresholds import PercentileThreshold, ZScoreThreshold
 
 # -- norms and clipping against torch -------------------------------------------------------------------------
 

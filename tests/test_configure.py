@@ -145,7 +145,7 @@ def test_scheduler_of_unknown_kind_or_name_raises() -> None:
 
 
 def test_scheduler_is_wired_to_the_schedules_part(make_trainer: Callable[..., L.Trainer]) -> None:
-    scheduler = pytest.importorskip("lit_optim.scheduler")
+    scheduler = pytest.importorskip("lit_optim.schedules.scheduler")
     schedules = pytest.importorskip("lit_optim.schedules")
 
     class Scheduled(TinyModule):

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader, IterableDataset
 
-from lit_optim._durations import Duration, TrainingLength, parse_duration, resolve_training_length
+from lit_optim.schedules.durations import Duration, TrainingLength, parse_duration, resolve_training_length
 from tests.models import TinyModule
 
 
@@ -199,8 +199,8 @@ out = {"total": model.length.total_steps, "per_epoch": model.length.steps_per_ep
 
 @pytest.mark.ddp
 def test_resolution_is_per_rank_under_ddp(tmp_path: Path) -> None:
-    from lit_optim.preview import preview_schedule
     from lit_optim.schedules import Cosine
+    from lit_optim.schedules.preview import preview_schedule
     from tests.ddp import run_ddp
 
     ranks = run_ddp(DDP_SCRIPT, tmp_path)

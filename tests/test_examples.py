@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_optim import Cosine, GradientClipping, LearningRateLogger, Linear, ScheduleLR
-from lit_optim._spec_config import spec_from_config
+from lit_optim.schedules._config import spec_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

@@ -9,7 +9,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from lit_optim import build_optimizer, param_groups
-from lit_optim.optimizers import hyperparameter_names, resolve_optimizer
+from lit_optim.optim.optimizers import hyperparameter_names, resolve_optimizer
 from tests.models import GPT
 
 TORCH_OPTIMIZERS = [

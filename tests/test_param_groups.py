@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lit_optim import format_groups, param_groups
-from lit_optim.param_groups import _type_flags
+from lit_optim.optim.param_groups import _type_flags
 from tests.models import CNN, GPT, FrozenBackbone, GPTModule, RMSNorm, WithEncoder, gpt_block_names
 
 

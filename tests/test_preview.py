@@ -11,10 +11,10 @@ import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lit_optim._durations import TrainingLength
-from lit_optim.preview import LRCurve, preview_schedule
-from lit_optim.scheduler import lightning_scheduler_config
+from lit_optim.scheduler_config import lightning_scheduler_config
 from lit_optim.schedules import Cosine, OneCycle, Schedule, Step, Warmup, WarmupStableDecay
+from lit_optim.schedules.durations import TrainingLength
+from lit_optim.schedules.preview import LRCurve, preview_schedule
 from tests.models import TinyModule
 
 

@@ -11,8 +11,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler
 
-from lit_optim._durations import TrainingLength
-from lit_optim.scheduler import ScheduleLR, lightning_scheduler_config
+from lit_optim.scheduler_config import lightning_scheduler_config
 from lit_optim.schedules import (
     Constant,
     Cosine,
@@ -28,6 +27,8 @@ from lit_optim.schedules import (
     Warmup,
     WarmupStableDecay,
 )
+from lit_optim.schedules.durations import TrainingLength
+from lit_optim.schedules.scheduler import ScheduleLR
 from tests.models import TinyModule
 
 BASE_LRS = (0.1, 0.03, 1e-4)

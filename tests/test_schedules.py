@@ -20,8 +20,6 @@ from torch.optim.lr_scheduler import (
     StepLR,
 )
 
-from lit_optim._durations import Duration, TrainingLength
-from lit_optim.scheduler import ScheduleLR
 from lit_optim.schedules import (
     SCHEDULES,
     Constant,
@@ -39,6 +37,8 @@ from lit_optim.schedules import (
     WarmupStableDecay,
     build_schedule,
 )
+from lit_optim.schedules.durations import Duration, TrainingLength
+from lit_optim.schedules.scheduler import ScheduleLR
 
 BASE_LRS = (0.1, 0.03, 1e-4)
 TOTAL = 24

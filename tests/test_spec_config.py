@@ -29,7 +29,7 @@ from lit_optim import (
     Step,
     WarmupStableDecay,
 )
-from lit_optim._spec_config import spec_from_config, spec_to_config
+from lit_optim.schedules._config import spec_from_config, spec_to_config
 from tests.models import TinyModule
 
 SPECS = [

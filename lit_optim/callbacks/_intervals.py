@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
+from lightning.pytorch.utilities.types import LRSchedulerConfig
+from torch.optim import Optimizer
 from torch.optim import lr_scheduler as tl
 
-from lit_optim.plateau import PlateauLR
-from lit_optim.scheduler import ScheduleLR
+from lit_optim.schedules.plateau import PlateauLR
+from lit_optim.schedules.scheduler import ScheduleLR
 
-__all__ = ["Interval", "infer_interval"]
+__all__ = ["Claim", "Interval", "infer_interval", "progress_of"]
 
 Interval = Literal["epoch", "plateau", "step"]
 
@@ -128,3 +131,35 @@ def infer_interval(
 
 def _fmt(total: float) -> str:
     return "unknown" if math.isinf(total) or total < 0 else str(int(total))
+
+
+@dataclass
+class Claim:
+    """One scheduler config taken over by the stepper: how and when it is stepped."""
+
+    index: int
+    config: LRSchedulerConfig
+    interval: Interval
+    frequency: int
+    monitor: str | None
+    on_missing: Literal["raise", "warn"]
+    start: int = 0  # the scheduler's `last_epoch` before the first epoch of the run
+    stepped: int = 0  # epoch steps taken in this run (the progress of a scheduler that keeps no count)
+    expected: int | None = None  # a per-step scheduler's progress after our last step (to catch a second owner)
+    configured_interval: str = "epoch"
+
+    @property
+    def is_plateau(self) -> bool:
+        return self.interval == "plateau" or isinstance(self.config.scheduler, PlateauLR)
+
+    @property
+    def optimizer(self) -> Optimizer:
+        return self.config.scheduler.optimizer
+
+
+def progress_of(scheduler: object) -> int | None:
+    """How often ``scheduler`` was stepped: its ``last_epoch``; a ``ChainedScheduler`` has none, its parts do."""
+    if hasattr(scheduler, "last_epoch"):
+        return int(scheduler.last_epoch)
+    parts = getattr(scheduler, "_schedulers", None)
+    return progress_of(parts[0]) if parts else None

@@ -15,19 +15,17 @@ from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lit_optim._clip_thresholds import PercentileThreshold, ZScoreThreshold
-from lit_optim._grad_norms import AGC_DTENSOR_ERROR, agc_, clip_by_coef_, clip_coef, clip_value_, grouped_norms
 from lit_optim._logging import group_names, log_metrics
 from lit_optim._validation import check_choice, check_positive, check_positive_int
-from lit_optim.callbacks._clip_functional import (
-    ClipResult,
+from lit_optim.clipping.functional import (
     check_norm_type,
-    clip_gradients,
     optimizer_grads,
     still_scaled,
 )
+from lit_optim.clipping.norms import AGC_DTENSOR_ERROR, agc_, clip_by_coef_, clip_coef, clip_value_, grouped_norms
+from lit_optim.clipping.thresholds import PercentileThreshold, ZScoreThreshold
 
-__all__ = ["ClipResult", "GradientClipping", "clip_gradients"]
+__all__ = ["GradientClipping"]
 
 ClipMode = Literal["norm", "value", "agc", "percentile", "zscore"]
 _MODES = ("norm", "value", "agc", "percentile", "zscore")

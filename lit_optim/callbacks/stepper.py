@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -20,43 +19,13 @@ from typing_extensions import override
 from lit_optim._distributed import is_distributed
 from lit_optim._logging import log_metrics
 from lit_optim._validation import check_choice, unknown_key_error
-from lit_optim.callbacks._intervals import Interval, infer_interval
-from lit_optim.plateau import PlateauLR
+from lit_optim.callbacks._intervals import Claim, Interval, infer_interval, progress_of
+from lit_optim.schedules.plateau import PlateauLR
 
 __all__ = ["SchedulerStepper", "ensure_stepper"]
 
 _STEP_COUNT = "lit_optim_step_count"
 _NEVER = sys.maxsize  # Lightning steps a config when (batch_idx + 1) % frequency == 0: never with this.
-
-
-@dataclass
-class _Claim:
-    index: int
-    config: LRSchedulerConfig
-    interval: Interval
-    frequency: int
-    monitor: str | None
-    on_missing: Literal["raise", "warn"]
-    start: int = 0  # the scheduler's `last_epoch` before the first epoch of the run
-    stepped: int = 0  # epoch steps taken in this run (the progress of a scheduler that keeps no count)
-    expected: int | None = None  # a per-step scheduler's progress after our last step (to catch a second owner)
-    configured_interval: str = "epoch"
-
-    @property
-    def is_plateau(self) -> bool:
-        return self.interval == "plateau" or isinstance(self.config.scheduler, PlateauLR)
-
-    @property
-    def optimizer(self) -> Optimizer:
-        return self.config.scheduler.optimizer
-
-
-def _progress(scheduler: object) -> int | None:
-    """How often ``scheduler`` was stepped: its ``last_epoch``; a ``ChainedScheduler`` has none, its parts do."""
-    if hasattr(scheduler, "last_epoch"):
-        return int(scheduler.last_epoch)
-    parts = getattr(scheduler, "_schedulers", None)
-    return _progress(parts[0]) if parts else None
 
 
 def _reduce_sum(trainer: Trainer, tensor: torch.Tensor) -> torch.Tensor:
@@ -130,7 +99,7 @@ class SchedulerStepper(Callback):
         self.monitor = monitor
         check_choice("on_missing_monitor", on_missing_monitor, ["raise", "warn"])
         self.on_missing_monitor = on_missing_monitor
-        self._claims: list[_Claim] = []
+        self._claims: list[Claim] = []
         self._handles: list[RemovableHandle] = []
         self._metrics_before: dict[str, Any] = {}
         self._warned: set[str] = set()
@@ -199,14 +168,14 @@ class SchedulerStepper(Callback):
                         f"{why} Pass `SchedulerStepper(intervals={{{type(scheduler).__name__!r}: 'step'}})` "
                         "(or 'epoch') to choose.",
                     )
-            claim = _Claim(index, config, interval, max(1, int(config.frequency)), None, self.on_missing_monitor)
-            progress = _progress(scheduler) or 0
+            claim = Claim(index, config, interval, max(1, int(config.frequency)), None, self.on_missing_monitor)
+            progress = progress_of(scheduler) or 0
             if interval == "epoch":
                 claim.start = progress - trainer.current_epoch // claim.frequency
             elif interval == "step":
                 # optimizer steps counted towards `frequency`, saved with the scheduler (see _after_optimizer_step)
                 self._step_counts[index] = int(getattr(scheduler, _STEP_COUNT, progress * claim.frequency))
-                claim.expected = _progress(scheduler)
+                claim.expected = progress_of(scheduler)
             if claim.is_plateau:
                 self._check_plateau(claim, trainer, pl_module)
             config.frequency = _NEVER
@@ -217,7 +186,7 @@ class SchedulerStepper(Callback):
         for optimizer in {id(c.optimizer): c.optimizer for c in self._claims if c.interval == "step"}.values():
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
 
-    def _check_plateau(self, claim: _Claim, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _check_plateau(self, claim: Claim, trainer: Trainer, pl_module: LightningModule) -> None:
         scheduler = claim.config.scheduler
         if isinstance(scheduler, PlateauLR):
             claim.monitor = scheduler.plateau.monitor
@@ -251,7 +220,7 @@ class SchedulerStepper(Callback):
                 "reduces in this run.",
             )
 
-    def _active(self, claim: _Claim) -> bool:
+    def _active(self, claim: Claim) -> bool:
         """Whether the claimed config is still the Trainer's (``StochasticWeightAveraging`` replaces it)."""
         return self._configs is None or any(config is claim.config for config in self._configs)
 
@@ -272,10 +241,10 @@ class SchedulerStepper(Callback):
             if claim.interval != "step" or claim.optimizer is not optimizer or not self._active(claim):
                 continue
             scheduler = claim.config.scheduler
-            if claim.expected is not None and _progress(scheduler) != claim.expected:
+            if claim.expected is not None and progress_of(scheduler) != claim.expected:
                 raise RuntimeError(
                     f"{type(scheduler).__name__} (lr_scheduler_configs[{claim.index}]) was stepped outside "
-                    f"SchedulerStepper (it is at step {_progress(scheduler)}, the stepper left it at "
+                    f"SchedulerStepper (it is at step {progress_of(scheduler)}, the stepper left it at "
                     f"{claim.expected}), "
                     "so it would advance twice per optimizer step. SchedulerStepper steps it after every real "
                     "optimizer step: remove your own `scheduler.step()` call (also under manual optimization)."
@@ -286,7 +255,7 @@ class SchedulerStepper(Callback):
                 scheduler.__dict__[_STEP_COUNT] = count
             if count % claim.frequency == 0:
                 scheduler.step()  # type: ignore[call-arg]
-                claim.expected = _progress(scheduler)
+                claim.expected = progress_of(scheduler)
 
     def _step_epochs_until(self, epochs: int) -> None:
         # The scheduler's own `last_epoch` (restored from the checkpoint) says how often it was stepped, so a
@@ -296,7 +265,7 @@ class SchedulerStepper(Callback):
                 continue
             scheduler = claim.config.scheduler
             while True:
-                done = _progress(scheduler)
+                done = progress_of(scheduler)
                 if (claim.start + claim.stepped if done is None else done) >= claim.start + epochs // claim.frequency:
                     break
                 scheduler.step()  # type: ignore[call-arg]
@@ -343,7 +312,7 @@ class SchedulerStepper(Callback):
                 continue
             self._apply_plateau(trainer, claim, total / n_fresh, len(plateaus) > 1)
 
-    def _apply_plateau(self, trainer: Trainer, claim: _Claim, value: float, several: bool) -> None:
+    def _apply_plateau(self, trainer: Trainer, claim: Claim, value: float, several: bool) -> None:
         scheduler = claim.config.scheduler
         if isinstance(scheduler, PlateauLR):
             reduced = scheduler.step_metric(value)
@@ -363,7 +332,7 @@ class SchedulerStepper(Callback):
                 f"improve; learning rate reduced to [{lrs}] (reduction {count})."
             )
 
-    def _reduction_count(self, claim: _Claim) -> int:
+    def _reduction_count(self, claim: Claim) -> int:
         scheduler = claim.config.scheduler
         if isinstance(scheduler, PlateauLR):
             return scheduler.reductions

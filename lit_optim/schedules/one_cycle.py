@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lit_optim._validation import check_choice, check_positive, check_ratio
-from lit_optim._warmup import Schedule
+from lit_optim.schedules.base import Schedule
 
 __all__ = ["OneCycle"]
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_optim._layers import assign_layer_ids
-from lit_optim._overrides import Override, combine_overrides, parse_overrides
 from lit_optim._validation import check_non_negative, check_ratio
+from lit_optim.optim._layers import assign_layer_ids
+from lit_optim.optim._overrides import Override, combine_overrides, parse_overrides
 
 __all__ = ["NoDecayRule", "format_groups", "param_groups"]
 

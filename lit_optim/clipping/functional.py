@@ -11,9 +11,9 @@ from torch import Tensor
 from torch.amp.grad_scaler import OptState
 from torch.optim import Optimizer
 
-from lit_optim._grad_norms import clip_by_coef_, clip_coef, clip_value_, grouped_norms
 from lit_optim._logging import group_names
 from lit_optim._validation import check_choice, check_positive
+from lit_optim.clipping.norms import clip_by_coef_, clip_coef, clip_value_, grouped_norms
 
 __all__ = ["ClipResult", "check_norm_type", "clip_gradients", "optimizer_grads", "still_scaled"]
 

@@ -14,17 +14,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import Metric
 
-from lit_optim._durations import Duration, DurationLike, TrainingLength, resolve_training_length
 from lit_optim._validation import check_choice, check_non_negative, check_ratio
-from lit_optim._warmup import Warmup, as_warmup
+from lit_optim.schedules.base import Warmup, as_warmup
+from lit_optim.schedules.durations import Duration, DurationLike, TrainingLength
 
-__all__ = ["Plateau", "PlateauLR", "plateau_scheduler_config"]
+__all__ = ["Plateau", "PlateauLR"]
 
 Mode = Literal["min", "max"]
 ThresholdMode = Literal["rel", "abs"]
@@ -322,47 +321,6 @@ class PlateauLR(LRScheduler):
             evaluations=int(state_dict.get("evaluations", 0)),
             plateau_lrs=list(state_dict["plateau_lrs"]),
         )
-
-
-def plateau_scheduler_config(
-    optimizer: Optimizer, plateau: Plateau, trainer: Trainer | None = None, name: str | None = None
-) -> dict[str, Any]:
-    """Return the Lightning ``lr_scheduler`` dict for a :class:`Plateau` spec.
-
-    The dict has ``interval="step"`` (the warmup advances per optimizer step); reductions happen after
-    validation runs, driven by :class:`~lit_optim.callbacks.stepper.SchedulerStepper`, which is added to
-    ``trainer`` when one is given (pass ``self.trainer`` from ``configure_optimizers``). A warmup in epochs or
-    as a fraction of the run is resolved against that trainer.
-
-    Args:
-        optimizer: the optimizer to drive.
-        plateau: the spec.
-        trainer: the Trainer about to fit; gets a ``SchedulerStepper`` when it has none.
-        name: the name ``LearningRateMonitor`` logs under (Lightning's default when ``None``).
-
-    Raises:
-        ValueError: a warmup in epochs or as a fraction with no ``trainer`` to resolve it, or one that does not
-            fit the run.
-
-    Example:
-        >>> import torch
-        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-        >>> config = plateau_scheduler_config(opt, Plateau("val_loss"))
-        >>> type(config["scheduler"]).__name__, config["interval"]
-        ('PlateauLR', 'step')
-    """
-    warmup = plateau.warmup
-    needs_length = isinstance(warmup, Warmup) and getattr(warmup.duration, "unit", "step") != "step"
-    length = resolve_training_length(trainer) if trainer is not None and needs_length else None
-    scheduler = PlateauLR(optimizer, plateau, length)
-    config: dict[str, Any] = {"scheduler": scheduler, "interval": "step", "frequency": 1}
-    if name is not None:
-        config["name"] = name
-    if trainer is not None:
-        from lit_optim.callbacks.stepper import ensure_stepper  # the stepper module imports this one
-
-        ensure_stepper(trainer)
-    return config
 
 
 def _warmup_steps(plateau: Plateau, length: TrainingLength | None) -> int:

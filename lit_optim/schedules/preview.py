@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from lit_optim._durations import TrainingLength, resolve_training_length
 from lit_optim._validation import unknown_key_error
-from lit_optim.scheduler import ScheduleLR
-from lit_optim.schedules import Schedule
+from lit_optim.schedules.base import Schedule
+from lit_optim.schedules.durations import TrainingLength, resolve_training_length
+from lit_optim.schedules.scheduler import ScheduleLR
 
 __all__ = ["LRCurve", "preview_schedule"]
 

@@ -10,36 +10,27 @@ schedule holds its final value.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any, Literal, cast
+from dataclasses import dataclass
+from typing import cast
 
-from lit_optim._durations import Duration, DurationLike
-from lit_optim._one_cycle import OneCycle
-from lit_optim._validation import check_choice, check_positive, check_positive_int, check_ratio, unknown_key_error
-from lit_optim._warmup import Schedule, WarmedSchedule, Warmup, WarmupShape, steps_of
+from lit_optim._validation import check_positive, check_positive_int, check_ratio
+from lit_optim.schedules.base import Schedule, WarmedSchedule, Warmup, WarmupShape, steps_of
+from lit_optim.schedules.durations import Duration, DurationLike
 
 __all__ = [
-    "SCHEDULES",
     "Constant",
     "Cosine",
     "CosineRestarts",
-    "DecayShape",
     "Exponential",
     "InverseSqrt",
     "Linear",
     "MultiStep",
-    "OneCycle",
     "Polynomial",
     "Schedule",
     "Step",
     "Warmup",
     "WarmupShape",
-    "WarmupStableDecay",
-    "build_schedule",
 ]
-
-DecayShape = Literal["linear", "cosine", "1-sqrt"]
-
 
 @dataclass(frozen=True, kw_only=True)
 class Constant(WarmedSchedule):
@@ -317,99 +308,3 @@ class InverseSqrt(WarmedSchedule):
         timescale = cast("Duration | None", self.timescale)
         tau = run_steps - steps if timescale is None else steps_of(timescale, run_steps)
         return max(self.min_lr, math.sqrt(tau / (step + tau)))
-
-
-@dataclass(frozen=True, kw_only=True)
-class WarmupStableDecay(WarmedSchedule):
-    r"""Warmup, then the base lr, then a final decay to the floor over the last ``decay`` steps (WSD).
-
-    With :math:`D` decay steps and :math:`q = (s - (T - D)) / D` for :math:`s \ge T - D` (else :math:`f = 1`):
-
-    .. math::
-        f_\text{linear} = m + (1 - m)(1 - q), \quad
-        f_\text{cosine} = m + (1 - m)\frac{1 + \cos(\pi q)}{2}, \quad
-        f_\text{1-sqrt} = m + (1 - m)(1 - \sqrt{q})
-
-    Args:
-        decay: length :math:`D` of the final decay (a duration), default ``"20%"`` of the run.
-        decay_shape: ``"linear"``, ``"cosine"`` or ``"1-sqrt"``.
-        warmup: a :class:`Warmup` or its duration.
-        min_lr: the final lr, as a ratio of each group's initial lr.
-
-    Raises:
-        ValueError: warmup and decay together longer than the run (when resolved).
-
-    Example:
-        >>> s = WarmupStableDecay(warmup=2, decay=4, decay_shape="1-sqrt")
-        >>> [round(s.factor(i, 10), 4) for i in range(11)]
-        [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.2929, 0.134, 0.0]
-    """
-
-    _durations = ("decay",)
-    decay: DurationLike = "20%"
-    decay_shape: DecayShape = "linear"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice("decay_shape", self.decay_shape, ["1-sqrt", "cosine", "linear"])
-
-    def _main(self, step: int, steps: int, run_steps: int) -> float:
-        length = steps_of(cast(Duration, self.decay), run_steps)
-        start = steps - length
-        if step < start:
-            return 1.0
-        q = (step - start) / length if step < steps else 1.0
-        m = self.min_lr
-        if self.decay_shape == "linear":
-            return m + (1.0 - m) * (1.0 - q)
-        if self.decay_shape == "cosine":
-            return m + (1.0 - m) * (1.0 + math.cos(math.pi * q)) / 2.0
-        return m + (1.0 - m) * (1.0 - math.sqrt(q))
-
-    def _check_fits(self, total_steps: int) -> None:
-        warmup, decay = self._warmup_steps(), int(cast(Duration, self.decay).value)
-        if warmup + decay > total_steps:
-            raise ValueError(
-                f"WarmupStableDecay: warmup ({warmup} steps) and decay ({decay} steps) together are longer than "
-                f"the run of {total_steps} optimizer steps. Shorten them or lengthen the run."
-            )
-
-
-SCHEDULES: dict[str, type[Schedule]] = {
-    "constant": Constant,
-    "cosine": Cosine,
-    "cosine_restarts": CosineRestarts,
-    "exponential": Exponential,
-    "inverse_sqrt": InverseSqrt,
-    "linear": Linear,
-    "multistep": MultiStep,
-    "one_cycle": OneCycle,
-    "polynomial": Polynomial,
-    "step": Step,
-    "wsd": WarmupStableDecay,
-}
-"""The catalogue by name, for configs: ``build_schedule(name, **params)``."""
-
-
-def build_schedule(name: str, **params: Any) -> Schedule:
-    """Build the catalogue schedule called ``name`` with ``params`` (for YAML/CLI configs).
-
-    Args:
-        name: a key of :data:`SCHEDULES` (``"cosine"``, ``"linear"``, ...).
-        **params: the schedule's keyword arguments.
-
-    Raises:
-        ValueError: an unknown name or parameter (the message lists the valid ones).
-
-    Example:
-        >>> build_schedule("cosine", warmup="5%", min_lr=0.1)
-        Cosine(warmup=Warmup(duration=Duration('5%'), shape='linear', start_factor=0.0), min_lr=0.1)
-    """
-    if not isinstance(name, str) or name not in SCHEDULES:
-        raise unknown_key_error("schedule", str(name), SCHEDULES)
-    cls = SCHEDULES[name]
-    valid = [f.name for f in fields(cls)]
-    for key in params:
-        if key not in valid:
-            raise unknown_key_error(f"parameter of {cls.__name__}", key, valid)
-    return cls(**params)

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar, cast
 
-from lit_optim._durations import Duration, DurationLike, TrainingLength, parse_duration
 from lit_optim._validation import check_choice, unknown_key_error
+from lit_optim.schedules.durations import Duration, DurationLike, TrainingLength, parse_duration
 
 __all__ = ["Schedule", "WarmedSchedule", "Warmup", "WarmupShape", "as_warmup", "steps_of"]
 

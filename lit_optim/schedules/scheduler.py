@@ -10,15 +10,16 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from lit_optim._durations import TrainingLength, _length_or_none, _unknown_total_error
-from lit_optim.schedules import Schedule, build_schedule
+from lit_optim.schedules.base import Schedule
+from lit_optim.schedules.catalogue import build_schedule
+from lit_optim.schedules.durations import TrainingLength
 
 if TYPE_CHECKING:
-    import lightning.pytorch as pl
+    pass
 
-__all__ = ["ScheduleLR", "lightning_scheduler_config"]
+__all__ = ["ScheduleLR", "as_schedule"]
 
-_OPEN_ENDED_STEPS = 2**53
+OPEN_ENDED_STEPS = 2**53
 """``total_steps`` of a run of unknown length, for a schedule that does not depend on it (never reached)."""
 
 
@@ -78,7 +79,7 @@ class ScheduleLR(LRScheduler):
         steps_per_epoch: int | None = None,
         last_epoch: int = -1,
     ) -> None:
-        schedule = _as_schedule(schedule)
+        schedule = as_schedule(schedule)
         length = TrainingLength(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
         self.schedule = schedule.resolve(length)
         self.total_steps = length.total_steps
@@ -161,82 +162,7 @@ class ScheduleLR(LRScheduler):
                 group["momentum"] = momentum
 
 
-def lightning_scheduler_config(
-    optimizer: Optimizer,
-    schedule: Schedule | str | Mapping[str, Any],
-    trainer: pl.Trainer | None,
-    name: str | None = None,
-) -> dict[str, Any]:
-    """Lightning's lr-scheduler dict for ``schedule``, its durations resolved against ``trainer``'s run.
-
-    Call it from ``configure_optimizers`` (the Trainer then knows its dataloader and limits). Stepping is
-    per optimizer step (``"interval": "step"``); the scheduler is checkpointed by Lightning.
-
-    When the run's total is unknown (an iterable dataset or ``max_epochs=-1`` without ``max_steps``), a schedule
-    that does not depend on it (``schedule.needs_total_steps()`` is false, e.g. ``InverseSqrt(warmup=500)``) runs
-    open-ended; any other raises, naming ``max_steps``.
-
-    Args:
-        optimizer: the optimizer to drive.
-        schedule: a :class:`~lit_optim.schedules.Schedule`, a catalogue name or a ``{"name": ..., **params}`` mapping.
-        trainer: the Trainer about to fit (``module.trainer``); ``None`` (a module outside a fit) raises.
-        name: the name ``LearningRateMonitor`` logs under; ``None`` lets Lightning name it ``"lr-<OptimizerClass>"``,
-            numbered (``"lr-Adam-1"``) when several optimizers share a class (a name given here is never numbered).
-
-    Raises:
-        ValueError: no Trainer, the run's total is unknown and the schedule needs it (set ``max_steps``), or a
-            duration does not fit the run.
-
-    Example:
-        >>> import torch
-        >>> from lit_optim.schedules import Cosine
-        >>> opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)
-        >>> def configure_optimizers(self):  # in your LightningModule
-        ...     return {"optimizer": opt, "lr_scheduler": lightning_scheduler_config(opt, "cosine", self.trainer)}
-        >>> from types import SimpleNamespace  # a Trainer-like stand-in, for the example only
-        >>> trainer = SimpleNamespace(estimated_stepping_batches=100, num_training_batches=50,
-        ...                           accumulate_grad_batches=1, max_steps=100, max_epochs=None)
-        >>> config = lightning_scheduler_config(opt, Cosine(warmup="10%"), trainer)
-        >>> config["scheduler"].total_steps, config["interval"], config["name"]
-        (100, 'step', None)
-    """
-    schedule = _as_schedule(schedule)
-    if trainer is None:
-        raise ValueError(
-            f"{schedule!r} needs the run's length, known only once fitting starts: call this (or "
-            "`lit_optim.configure_optimizers(self, scheduler=...)`) inside `LightningModule.configure_optimizers` "
-            "during `trainer.fit`, or build `ScheduleLR(optimizer, schedule, total_steps=...)` yourself."
-        )
-    total, steps_per_epoch = _length_or_none(trainer)
-    if total is None:
-        if schedule.needs_total_steps():
-            raise _unknown_total_error(
-                trainer,
-                f" {schedule!r} needs it (by its formula or a duration in % of the run); InverseSqrt, Constant, "
-                "Exponential, Step, MultiStep and CosineRestarts with durations in steps or epochs do not.",
-            )
-        total = _OPEN_ENDED_STEPS
-    length = TrainingLength(total_steps=total, steps_per_epoch=steps_per_epoch)
-    try:
-        scheduler = ScheduleLR(optimizer, schedule, length.total_steps, length.steps_per_epoch)
-    except ValueError as err:
-        fast_dev_run = getattr(trainer, "fast_dev_run", False)
-        if not fast_dev_run:
-            raise
-        raise ValueError(
-            f"{err} Note: `Trainer(fast_dev_run={fast_dev_run!r})` cuts the run to {length.total_steps} optimizer "
-            "steps; for a smoke test of this schedule use e.g. `Trainer(max_steps=..., limit_val_batches=...)`."
-        ) from err
-    _ensure_stepper(trainer)
-    return {
-        "scheduler": scheduler,
-        "interval": "step",
-        "frequency": 1,
-        "name": name,
-    }
-
-
-def _as_schedule(schedule: Schedule | str | Mapping[str, Any]) -> Schedule:
+def as_schedule(schedule: Schedule | str | Mapping[str, Any]) -> Schedule:
     """A schedule spec from a spec, a catalogue name or a ``{"name": ..., **params}`` mapping."""
     if isinstance(schedule, str):
         return build_schedule(schedule)
@@ -254,12 +180,3 @@ def _as_schedule(schedule: Schedule | str | Mapping[str, Any]) -> Schedule:
             f"mapping, got {schedule!r}."
         )
     return schedule
-
-
-def _ensure_stepper(trainer: pl.Trainer) -> None:
-    """THE single call site where the ``SchedulerStepper`` callback gets attached to ``trainer``."""
-    if hasattr(trainer, "callbacks"):  # a real Trainer (the docstring example passes a stand-in)
-        from lit_optim.callbacks.stepper import ensure_stepper
-
-        ensure_stepper(trainer)
-

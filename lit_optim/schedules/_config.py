@@ -11,10 +11,9 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from lit_optim._durations import Duration, parse_duration
-from lit_optim._warmup import WarmedSchedule
-from lit_optim.plateau import Plateau
-from lit_optim.schedules import Schedule
+from lit_optim.schedules.base import Schedule, WarmedSchedule
+from lit_optim.schedules.durations import Duration, parse_duration
+from lit_optim.schedules.plateau import Plateau
 
 __all__ = ["plain_config", "spec_from_config", "spec_to_config"]
 
@@ -39,7 +38,7 @@ def spec_from_config(value: Any) -> Any:
     """Build the spec a ``{"class_path": ..., "init_args": {...}}`` mapping names; return anything else as is.
 
     Only lit_optim's own spec classes (:class:`~lit_optim.schedules.Schedule` subclasses and
-    :class:`~lit_optim.plateau.Plateau`) are built, so a config cannot import and call arbitrary code.
+    :class:`~lit_optim.schedules.Plateau`) are built, so a config cannot import and call arbitrary code.
 
     Raises:
         ValueError: ``class_path`` cannot be imported.

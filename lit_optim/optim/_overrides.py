@@ -14,7 +14,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from lit_optim._validation import check_non_negative, closest_match, unknown_key_error
-from lit_optim.optimizers import _torch_optimizers, hyperparameter_names, resolve_optimizer
+from lit_optim.optim.optimizers import _torch_optimizers, hyperparameter_names, resolve_optimizer
 
 __all__ = ["Override", "combine_overrides", "parse_overrides"]
 

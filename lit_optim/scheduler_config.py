@@ -1,0 +1,143 @@
+"""The Lightning ``lr_scheduler`` dicts for lit_optim schedules: the layer that attaches ``SchedulerStepper``.
+
+Schedules, ``ScheduleLR`` and ``PlateauLR`` live in :mod:`lit_optim.schedules` and know nothing of the Trainer's
+callbacks; these two builders return the dict Lightning expects and make sure the one stepper is attached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.optim import Optimizer
+
+from lit_optim.callbacks.stepper import ensure_stepper
+from lit_optim.schedules.base import Warmup
+from lit_optim.schedules.durations import (
+    TrainingLength,
+    _length_or_none,
+    _unknown_total_error,
+    resolve_training_length,
+)
+from lit_optim.schedules.plateau import Plateau, PlateauLR
+from lit_optim.schedules.scheduler import OPEN_ENDED_STEPS, ScheduleLR, as_schedule
+from lit_optim.schedules.specs import Schedule
+
+__all__ = ["lightning_scheduler_config", "plateau_scheduler_config"]
+
+
+def lightning_scheduler_config(
+    optimizer: Optimizer,
+    schedule: Schedule | str | Mapping[str, Any],
+    trainer: pl.Trainer | None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Lightning's lr-scheduler dict for ``schedule``, its durations resolved against ``trainer``'s run.
+
+    Call it from ``configure_optimizers`` (the Trainer then knows its dataloader and limits). Stepping is
+    per optimizer step (``"interval": "step"``); the scheduler is checkpointed by Lightning.
+
+    When the run's total is unknown (an iterable dataset or ``max_epochs=-1`` without ``max_steps``), a schedule
+    that does not depend on it (``schedule.needs_total_steps()`` is false, e.g. ``InverseSqrt(warmup=500)``) runs
+    open-ended; any other raises, naming ``max_steps``.
+
+    Args:
+        optimizer: the optimizer to drive.
+        schedule: a :class:`~lit_optim.schedules.Schedule`, a catalogue name or a ``{"name": ..., **params}`` mapping.
+        trainer: the Trainer about to fit (``module.trainer``); ``None`` (a module outside a fit) raises.
+        name: the name ``LearningRateMonitor`` logs under; ``None`` lets Lightning name it ``"lr-<OptimizerClass>"``,
+            numbered (``"lr-Adam-1"``) when several optimizers share a class (a name given here is never numbered).
+
+    Raises:
+        ValueError: no Trainer, the run's total is unknown and the schedule needs it (set ``max_steps``), or a
+            duration does not fit the run.
+
+    Example:
+        >>> import torch
+        >>> from lit_optim.schedules.specs import Cosine
+        >>> opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)
+        >>> def configure_optimizers(self):  # in your LightningModule
+        ...     return {"optimizer": opt, "lr_scheduler": lightning_scheduler_config(opt, "cosine", self.trainer)}
+        >>> from types import SimpleNamespace  # a Trainer-like stand-in, for the example only
+        >>> trainer = SimpleNamespace(estimated_stepping_batches=100, num_training_batches=50,
+        ...                           accumulate_grad_batches=1, max_steps=100, max_epochs=None)
+        >>> config = lightning_scheduler_config(opt, Cosine(warmup="10%"), trainer)
+        >>> config["scheduler"].total_steps, config["interval"], config["name"]
+        (100, 'step', None)
+    """
+    schedule = as_schedule(schedule)
+    if trainer is None:
+        raise ValueError(
+            f"{schedule!r} needs the run's length, known only once fitting starts: call this (or "
+            "`lit_optim.configure_optimizers(self, scheduler=...)`) inside `LightningModule.configure_optimizers` "
+            "during `trainer.fit`, or build `ScheduleLR(optimizer, schedule, total_steps=...)` yourself."
+        )
+    total, steps_per_epoch = _length_or_none(trainer)
+    if total is None:
+        if schedule.needs_total_steps():
+            raise _unknown_total_error(
+                trainer,
+                f" {schedule!r} needs it (by its formula or a duration in % of the run); InverseSqrt, Constant, "
+                "Exponential, Step, MultiStep and CosineRestarts with durations in steps or epochs do not.",
+            )
+        total = OPEN_ENDED_STEPS
+    length = TrainingLength(total_steps=total, steps_per_epoch=steps_per_epoch)
+    try:
+        scheduler = ScheduleLR(optimizer, schedule, length.total_steps, length.steps_per_epoch)
+    except ValueError as err:
+        fast_dev_run = getattr(trainer, "fast_dev_run", False)
+        if not fast_dev_run:
+            raise
+        raise ValueError(
+            f"{err} Note: `Trainer(fast_dev_run={fast_dev_run!r})` cuts the run to {length.total_steps} optimizer "
+            "steps; for a smoke test of this schedule use e.g. `Trainer(max_steps=..., limit_val_batches=...)`."
+        ) from err
+    if hasattr(trainer, "callbacks"):  # a real Trainer (the docstring example passes a stand-in)
+        ensure_stepper(trainer)
+    return {
+        "scheduler": scheduler,
+        "interval": "step",
+        "frequency": 1,
+        "name": name,
+    }
+
+
+
+def plateau_scheduler_config(
+    optimizer: Optimizer, plateau: Plateau, trainer: pl.Trainer | None = None, name: str | None = None
+) -> dict[str, Any]:
+    """Return the Lightning ``lr_scheduler`` dict for a :class:`Plateau` spec.
+
+    The dict has ``interval="step"`` (the warmup advances per optimizer step); reductions happen after
+    validation runs, driven by :class:`~lit_optim.callbacks.stepper.SchedulerStepper`, which is added to
+    ``trainer`` when one is given (pass ``self.trainer`` from ``configure_optimizers``). A warmup in epochs or
+    as a fraction of the run is resolved against that trainer.
+
+    Args:
+        optimizer: the optimizer to drive.
+        plateau: the spec.
+        trainer: the Trainer about to fit; gets a ``SchedulerStepper`` when it has none.
+        name: the name ``LearningRateMonitor`` logs under (Lightning's default when ``None``).
+
+    Raises:
+        ValueError: a warmup in epochs or as a fraction with no ``trainer`` to resolve it, or one that does not
+            fit the run.
+
+    Example:
+        >>> import torch
+        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> config = plateau_scheduler_config(opt, Plateau("val_loss"))
+        >>> type(config["scheduler"]).__name__, config["interval"]
+        ('PlateauLR', 'step')
+    """
+    warmup = plateau.warmup
+    needs_length = isinstance(warmup, Warmup) and getattr(warmup.duration, "unit", "step") != "step"
+    length = resolve_training_length(trainer) if trainer is not None and needs_length else None
+    scheduler = PlateauLR(optimizer, plateau, length)
+    config: dict[str, Any] = {"scheduler": scheduler, "interval": "step", "frequency": 1}
+    if name is not None:
+        config["name"] = name
+    if trainer is not None:
+        ensure_stepper(trainer)
+    return config
