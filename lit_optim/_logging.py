@@ -33,7 +33,7 @@ def group_names(groups: Sequence[Mapping[str, Any]], known: Sequence[str] = ()) 
 
     ``known`` are the names already given to the first groups (groups added later keep the earlier names).
 
-    Examples:
+    Example:
         >>> group_names([{"name": "decay"}, {}, {"name": "decay"}])
         ['decay', 'group1', 'decay-2']
     """

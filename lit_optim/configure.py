@@ -75,7 +75,7 @@ def configure_optimizers(
     Returns:
         ``{"optimizer": opt}``, plus ``"lr_scheduler"`` (a Lightning scheduler config) when ``scheduler`` is set.
 
-    Examples:
+    Example:
         >>> from torch import nn
         >>> config = configure_optimizers(nn.Linear(4, 2), "sgd", lr=0.1, momentum=0.9)
         >>> [(g["name"], g["lr"], g["weight_decay"], g["momentum"]) for g in config["optimizer"].param_groups]
@@ -132,7 +132,7 @@ def optimizer_settings(hparams: Mapping[str, Any], ignored: frozenset[str] = fro
     arguments, every other key is left to the user's module, except a close misspelling of one of our keys
     (``weight_decy``, ``learning_rate``), which raises unless it is listed in ``ignored``.
 
-    Examples:
+    Example:
         >>> optimizer_settings({"lr": 0.1, "hidden": 32, "optimizer_kwargs": {"betas": (0.9, 0.95)}})
         {'lr': 0.1, 'betas': (0.9, 0.95)}
         >>> optimizer_settings({"weight_decy": 0.1})
@@ -176,7 +176,7 @@ class OptimizerMixin(LightningModule):
     misspelling of one of these keys (``weight_decy``, ``learning_rate``, ``wd``), which raises at
     ``configure_optimizers``; list a genuine own key of that kind in ``ignored_hparams``.
 
-    Examples:
+    Example:
         >>> from torch import nn
         >>> class Model(OptimizerMixin):
         ...     def __init__(self, hidden: int = 4, lr: float = 0.01, optimizer: str = "sgd") -> None:

@@ -87,7 +87,7 @@ def infer_interval(
     length (``ExponentialLR``, ``LambdaLR``, ``MultiplicativeLR``, unknown classes) -> ``"epoch"``, reported as
     ambiguous.
 
-    Examples:
+    Example:
         >>> import torch
         >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
         >>> infer_interval(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=1000), "epoch", 10, 1000)

@@ -101,7 +101,7 @@ class GradientClipping(Callback):
             with ``Trainer(gradient_clip_val=...)`` also set, under DeepSpeed, with an unmatched
             ``agc_exclude`` pattern, or with ``mode="agc"`` on sharded (DTensor) parameters.
 
-    Examples:
+    Example:
         >>> GradientClipping(max_norm=0.5).state_key
         "GradientClipping{'mode': 'norm', 'max_norm': 0.5, 'norm_type': 2.0}"
         >>> GradientClipping(mode="percentle")

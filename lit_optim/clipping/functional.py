@@ -96,7 +96,7 @@ def clip_gradients(
     Raises:
         ValueError: on an unknown ``mode`` or a non-positive ``max_norm``, ``norm_type`` or ``clip_value``.
 
-    Examples:
+    Example:
         >>> layer = torch.nn.Linear(2, 1)
         >>> opt = torch.optim.SGD([{"params": [layer.weight], "name": "w"}, {"params": [layer.bias]}], lr=0.1)
         >>> layer.weight.grad, layer.bias.grad = torch.tensor([[3.0, 0.0]]), torch.tensor([4.0])

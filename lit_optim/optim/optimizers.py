@@ -59,7 +59,7 @@ def resolve_optimizer(optimizer: OptimizerLike) -> type[Optimizer]:
         ValueError: for an unknown name (the message lists the valid names and the closest one).
         TypeError: for anything that is neither a string nor an ``Optimizer`` subclass.
 
-    Examples:
+    Example:
         >>> resolve_optimizer("adamw")
         <class 'torch.optim.adamw.AdamW'>
     """
@@ -88,7 +88,7 @@ _names_cache: dict[type[Optimizer], frozenset[str] | None] = {}
 def hyperparameter_names(optimizer: type[Optimizer]) -> frozenset[str] | None:
     """The hyper-parameter names ``optimizer.__init__`` accepts, or ``None`` if it takes ``**kwargs``.
 
-    Examples:
+    Example:
         >>> sorted(hyperparameter_names(torch.optim.SGD))[:4]
         ['dampening', 'differentiable', 'foreach', 'fused']
     """
@@ -164,7 +164,7 @@ def build_optimizer(
         ValueError: for an unknown optimizer name or key, or a negative ``lr`` / ``weight_decay``.
         TypeError: for an ``optimizer`` that is neither a name nor an ``Optimizer`` subclass.
 
-    Examples:
+    Example:
         >>> from torch import nn
         >>> opt = build_optimizer("AdamW", nn.Linear(2, 1).parameters(), lr=0.01, betas=(0.9, 0.95))
         >>> type(opt).__name__, opt.param_groups[0]["lr"], opt.param_groups[0]["betas"]

@@ -24,7 +24,7 @@ _BASES = (Schedule, WarmedSchedule)  # abstract: never built from a config
 def spec_to_config(spec: Schedule | Plateau) -> dict[str, Any]:
     """``{"class_path": ..., "init_args": {...}}`` of a spec, with plain values only (durations as strings).
 
-    Examples:
+    Example:
         >>> from lit_optim import Cosine
         >>> spec_to_config(Cosine(warmup="5%", min_lr=0.1))["init_args"]
         {'warmup': {'duration': '5%', 'shape': 'linear', 'start_factor': 0.0}, 'min_lr': 0.1}
@@ -44,7 +44,7 @@ def spec_from_config(value: Any) -> Any:
         ValueError: ``class_path`` cannot be imported.
         TypeError: it names something that is not a lit_optim schedule spec.
 
-    Examples:
+    Example:
         >>> spec_from_config({"class_path": "lit_optim.Cosine", "init_args": {"min_lr": 0.1}})
         Cosine(warmup=None, min_lr=0.1)
     """
@@ -73,7 +73,7 @@ def spec_from_config(value: Any) -> Any:
 def plain_config(value: Any) -> Any:
     """``value`` with every spec, warmup and duration in it replaced by plain data that parses back exactly.
 
-    Examples:
+    Example:
         >>> plain_config({"name": "cosine", "warmup": 1 / 3})
         {'name': 'cosine', 'warmup': 0.3333333333333333}
     """

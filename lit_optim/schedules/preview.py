@@ -29,7 +29,7 @@ class LRCurve:
         momenta: per step, the momentum/beta1 the schedule sets, or ``None`` when it sets none.
         steps_per_epoch: steps per epoch when known (for the plot's epoch marks).
 
-    Examples:
+    Example:
         >>> curve = preview_schedule("linear", 4, base_lrs={"body": 0.1, "head": 1.0})
         >>> print(curve)
         step  body   head
@@ -152,7 +152,7 @@ def preview_schedule(
     Raises:
         ValueError: no groups, or what :class:`ScheduleLR` raises for the spec and run.
 
-    Examples:
+    Example:
         >>> from lit_optim.schedules import Cosine
         >>> curve = preview_schedule(Cosine(warmup="10%"), 1000, base_lrs=[3e-4, 3e-5])
         >>> len(curve), curve.names, curve.lrs[100]

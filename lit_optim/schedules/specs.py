@@ -43,7 +43,7 @@ class Constant(WarmedSchedule):
         warmup: a :class:`Warmup` or its duration (linear from 0).
         min_lr: unused by this schedule (kept for a uniform signature).
 
-    Examples:
+    Example:
         >>> s = Constant(warmup=Warmup(duration=2, start_factor=0.5))
         >>> [s.factor(i, 5) for i in range(5)]
         [0.5, 0.75, 1.0, 1.0, 1.0]
@@ -66,7 +66,7 @@ class Linear(WarmedSchedule):
         warmup: a :class:`Warmup` or its duration (linear from 0).
         min_lr: the final lr as a ratio of each group's initial lr, in ``[0, 1]``.
 
-    Examples:
+    Example:
         >>> [round(Linear(min_lr=0.2).factor(i, 4), 4) for i in range(5)]
         [1.0, 0.8, 0.6, 0.4, 0.2]
     """
@@ -88,7 +88,7 @@ class Cosine(WarmedSchedule):
         warmup: a :class:`Warmup` or its duration (linear from 0), e.g. ``"5%"``.
         min_lr: the final lr as a ratio of each group's initial lr, in ``[0, 1]``.
 
-    Examples:
+    Example:
         >>> s = Cosine(warmup=2, min_lr=0.1)
         >>> [round(s.factor(i, 6), 4) for i in range(7)]
         [0.0, 0.5, 1.0, 0.8682, 0.55, 0.2318, 0.1]
@@ -115,7 +115,7 @@ class CosineRestarts(WarmedSchedule):
         warmup: a :class:`Warmup` or its duration; cycles start after it.
         min_lr: the lr at the end of each cycle, as a ratio of each group's initial lr.
 
-    Examples:
+    Example:
         >>> s = CosineRestarts(period=2, period_mult=2)
         >>> [round(s.factor(i, 10), 4) for i in range(7)]
         [1.0, 0.5, 1.0, 0.8536, 0.5, 0.1464, 1.0]
@@ -155,7 +155,7 @@ class Polynomial(WarmedSchedule):
         warmup: a :class:`Warmup` or its duration.
         min_lr: the final lr as a ratio of each group's initial lr.
 
-    Examples:
+    Example:
         >>> [Polynomial(power=2.0).factor(i, 4) for i in range(5)]
         [1.0, 0.5625, 0.25, 0.0625, 0.0]
     """
@@ -185,7 +185,7 @@ class Step(WarmedSchedule):
         warmup: a :class:`Warmup` or its duration.
         min_lr: the floor, as a ratio of each group's initial lr.
 
-    Examples:
+    Example:
         >>> [round(Step(every=2, gamma=0.5).factor(i, 10), 4) for i in range(6)]
         [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
     """
@@ -219,7 +219,7 @@ class MultiStep(WarmedSchedule):
         warmup: a :class:`Warmup` or its duration.
         min_lr: the floor, as a ratio of each group's initial lr.
 
-    Examples:
+    Example:
         >>> [MultiStep(milestones=(1, 3), gamma=0.5).factor(i, 10) for i in range(5)]
         [1.0, 0.5, 0.5, 0.25, 0.25]
     """
@@ -256,7 +256,7 @@ class Exponential(WarmedSchedule):
         warmup: a :class:`Warmup` or its duration.
         min_lr: the floor, as a ratio of each group's initial lr.
 
-    Examples:
+    Example:
         >>> [Exponential(gamma=0.5, min_lr=0.2).factor(i, 10) for i in range(4)]
         [1.0, 0.5, 0.25, 0.2]
     """
@@ -290,7 +290,7 @@ class InverseSqrt(WarmedSchedule):
     Raises:
         ValueError: neither ``timescale`` nor ``warmup`` is given.
 
-    Examples:
+    Example:
         >>> [InverseSqrt(warmup=4).factor(i, 100) for i in (0, 4, 16, 64)]
         [0.0, 1.0, 0.5, 0.25]
     """

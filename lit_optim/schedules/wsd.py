@@ -35,7 +35,7 @@ class WarmupStableDecay(WarmedSchedule):
     Raises:
         ValueError: warmup and decay together longer than the run (when resolved).
 
-    Examples:
+    Example:
         >>> s = WarmupStableDecay(warmup=2, decay=4, decay_shape="1-sqrt")
         >>> [round(s.factor(i, 10), 4) for i in range(11)]
         [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.2929, 0.134, 0.0]
