@@ -15,6 +15,7 @@ from lit_optim.optim.optimizers import build_optimizer, hyperparameter_names, re
 from lit_optim.optim.param_groups import NoDecayRule, param_groups
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules._config import plain_config, spec_from_config
+from lit_optim.schedules.params import ParamSchedule
 from lit_optim.schedules.plateau import Plateau
 
 __all__ = ["OPTIMIZER_HPARAMS", "OptimizerMixin", "configure_optimizers", "scheduler_config"]
@@ -30,6 +31,7 @@ OPTIMIZER_HPARAMS = (
     "decay_embeddings",
     "include_frozen",
     "optimizer_kwargs",
+    "param_schedules",
 )
 
 # Common spellings of our keys that would otherwise be silently ignored as "the user's own" hparams.
@@ -49,6 +51,7 @@ def configure_optimizers(
     include_frozen: bool = False,
     no_decay: Iterable[NoDecayRule] = (),
     layer_id_fn: Callable[[str], int] | None = None,
+    param_schedules: Mapping[str, ParamSchedule | Mapping[str, Any]] | None = None,
     **optimizer_kwargs: Any,
 ) -> dict[str, Any]:
     """Build what ``LightningModule.configure_optimizers`` returns: grouped parameters and an optimizer.
@@ -70,6 +73,8 @@ def configure_optimizers(
         include_frozen: also group parameters with ``requires_grad=False``.
         no_decay: extra no-decay rules (module classes, globs, compiled regexes, predicates).
         layer_id_fn: maps a parameter name to its layer id (needs ``layer_decay``).
+        param_schedules: ``{field: ParamSchedule}``: schedules for other hyper-parameters (``"weight_decay"``,
+            ``"momentum"``, ``"betas[0]"``...), stepped with the lr (a constant lr when ``scheduler`` is ``None``).
         **optimizer_kwargs: other optimizer hyper-parameters (``betas``, ``momentum``, ``eps``, ...).
 
     Returns:
@@ -98,12 +103,19 @@ def configure_optimizers(
         optimizer=cls,
     )
     built = build_optimizer(cls, groups, **optimizer_kwargs)
+    if param_schedules:
+        scheduler = "constant" if scheduler is None else scheduler
     if scheduler is None:
         return {"optimizer": built}
-    return {"optimizer": built, "lr_scheduler": scheduler_config(built, scheduler, module)}
+    return {"optimizer": built, "lr_scheduler": scheduler_config(built, scheduler, module, param_schedules)}
 
 
-def scheduler_config(optimizer: Optimizer, scheduler: Any, module: nn.Module) -> dict[str, Any]:
+def scheduler_config(
+    optimizer: Optimizer,
+    scheduler: Any,
+    module: nn.Module,
+    params: Mapping[str, ParamSchedule | Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Lightning's ``lr_scheduler`` dict for a schedule spec, its name, or its config mapping.
 
     ``scheduler`` may be a spec, a catalogue name, ``{"name": ..., **params}``, or
@@ -120,9 +132,16 @@ def scheduler_config(optimizer: Optimizer, scheduler: Any, module: nn.Module) ->
     scheduler = spec_from_config(scheduler)  # LightningCLI's / a checkpoint's {"class_path": ..., "init_args": ...}
     # `LightningModule.trainer` raises outside a fit; plain modules have none.
     trainer = module._trainer if isinstance(module, LightningModule) else None
+    params = {k: spec_from_config(v) for k, v in (params or {}).items()}
     if isinstance(scheduler, Plateau):
+        if params:
+            raise ValueError(
+                f"`param_schedules` ({sorted(params)}) cannot ride on a Plateau lr schedule (its reductions depend on "
+                "a metric, not on training progress). Use a progress-based lr schedule (e.g. 'cosine'), or schedule "
+                "those hyper-parameters without Plateau."
+            )
         return plateau_scheduler_config(optimizer, scheduler, trainer)
-    return lightning_scheduler_config(optimizer, scheduler, trainer)
+    return lightning_scheduler_config(optimizer, scheduler, trainer, params=params or None)
 
 
 def optimizer_settings(hparams: Mapping[str, Any], ignored: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -201,5 +220,8 @@ class OptimizerMixin(LightningModule):
         # (the default of `load_from_checkpoint`); store its plain `{"class_path", "init_args"}` form instead.
         key = self.CHECKPOINT_HYPER_PARAMS_KEY
         hparams = checkpoint.get(key)
-        if isinstance(hparams, dict) and hparams.get("scheduler") is not None:
-            checkpoint[key] = {**hparams, "scheduler": plain_config(hparams["scheduler"])}
+        if isinstance(hparams, dict):
+            specs = ("scheduler", "param_schedules")
+            plain = {k: plain_config(hparams[k]) for k in specs if hparams.get(k) is not None}
+            if plain:
+                checkpoint[key] = {**hparams, **plain}

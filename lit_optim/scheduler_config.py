@@ -20,6 +20,7 @@ from lit_optim.schedules.durations import (
     _unknown_total_error,
     resolve_training_length,
 )
+from lit_optim.schedules.params import ParamSchedule
 from lit_optim.schedules.plateau import Plateau, PlateauLR
 from lit_optim.schedules.scheduler import OPEN_ENDED_STEPS, ScheduleLR, as_schedule
 from lit_optim.schedules.specs import Schedule
@@ -32,8 +33,12 @@ def lightning_scheduler_config(
     schedule: Schedule | str | Mapping[str, Any],
     trainer: pl.Trainer | None,
     name: str | None = None,
+    params: Mapping[str, ParamSchedule | Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Lightning's lr-scheduler dict for ``schedule``, its durations resolved against ``trainer``'s run.
+
+    ``params`` schedules other param-group hyper-parameters next to the lr (see
+    :class:`~lit_optim.schedules.ParamSchedule`), in the same :class:`~lit_optim.schedules.ScheduleLR`.
 
     Call it from ``configure_optimizers`` (the Trainer then knows its dataloader and limits). Stepping is
     per optimizer step (``"interval": "step"``); the scheduler is checkpointed by Lightning.
@@ -48,6 +53,7 @@ def lightning_scheduler_config(
         trainer: the Trainer about to fit (``module.trainer``); ``None`` (a module outside a fit) raises.
         name: the name ``LearningRateMonitor`` logs under; ``None`` lets Lightning name it ``"lr-<OptimizerClass>"``,
             numbered (``"lr-Adam-1"``) when several optimizers share a class (a name given here is never numbered).
+        params: ``{field: ParamSchedule}`` for other hyper-parameters, stepped in the same ``ScheduleLR``.
 
     Raises:
         ValueError: no Trainer, the run's total is unknown and the schedule needs it (set ``max_steps``), or a
@@ -84,7 +90,7 @@ def lightning_scheduler_config(
         total = OPEN_ENDED_STEPS
     length = TrainingLength(total_steps=total, steps_per_epoch=steps_per_epoch)
     try:
-        scheduler = ScheduleLR(optimizer, schedule, length.total_steps, length.steps_per_epoch)
+        scheduler = ScheduleLR(optimizer, schedule, length.total_steps, length.steps_per_epoch, params=params)
     except ValueError as err:
         fast_dev_run = getattr(trainer, "fast_dev_run", False)
         if not fast_dev_run:

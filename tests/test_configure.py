@@ -289,6 +289,7 @@ def test_unrelated_hparams_are_left_alone() -> None:
         "decay_embeddings",
         "include_frozen",
         "optimizer_kwargs",
+        "param_schedules",
     }
 
 

@@ -10,6 +10,7 @@ from lit_optim.schedules.durations import (
     resolve_training_length,
 )
 from lit_optim.schedules.one_cycle import OneCycle
+from lit_optim.schedules.params import ParamSchedule
 from lit_optim.schedules.plateau import Plateau, PlateauLR
 from lit_optim.schedules.preview import LRCurve, preview_schedule
 from lit_optim.schedules.scheduler import ScheduleLR
@@ -40,6 +41,7 @@ __all__ = [
     "Linear",
     "MultiStep",
     "OneCycle",
+    "ParamSchedule",
     "Plateau",
     "PlateauLR",
     "Polynomial",

@@ -13,15 +13,16 @@ from typing import Any
 
 from lit_optim.schedules.base import Schedule, WarmedSchedule
 from lit_optim.schedules.durations import Duration, parse_duration
+from lit_optim.schedules.params import ParamSchedule
 from lit_optim.schedules.plateau import Plateau
 
 __all__ = ["plain_config", "spec_from_config", "spec_to_config"]
 
-_SPEC_TYPES = (Schedule, Plateau)
+_SPEC_TYPES = (Schedule, Plateau, ParamSchedule)
 _BASES = (Schedule, WarmedSchedule)  # abstract: never built from a config
 
 
-def spec_to_config(spec: Schedule | Plateau) -> dict[str, Any]:
+def spec_to_config(spec: Schedule | Plateau | ParamSchedule) -> dict[str, Any]:
     """``{"class_path": ..., "init_args": {...}}`` of a spec, with plain values only (durations as strings).
 
     Example:
@@ -85,6 +86,8 @@ def plain_config(value: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, _SPEC_TYPES):  # a spec inside a spec (a ParamSchedule's shape): keep its class
+        return spec_to_config(value)
     if isinstance(value, Duration):
         text = str(value)  # '5%', '2ep', '500steps': readable, and exact when it parses back to the same
         if parse_duration(text) == value:

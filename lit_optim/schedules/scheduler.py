@@ -13,6 +13,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from lit_optim.schedules.base import Schedule
 from lit_optim.schedules.catalogue import build_schedule
 from lit_optim.schedules.durations import TrainingLength
+from lit_optim.schedules.params import ParamSchedule, ParamScheduler
 
 if TYPE_CHECKING:
     pass
@@ -44,6 +45,10 @@ class ScheduleLR(LRScheduler):
     If the spec cycles momentum (``OneCycle(cycle_momentum=True)``), each step also sets ``momentum`` (SGD,
     RMSprop) or ``betas[0]`` (Adam family).
 
+    **Other hyper-parameters** (``params={"weight_decay": ParamSchedule(start=0.04, end=0.4)}``) are set at
+    every step next to the lr, from the same step count: see :class:`~lit_optim.schedules.ParamSchedule`. The
+    groups' own values they start from are saved in :meth:`state_dict`, so resume is exact.
+
     Args:
         optimizer: the optimizer whose groups to drive.
         schedule: a :class:`~lit_optim.schedules.Schedule`, a catalogue name (``"cosine"``), or a config mapping
@@ -51,6 +56,8 @@ class ScheduleLR(LRScheduler):
         total_steps: optimizer steps in the run (per rank).
         steps_per_epoch: optimizer steps per epoch, needed only when a duration is given in epochs.
         last_epoch: optimizer steps already done; ``-1`` starts fresh (torch's convention).
+        params: ``{field: ParamSchedule}`` for other param-group hyper-parameters (``"weight_decay"``,
+            ``"momentum"``, ``"betas[0]"``, ``"betas[1]"``, ``"eps"`` or a custom key).
 
     Raises:
         TypeError: ``schedule`` is not a schedule, a name or a mapping.
@@ -78,6 +85,7 @@ class ScheduleLR(LRScheduler):
         total_steps: int,
         steps_per_epoch: int | None = None,
         last_epoch: int = -1,
+        params: Mapping[str, ParamSchedule | Mapping[str, Any]] | None = None,
     ) -> None:
         schedule = as_schedule(schedule)
         length = TrainingLength(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
@@ -92,6 +100,15 @@ class ScheduleLR(LRScheduler):
                         f"{self.schedule!r} cycles momentum, but param group {i} of {type(optimizer).__name__} "
                         "has neither `momentum` nor `betas`. Use `cycle_momentum=False`."
                     )
+        groups, name = optimizer.param_groups, type(optimizer).__name__
+        self.params = ParamScheduler(groups, params, length, name) if params else None
+        if self.params is not None and self._cycles_momentum:
+            clash = sorted({"momentum", "betas[0]"} & set(self.params.fields))
+            if clash:
+                raise ValueError(
+                    f"{self.schedule!r} cycles momentum and `params` also schedules {clash[0]!r}: two schedules on "
+                    "one field. Use `cycle_momentum=False` or drop that entry of `params`."
+                )
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float | Tensor]:
@@ -109,6 +126,8 @@ class ScheduleLR(LRScheduler):
         super().step(epoch)
         if self._cycles_momentum:
             self._set_momentum()
+        if self.params is not None:
+            self.params.apply(self.optimizer.param_groups, self.last_epoch)
 
     def state_dict(self) -> dict[str, Any]:
         """Progress, base lrs and the schedule's identity, as plain values."""
@@ -120,6 +139,7 @@ class ScheduleLR(LRScheduler):
             "schedule": repr(self.schedule),
             "total_steps": self.total_steps,
             "steps_per_epoch": self.steps_per_epoch,
+            **({"params": self.params.state_dict()} if self.params is not None else {}),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -144,6 +164,9 @@ class ScheduleLR(LRScheduler):
         self._last_lr = [lr.clone() if isinstance(lr, Tensor) else lr for lr in lrs]
         if self._cycles_momentum:
             self._set_momentum()
+        if self.params is not None:
+            self.params.load_state_dict(state_dict.get("params", {}))
+            self.params.apply(self.optimizer.param_groups, self.last_epoch)
 
     def _adopt_new_groups(self, groups: list[dict[str, Any]]) -> None:
         previous = self.schedule.factor(max(self.last_epoch - 1, 0), self.total_steps)
