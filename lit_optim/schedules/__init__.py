@@ -2,6 +2,7 @@
 
 from lit_optim.schedules.base import Schedule, Warmup, WarmupShape
 from lit_optim.schedules.catalogue import SCHEDULES, build_schedule
+from lit_optim.schedules.cyclic import Cyclic, CyclicMode
 from lit_optim.schedules.durations import (
     Duration,
     DurationLike,
@@ -12,11 +13,11 @@ from lit_optim.schedules.durations import (
 from lit_optim.schedules.one_cycle import OneCycle
 from lit_optim.schedules.plateau import Plateau, PlateauLR
 from lit_optim.schedules.preview import LRCurve, preview_schedule
+from lit_optim.schedules.restarts import CosineRestarts
 from lit_optim.schedules.scheduler import ScheduleLR
 from lit_optim.schedules.specs import (
     Constant,
     Cosine,
-    CosineRestarts,
     Exponential,
     InverseSqrt,
     Linear,
@@ -31,6 +32,8 @@ __all__ = [
     "Constant",
     "Cosine",
     "CosineRestarts",
+    "Cyclic",
+    "CyclicMode",
     "DecayShape",
     "Duration",
     "DurationLike",

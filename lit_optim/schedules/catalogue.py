@@ -7,11 +7,12 @@ from typing import Any
 
 from lit_optim._validation import unknown_key_error
 from lit_optim.schedules.base import Schedule
+from lit_optim.schedules.cyclic import Cyclic
 from lit_optim.schedules.one_cycle import OneCycle
+from lit_optim.schedules.restarts import CosineRestarts
 from lit_optim.schedules.specs import (
     Constant,
     Cosine,
-    CosineRestarts,
     Exponential,
     InverseSqrt,
     Linear,
@@ -28,6 +29,7 @@ SCHEDULES: dict[str, type[Schedule]] = {
     "constant": Constant,
     "cosine": Cosine,
     "cosine_restarts": CosineRestarts,
+    "cyclic": Cyclic,
     "exponential": Exponential,
     "inverse_sqrt": InverseSqrt,
     "linear": Linear,
