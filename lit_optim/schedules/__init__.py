@@ -1,7 +1,7 @@
 """Schedule specs, warmup, durations, ``ScheduleLR``, plateau reduction and the schedule preview."""
 
 from lit_optim.schedules.base import Schedule, Warmup, WarmupShape
-from lit_optim.schedules.catalogue import SCHEDULES, build_schedule
+from lit_optim.schedules.catalogue import SCHEDULES, ScheduleName, build_schedule
 from lit_optim.schedules.cyclic import Cyclic, CyclicMode
 from lit_optim.schedules.durations import (
     Duration,
@@ -48,6 +48,7 @@ __all__ = [
     "Polynomial",
     "Schedule",
     "ScheduleLR",
+    "ScheduleName",
     "Step",
     "TrainingLength",
     "Warmup",
