@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import torch
@@ -28,6 +28,7 @@ from lit_optim import (
     WarmupStableDecay,
     preview_schedule,
 )
+from lit_optim.schedules import SCHEDULES, ScheduleName
 from tests.test_peer_schedules import LRS, Peer, PeerModel, Recorder
 from tests.trainers import cpu_trainer
 
@@ -78,6 +79,15 @@ def test_warmup_shapes_and_absolute_start() -> None:
             assert lr * factor + offset == pytest.approx(0.01 + (lr - 0.01) * g, abs=1e-15)
 
 
+@pytest.mark.parametrize("end", [12, 30, 40])  # before the run's end, at it, and past it (the run stops mid-decay)
+def test_decay_end_then_hold(end: int) -> None:
+    spec = Cosine(warmup=2, decay_end=end, min_lr=0.2)
+    for s in range(33):  # a run of 30 steps, and past it
+        p = min(max(min(s, 30) - 2, 0) / (end - 2), 1.0)
+        expected = s / 2 if s < 2 else 0.2 + 0.8 * (1 + math.cos(math.pi * p)) / 2
+        assert spec.factor(s, 30) == pytest.approx(expected, abs=1e-15), s
+
+
 @pytest.mark.parametrize("mode", ["triangular", "triangular2", "exp_range"])
 def test_cyclic_equals_torch_cycliclr_with_momentum(mode: str) -> None:
     gamma = 0.95 if mode == "exp_range" else 1.0
@@ -125,6 +135,10 @@ def test_constant_warmup_equals_torch_constantlr() -> None:
 )
 def test_needs_total_steps(spec: Schedule, needs: bool) -> None:
     assert spec.needs_total_steps() is needs
+
+
+def test_schedule_name_lists_the_catalogue() -> None:
+    assert list(get_args(ScheduleName)) == sorted(SCHEDULES)  # what LightningCLI checks a `scheduler: cosine` against
 
 
 def test_specs_without_the_new_options_keep_their_repr() -> None:

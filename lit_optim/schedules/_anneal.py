@@ -66,7 +66,8 @@ class DecaySchedule(AnnealedSchedule):
 
     ``decay_end`` counts from the run's first step, warmup included (nanoGPT's ``lr_decay_iters``); the
     curve runs from the end of the warmup to it, then holds its final value until the run ends. ``None``
-    (the default) ends it with the run.
+    (the default) ends it with the run; a ``decay_end`` past the run's end (in steps or epochs) is kept as
+    given: the run then stops before the curve ends.
     """
 
     _durations = ("decay_end",)

@@ -302,7 +302,8 @@ class WarmedSchedule(Schedule):
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 1:
             raise ValueError(
                 f"`min_lr` is a ratio of each group's initial lr and must be in [0, 1], got {m!r}: a floor "
-                "above the base lr is not a floor. For an absolute floor of x, pass x / base_lr."
+                "above the base lr is not a floor. For an absolute floor of x, pass `min_lr_abs=x` (Linear, Cosine, "
+                "Polynomial, CosineRestarts, WarmupStableDecay, Cyclic) or `min_lr=x / base_lr`."
             )
 
     def factor(self, step: int, total_steps: int) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from lit_optim._validation import unknown_key_error
 from lit_optim.schedules.base import Schedule
@@ -58,9 +58,6 @@ SCHEDULES: dict[str, type[Schedule]] = {
     "wsd": WarmupStableDecay,
 }
 """The catalogue by name, for configs: ``build_schedule(name, **params)``."""
-
-if set(get_args(ScheduleName)) != set(SCHEDULES):  # pragma: no cover - a catalogue edit that forgot the other
-    raise RuntimeError("`ScheduleName` must list exactly the names in `SCHEDULES`.")
 
 
 def build_schedule(name: str, **params: Any) -> Schedule:
