@@ -69,9 +69,9 @@ def test_unknown_unit_in_dataclass() -> None:
         ("5%", TrainingLength(1000), 50),
         ("5%", TrainingLength(30), 2),  # 1.5 rounds up
         ("10%", TrainingLength(25), 3),  # 2.5 rounds up (Hugging Face's warmup_ratio: ceil), not half-to-even (2)
-        ("10%", TrainingLength(30), 3),  # exactly 3: the float product 0.1 * 30 is 3.0000000000000004
-        (0.1, TrainingLength(30), 3),
-        ("30%", TrainingLength(10), 3),  # 0.3 * 10 is 3.0000000000000004 in floats
+        ("7%", TrainingLength(100), 7),  # exactly 7: the float product 100 * 0.07 is 7.000000000000001
+        (0.07, TrainingLength(100), 7),
+        ("55%", TrainingLength(100), 55),  # 100 * 0.55 is 55.00000000000001 in floats
         (0.1, TrainingLength(95), 10),  # 9.5 -> 10
         ("10%", TrainingLength(91), 10),  # 9.1 -> 10: up, not to the nearest
         (1 / 3, TrainingLength(30), 10),  # the float 0.333...3 * 30 is just under 10

@@ -102,8 +102,8 @@ class Duration:
     Build one with :func:`parse_duration` (or pass an ``int``/``float``/string wherever a duration is
     accepted). Steps are whole numbers; epochs may be fractional (``"0.5ep"``); a fraction lies in ``(0, 1]``.
     Epochs and fractions that do not land on a whole step **round up** to the next step (as Hugging Face's
-    ``warmup_ratio`` does), computed on the decimal written (``"10%"`` of 30 steps is exactly 3, where the float
-    product ``0.1 * 30`` would round up to 4), so a non-zero duration never resolves to 0 steps.
+    ``warmup_ratio`` does), computed on the decimal written (``"7%"`` of 100 steps is exactly 7, where the float
+    product ``100 * 0.07`` would round up to 8), so a non-zero duration never resolves to 0 steps.
 
     Args:
         value: the amount, > 0.
@@ -117,6 +117,8 @@ class Duration:
         60
         >>> [Duration(0.1, "fraction").to_steps(TrainingLength(total_steps=n)) for n in (25, 30, 5)]
         [3, 3, 1]
+        >>> Duration(0.07, "fraction").to_steps(TrainingLength(total_steps=100))
+        7
     """
 
     value: float
