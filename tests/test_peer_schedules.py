@@ -342,7 +342,7 @@ def max_error(peer: Peer, recorder: Recorder) -> float:
     return max(errors)
 
 
-@pytest.mark.parametrize("peer", PEERS, ids=[p.call.split("(")[0] + f"-{i}" for i, p in enumerate(PEERS)])
+@pytest.mark.parametrize("peer", PEERS, ids=[p.call.split("(")[0].split(" ")[0] + f"-{i}" for i, p in enumerate(PEERS)])
 def test_peer_schedule_through_the_trainer(tmp_path: Path, peer: Peer) -> None:
     recorder, trainer = fit(tmp_path, peer)
     assert len(recorder.lrs) == trainer.global_step == peer.steps
