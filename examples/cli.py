@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from char_gpt import CharDataModule, CharGPT
 
-from lit_optim import OptimizerMixin, Schedule
+from lit_optim import OptimizerMixin, Schedule, ScheduleName
 
 CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
@@ -67,7 +67,7 @@ class CLICharGPT(OptimizerMixin, CharGPT):
         weight_decay: float = 0.1,
         overrides: dict[str, dict[str, Any]] | None = None,
         layer_decay: float | None = None,
-        scheduler: Schedule | None = None,
+        scheduler: Schedule | ScheduleName | dict[str, Any] | None = None,
         optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(

@@ -1,7 +1,8 @@
 """Schedule specs, warmup, durations, ``ScheduleLR``, plateau reduction and the schedule preview."""
 
 from lit_optim.schedules.base import Schedule, Warmup, WarmupShape
-from lit_optim.schedules.catalogue import SCHEDULES, build_schedule
+from lit_optim.schedules.catalogue import SCHEDULES, ScheduleName, build_schedule
+from lit_optim.schedules.cyclic import Cyclic, CyclicMode
 from lit_optim.schedules.durations import (
     Duration,
     DurationLike,
@@ -13,11 +14,11 @@ from lit_optim.schedules.one_cycle import OneCycle
 from lit_optim.schedules.params import ParamSchedule
 from lit_optim.schedules.plateau import Plateau, PlateauLR
 from lit_optim.schedules.preview import LRCurve, preview_schedule
+from lit_optim.schedules.restarts import CosineRestarts
 from lit_optim.schedules.scheduler import ScheduleLR
 from lit_optim.schedules.specs import (
     Constant,
     Cosine,
-    CosineRestarts,
     Exponential,
     InverseSqrt,
     Linear,
@@ -32,6 +33,8 @@ __all__ = [
     "Constant",
     "Cosine",
     "CosineRestarts",
+    "Cyclic",
+    "CyclicMode",
     "DecayShape",
     "Duration",
     "DurationLike",
@@ -47,6 +50,7 @@ __all__ = [
     "Polynomial",
     "Schedule",
     "ScheduleLR",
+    "ScheduleName",
     "Step",
     "TrainingLength",
     "Warmup",

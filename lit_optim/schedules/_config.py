@@ -11,7 +11,8 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from lit_optim.schedules.base import Schedule, WarmedSchedule
+from lit_optim.schedules._anneal import AnnealedSchedule, DecaySchedule
+from lit_optim.schedules.base import Schedule, WarmedSchedule, shown_fields
 from lit_optim.schedules.durations import Duration, parse_duration
 from lit_optim.schedules.params import ParamSchedule
 from lit_optim.schedules.plateau import Plateau
@@ -19,7 +20,7 @@ from lit_optim.schedules.plateau import Plateau
 __all__ = ["plain_config", "spec_from_config", "spec_to_config"]
 
 _SPEC_TYPES = (Schedule, Plateau, ParamSchedule)
-_BASES = (Schedule, WarmedSchedule)  # abstract: never built from a config
+_BASES = (Schedule, WarmedSchedule, AnnealedSchedule, DecaySchedule)  # abstract: never built from a config
 
 
 def spec_to_config(spec: Schedule | Plateau | ParamSchedule) -> dict[str, Any]:
@@ -31,7 +32,7 @@ def spec_to_config(spec: Schedule | Plateau | ParamSchedule) -> dict[str, Any]:
         {'warmup': {'duration': '5%', 'shape': 'linear', 'start_factor': 0.0}, 'min_lr': 0.1}
     """
     cls = type(spec)
-    init_args = {f.name: _plain(getattr(spec, f.name)) for f in dataclasses.fields(spec) if f.init}
+    init_args = {f.name: _plain(getattr(spec, f.name)) for f in shown_fields(spec)}
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
 
@@ -94,7 +95,7 @@ def _plain(value: Any) -> Any:
             return text
         return value.value if value.unit == "fraction" else f"{value.value!r}ep"  # e.g. 1/3 of the run
     if dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. a Warmup: its arguments
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        return {f.name: _plain(getattr(value, f.name)) for f in shown_fields(value)}
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

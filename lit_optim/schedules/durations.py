@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Literal
 
 from lit_optim._validation import check_positive_int, unknown_key_error
@@ -100,7 +101,9 @@ class Duration:
 
     Build one with :func:`parse_duration` (or pass an ``int``/``float``/string wherever a duration is
     accepted). Steps are whole numbers; epochs may be fractional (``"0.5ep"``); a fraction lies in ``(0, 1]``.
-    Epochs and fractions are rounded to the nearest step when resolved.
+    Epochs and fractions that do not land on a whole step **round up** to the next step (as Hugging Face's
+    ``warmup_ratio`` does), computed on the decimal written (``"7%"`` of 100 steps is exactly 7, where the float
+    product ``100 * 0.07`` would round up to 8), so a non-zero duration never resolves to 0 steps.
 
     Args:
         value: the amount, > 0.
@@ -112,6 +115,10 @@ class Duration:
         Duration('2ep')
         >>> d.to_steps(TrainingLength(total_steps=1000, steps_per_epoch=30))
         60
+        >>> [Duration(0.1, "fraction").to_steps(TrainingLength(total_steps=n)) for n in (25, 30, 5)]
+        [3, 3, 1]
+        >>> Duration(0.07, "fraction").to_steps(TrainingLength(total_steps=100))
+        7
     """
 
     value: float
@@ -150,7 +157,7 @@ class Duration:
         if self.unit == "step":
             steps = int(self.value)
         elif self.unit == "fraction":
-            steps = round(self.value * length.total_steps)
+            steps = _ceil_product(self.value, length.total_steps)
         else:
             if length.steps_per_epoch is None:
                 raise ValueError(
@@ -158,13 +165,18 @@ class Duration:
                     "Give the duration in steps or as a fraction of the run (e.g. '5%'), or pass "
                     "`steps_per_epoch`."
                 )
-            steps = round(self.value * length.steps_per_epoch)
+            steps = _ceil_product(self.value, length.steps_per_epoch)
         if steps < 1:
             raise ValueError(
                 f"Duration {self} resolves to 0 optimizer steps in a run of {length.total_steps} steps "
                 f"({length.steps_per_epoch} per epoch). Use a longer duration."
             )
         return steps
+
+
+def _ceil_product(value: float, count: int) -> int:
+    """``ceil(value * count)`` on the shortest decimal of ``value`` (what the user wrote), free of float error."""
+    return math.ceil(Fraction(repr(float(value))) * count)
 
 
 DurationLike = Duration | int | float | str

@@ -25,7 +25,9 @@ OPEN_ENDED_STEPS = 2**53
 
 
 class ScheduleLR(LRScheduler):
-    """Set each param group's lr to ``initial_lr * schedule.factor(step, total_steps)`` after every step.
+    """Set each param group's lr to ``initial_lr * factor + offset`` (``schedule.lr_terms``) after every step.
+
+    ``offset`` is 0 unless the spec has an absolute floor or warmup start (``min_lr_abs``, ``Warmup(start_lr=)``).
 
     ``last_epoch`` counts optimizer steps done (torch's name, kept so that the Lightning checkpoint and
     ``LearningRateMonitor`` work unchanged): after construction the optimizer holds the lr of step 0, and each
@@ -42,8 +44,8 @@ class ScheduleLR(LRScheduler):
     resumed with a larger ``max_steps`` continues its decay over the longer run) and a warning names both; the
     lrs are recomputed from the schedule, never taken from the old run.
 
-    If the spec cycles momentum (``OneCycle(cycle_momentum=True)``), each step also sets ``momentum`` (SGD,
-    RMSprop) or ``betas[0]`` (Adam family).
+    If the spec cycles momentum (``OneCycle``/``Cyclic`` with ``cycle_momentum=True``), each step also sets
+    ``momentum`` (SGD, RMSprop) or ``betas[0]`` (Adam family).
 
     **Other hyper-parameters** (``params={"weight_decay": ParamSchedule(start=0.04, end=0.4)}``) are set at
     every step next to the lr, from the same step count: see :class:`~lit_optim.schedules.ParamSchedule`. The
@@ -113,11 +115,12 @@ class ScheduleLR(LRScheduler):
 
     def get_lr(self) -> list[float | Tensor]:
         """The lr of every param group at step ``last_epoch``."""
-        f = self.schedule.factor(self.last_epoch, self.total_steps)
+        f, offset = self.schedule.lr_terms(self.last_epoch, self.total_steps)
         groups = self.optimizer.param_groups
         if len(groups) > len(self.base_lrs):
             self._adopt_new_groups(groups)
-        return [base * f for base, _ in zip(self.base_lrs, groups, strict=False)]  # saved groups not yet re-added
+        # zip stops at the shorter: saved groups not yet re-added
+        return [base * f + offset for base, _ in zip(self.base_lrs, groups, strict=False)]
 
     _get_closed_form_lr = get_lr
 
@@ -169,11 +172,11 @@ class ScheduleLR(LRScheduler):
             self.params.apply(self.optimizer.param_groups, self.last_epoch)
 
     def _adopt_new_groups(self, groups: list[dict[str, Any]]) -> None:
-        previous = self.schedule.factor(max(self.last_epoch - 1, 0), self.total_steps)
+        previous, offset = self.schedule.lr_terms(max(self.last_epoch - 1, 0), self.total_steps)
         for group in groups[len(self.base_lrs) :]:
             if "initial_lr" not in group:
                 lr = group["lr"]
-                group["initial_lr"] = lr / previous if previous > 0 else lr
+                group["initial_lr"] = (lr - offset) / previous if previous > 0 else lr
             self.base_lrs.append(group["initial_lr"])
 
     def _set_momentum(self) -> None:
