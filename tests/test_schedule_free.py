@@ -59,11 +59,13 @@ def _reference(
     accumulate: int = 1,
     cls: Any = None,
     clip: float | None = None,
+    save_every: int | None = None,
     **kwargs: Any,
 ) -> tuple[nn.Module, Any, list[torch.Tensor], list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     """The schedulefree README's loop in plain torch: ``optimizer.train()`` before training, ``optimizer.eval()``
     before evaluating and saving. Returns the model, optimizer, validation losses at x, the same batches' losses at
-    y (what a run without mode switching would report) and the weights saved after each epoch's validation."""
+    y (what a run without mode switching would report) and the weights saved: after each epoch's validation, or
+    every ``save_every`` optimizer steps."""
     model = TinyModule()
     model.load_state_dict(initial)
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -78,6 +80,7 @@ def _reference(
         model.train()
         optimizer.train()
         for i, (x, y) in enumerate(train):
+            optimizer.train()
             loss = nn.functional.mse_loss(model(x), y) / accumulate
             loss.backward()
             if (i + 1) % accumulate == 0:
@@ -85,12 +88,16 @@ def _reference(
                     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                 optimizer.step()
                 optimizer.zero_grad()
+                if save_every is not None and optimizer.param_groups[0]["k"] % save_every == 0:
+                    optimizer.eval()
+                    saved.append({k: v.clone() for k, v in model.state_dict().items()})
         model.eval()
         with torch.no_grad():
             train_point_losses += [nn.functional.mse_loss(model(x), y) for x, y in val]
             optimizer.eval()
             val_losses += [nn.functional.mse_loss(model(x), y) for x, y in val]
-        saved.append({k: v.clone() for k, v in model.state_dict().items()})
+        if save_every is None:
+            saved.append({k: v.clone() for k, v in model.state_dict().items()})
     return model, optimizer, val_losses, train_point_losses, saved
 
 
@@ -173,3 +180,130 @@ def test_gradient_clipping_callback_clips_the_train_mode_gradients(make_trainer:
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)  # the two clip-coefficient formulas round differently
     torch.testing.assert_close(torch.stack(module.val_losses), torch.stack(ref_val), rtol=1e-5, atol=1e-6)
     assert (ref.net[0].weight - unclipped.net[0].weight).abs().max() > 1e-3  # the clipping mattered
+
+
+# ------------------------------------------------------------------ resume
+def _checkpoints(folder: Path) -> list[ModelCheckpoint]:
+    # one saving from a training step (train mode: the callback switches to eval for the save), one after validation
+    return [
+        ModelCheckpoint(dirpath=folder, filename="{step}", every_n_train_steps=16, save_top_k=-1),
+        ModelCheckpoint(dirpath=folder, filename="val-{epoch}", save_top_k=-1),
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed:UserWarning")  # resuming into a fresh folder
+@pytest.mark.parametrize("ckpt_name", ["step=16.ckpt", "val-epoch=0.ckpt", "step=32.ckpt"])
+def test_resume_from_a_checkpoint_continues_bit_for_bit(
+    make_trainer: Callable[..., L.Trainer], tmp_path: Path, ckpt_name: str
+) -> None:
+    straight = SFModule(warmup_steps=20)  # the warmup straddles the checkpoint
+    initial = _initial(straight)
+    trainer, straight = _fit(make_trainer, straight, max_epochs=3, callbacks=_checkpoints(tmp_path / "a"))
+
+    resumed = SFModule(warmup_steps=20)
+    resumed.load_state_dict(initial)
+    again = make_trainer(max_epochs=3, callbacks=_checkpoints(tmp_path / "b"))
+    again.fit(resumed, ckpt_path=tmp_path / "a" / ckpt_name)
+
+    assert again.global_step == trainer.global_step == 48
+    _assert_same_weights(resumed, straight)
+    opt_a, opt_b = trainer.optimizers[0], again.optimizers[0]
+    for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+        for key in ("z", "exp_avg_sq"):
+            assert torch.equal(opt_a.state[p][key], opt_b.state[q][key])
+    assert [g["k"] for g in opt_a.param_groups] == [g["k"] for g in opt_b.param_groups] == [48, 48]
+    assert all(torch.equal(a, b) for a, b in zip(straight.val_losses[-4:], resumed.val_losses[-4:], strict=True))
+    # the later checkpoints of both runs hold the same evaluation weights
+    for name in ("step=48.ckpt", "val-epoch=2.ckpt"):
+        a = torch.load(tmp_path / "a" / name, weights_only=True)
+        b = torch.load(tmp_path / "b" / name, weights_only=True)
+        _assert_same_weights(a["state_dict"], b["state_dict"])
+
+
+def test_checkpoints_saved_from_training_steps_hold_x_as_the_reference_saves_it(
+    make_trainer: Callable[..., L.Trainer], tmp_path: Path
+) -> None:
+    module = SFModule()
+    initial = _initial(module)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=5, save_top_k=-1)
+    _fit(make_trainer, module, callbacks=[checkpoint])
+    ref, _, ref_val, ref_train_point, ref_saved = _reference(initial, 2, save_every=5)
+    _assert_same_weights(module, ref)
+    assert all(torch.equal(a, b) for a, b in zip(module.val_losses, ref_val, strict=True))
+    assert len(ref_saved) == 6
+    for index, want in enumerate(ref_saved):
+        saved = torch.load(tmp_path / f"step={5 * (index + 1)}.ckpt", weights_only=True)
+        _assert_same_weights(saved["state_dict"], want)
+        # the optimizer state says eval mode, so resuming recomputes y = x + (1 - beta1)(z - x) with train()
+        assert [g["train_mode"] for g in saved["optimizer_states"][0]["param_groups"]] == [False, False]
+
+
+# ------------------------------------------------------------------ validate / test / predict
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`:UserWarning")  # validate on a new Trainer
+def test_validate_test_and_predict_after_fit_and_without_fit_use_x(
+    make_trainer: Callable[..., L.Trainer], tmp_path: Path
+) -> None:
+    module = SFModule()
+    initial = _initial(module)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last-{epoch}")
+    trainer, module = _fit(make_trainer, module, callbacks=[checkpoint])
+    _, _, ref_val, _, _ = _reference(initial, 2)
+    final = ref_val[-4:]
+
+    module.val_losses.clear()
+    trainer.validate(module, verbose=False)  # same Trainer, after fit
+    trainer.test(module, verbose=False)
+    assert all(torch.equal(a, b) for a, b in zip(module.val_losses, final, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(module.test_losses, final, strict=True))
+    x = next(iter(module.val_dataloader()))[0]
+    (predicted,) = trainer.predict(module, DataLoader([x], batch_size=None))  # type: ignore[misc]
+    assert torch.equal(predicted, module(x))
+    assert train_mode(trainer.optimizers[0]) is False
+
+    fresh = SFModule()  # without fit: a new Trainer restores the checkpoint's weights, which are x
+    make_trainer().validate(fresh, ckpt_path=checkpoint.best_model_path, verbose=False)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.val_losses, final, strict=True))
+    loaded = SFModule.load_from_checkpoint(checkpoint.best_model_path)
+    make_trainer().test(loaded, verbose=False)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.test_losses, final, strict=True))
+
+
+def test_sanity_check_validation_and_val_check_interval_switch_both_ways(
+    make_trainer: Callable[..., L.Trainer],
+) -> None:
+    module = SFModule()
+    initial = _initial(module)
+    # sanity check before any step: eval() and train() on a fresh optimizer move nothing
+    _fit(make_trainer, module, max_epochs=1, num_sanity_val_steps=2)
+    ref, _, ref_val, _, _ = _reference(initial, 1)
+    _assert_same_weights(module, ref)
+    assert all(torch.equal(a, b) for a, b in zip(module.val_losses[2:], ref_val, strict=True))
+
+
+class ModalSGD(torch.optim.SGD):
+    """An optimizer with train()/eval() of its own (not from schedulefree): records the calls."""
+
+    calls: list[str]
+
+    def __init__(self, params: Any, lr: float = 0.1, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, weight_decay=weight_decay)
+        self.calls, self.train_mode = [], False
+
+    def train(self) -> None:
+        if not self.train_mode:
+            self.calls.append("train")
+        self.train_mode = True
+
+    def eval(self) -> None:
+        if self.train_mode:
+            self.calls.append("eval")
+        self.train_mode = False
+
+
+def test_any_optimizer_with_train_and_eval_is_switched(make_trainer: Callable[..., L.Trainer]) -> None:
+    module = SFModule(ModalSGD)  # type: ignore[arg-type]
+    trainer = make_trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=1)
+    trainer.fit(module)
+    trainer.validate(module, verbose=False)
+    assert trainer.optimizers[0].calls == ["train", "eval", "train", "eval"]  # per epoch: steps, then validation
+    assert any(isinstance(c, ScheduleFreeMode) for c in trainer.callbacks)
