@@ -76,7 +76,8 @@ def test_train_without_eval_is_refused() -> None:
         configure_optimizers(nn.Linear(2, 1), TrainOnlySGD, lr=0.1)
     with pytest.raises(TypeError, match=r"no `eval\(\)`"):
         has_train_eval_modes(TrainOnlySGD)
-    assert has_train_eval_modes(ModalSGD) and not has_train_eval_modes(torch.optim.SGD)
+    assert has_train_eval_modes(ModalSGD)
+    assert not has_train_eval_modes(torch.optim.SGD)
 
 
 @pytest.mark.parametrize(
