@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.utils.data import DataLoader
 
 from lit_optim import ScheduleFreeMode
@@ -119,13 +120,22 @@ def test_resume_from_a_checkpoint_continues_bit_for_bit(
         assert_same_weights(a["state_dict"], b["state_dict"])
 
 
+class CopyingStrategy(SingleDeviceStrategy):
+    """Dumps the weights as copies (as FSDP's gathered state dict does), not views of the parameters."""
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        return {k: v.clone() for k, v in super().lightning_module_state_dict().items()}
+
+
+@pytest.mark.parametrize("copies", [False, True], ids=["views", "copies"])
 def test_checkpoints_saved_from_training_steps_hold_x_as_the_reference_saves_it(
-    make_trainer: Callable[..., L.Trainer], tmp_path: Path
+    make_trainer: Callable[..., L.Trainer], tmp_path: Path, copies: bool
 ) -> None:
     module = SFModule()
     initial = initial_state(module)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=5, save_top_k=-1)
-    fit(make_trainer, module, callbacks=[checkpoint])
+    strategy = CopyingStrategy(torch.device("cpu")) if copies else "auto"
+    fit(make_trainer, module, callbacks=[checkpoint], strategy=strategy)
     ref, _, ref_val, _, ref_saved = reference_run(initial, 2, save_every=5)
     assert_same_weights(module, ref)
     assert all(torch.equal(a, b) for a, b in zip(module.val_losses, ref_val, strict=True))

@@ -40,7 +40,7 @@ class ScheduleFreeMode(Callback):
     at the first training batch, recomputing ``y`` from ``x`` and ``z`` exactly as the uninterrupted run does after
     the same save, so the resumed run is bit-identical to the uninterrupted one. A save during training moves the
     parameters to ``x`` and back, as the ``schedulefree`` authors' loop does (``optimizer.eval()`` before saving).
-    The model weights written are copies, safe from the next training step. Weights-only checkpoints
+    Weights-only checkpoints
     (``ModelCheckpoint(save_weights_only=True)``) skip callback hooks: one written after validation holds ``x``,
     one written from a training step would hold ``y``; a warning says so when fitting starts.
 
@@ -105,25 +105,22 @@ class ScheduleFreeMode(Callback):
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        optimizers = _schedule_free(trainer)
-        if not optimizers:
-            return
-        params: set[int] = set()
+        # Lightning dumped the weights and optimizer states before this hook. In eval mode (after validation, at
+        # the end of fit) they already hold x; in train mode, switch and dump both again.
+        switched = False
         states = checkpoint.get("optimizer_states")
-        for index, optimizer in optimizers:
-            if train_mode(optimizer) is not False:  # in train mode (or unknown): the dump above holds y
+        for index, optimizer in _schedule_free(trainer):
+            if train_mode(optimizer) is not False:  # train mode, or a mode the optimizer does not report
                 optimizer.eval()  # type: ignore[attr-defined]
+                switched = True
                 if isinstance(states, list) and index < len(states):
                     states[index] = trainer.strategy.optimizer_state(optimizer)
-            params.update(id(p) for group in optimizer.param_groups for p in group["params"])
         weights = checkpoint.get("state_dict")
-        if not isinstance(weights, dict):
-            return
-        # Copies of x: the dumped tensors share storage with the parameters, which the next training step moves.
-        for name, param in pl_module.named_parameters(remove_duplicate=False):
-            saved = weights.get(name)
-            if id(param) in params and saved is not None:
-                weights[name] = param.detach().to(device=saved.device, dtype=saved.dtype, copy=True)
+        if switched and isinstance(weights, dict):
+            # the strategy's own dump (a gathered copy under FSDP), so every key holds x whatever the sharding
+            for key, value in trainer.strategy.lightning_module_state_dict().items():
+                if key in weights:
+                    weights[key] = value
 
     # --------------------------------------------------------------- plumbing
     def _set_mode(self, trainer: Trainer, train: bool) -> None:
