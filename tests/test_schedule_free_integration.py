@@ -173,3 +173,24 @@ def test_batchnorm_recomputed_in_on_validation_start_matches_the_authors_loop(
             val_losses += [nn.functional.mse_loss(model(x), y) for x, y in model.val_dataloader()]
     assert_same_weights(module, model)  # running statistics included
     assert all(torch.equal(a, b) for a, b in zip(module.val_losses, val_losses, strict=True))
+
+
+def test_a_dotted_path_is_a_schedule_free_optimizer_too(make_trainer: Callable[..., L.Trainer]) -> None:
+    module = SFModule("schedulefree.SGDScheduleFree")
+    trainer = make_trainer(max_steps=2)
+    trainer.fit(module)
+    assert type(trainer.optimizers[0]) is schedulefree.SGDScheduleFree
+    assert any(isinstance(c, ScheduleFreeMode) for c in trainer.callbacks)
+
+
+def test_a_failed_fit_leaves_the_evaluation_weights(make_trainer: Callable[..., L.Trainer]) -> None:
+    class Failing(SFModule):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            if batch_idx == 3:
+                raise RuntimeError("boom")
+            return super().training_step(batch, batch_idx)
+
+    trainer = make_trainer(max_steps=10)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(Failing())
+    assert train_mode(trainer.optimizers[0]) is False
