@@ -92,9 +92,11 @@ def _checkpoints(folder: Path) -> list[ModelCheckpoint]:
 
 
 @pytest.mark.filterwarnings("ignore:The dirpath has changed:UserWarning")  # resuming into a fresh folder
-@pytest.mark.parametrize("ckpt_name", ["step=16.ckpt", "val-epoch=0.ckpt", "step=32.ckpt"])
+@pytest.mark.parametrize(
+    ("ckpt_name", "sanity"), [("step=16.ckpt", 0), ("val-epoch=0.ckpt", 0), ("step=32.ckpt", 2)]
+)  # a sanity check on resume validates x before the first training batch moves back to y
 def test_resume_from_a_checkpoint_continues_bit_for_bit(
-    make_trainer: Callable[..., L.Trainer], tmp_path: Path, ckpt_name: str
+    make_trainer: Callable[..., L.Trainer], tmp_path: Path, ckpt_name: str, sanity: int
 ) -> None:
     straight = SFModule(warmup_steps=20)  # the warmup straddles the checkpoint
     initial = initial_state(straight)
@@ -102,7 +104,7 @@ def test_resume_from_a_checkpoint_continues_bit_for_bit(
 
     resumed = SFModule(warmup_steps=20)
     resumed.load_state_dict(initial)
-    again = make_trainer(max_epochs=3, callbacks=_checkpoints(tmp_path / "b"))
+    again = make_trainer(max_epochs=3, callbacks=_checkpoints(tmp_path / "b"), num_sanity_val_steps=sanity)
     again.fit(resumed, ckpt_path=tmp_path / "a" / ckpt_name)
 
     assert again.global_step == trainer.global_step == 48
