@@ -38,11 +38,12 @@ class ScheduleFreeMode(Callback):
     **Checkpoints** hold the evaluation weights ``x`` (``load_from_checkpoint`` gives the model to use) and the
     optimizer state in eval mode (``train_mode=False``, with ``z``); resuming from one switches back to train mode
     at the first training batch, recomputing ``y`` from ``x`` and ``z`` exactly as the uninterrupted run does after
-    the same save, so the resumed run is bit-identical to the uninterrupted one. A save during training moves the
-    parameters to ``x`` and back, as the ``schedulefree`` authors' loop does (``optimizer.eval()`` before saving).
-    Weights-only checkpoints
-    (``ModelCheckpoint(save_weights_only=True)``) skip callback hooks: one written after validation holds ``x``,
-    one written from a training step would hold ``y``; a warning says so when fitting starts.
+    the same save, so the resumed run is bit-identical to the uninterrupted one. A save from a training step
+    switches to eval mode first (and the next batch back), as the ``schedulefree`` authors' loop does
+    (``optimizer.eval()`` before saving), and dumps the weights and optimizer state again in that mode.
+    Weights-only checkpoints (``ModelCheckpoint(save_weights_only=True)``) skip callback hooks: one written after
+    validation holds ``x``, one written from a training step would hold ``y``; a warning says so when fitting
+    starts.
 
     **At the end of fit** the optimizer is left in eval mode: the module holds ``x``, so inference right after
     ``trainer.fit`` uses the weights to deploy. Call ``optimizer.train()`` yourself to train further by hand.
