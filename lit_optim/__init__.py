@@ -1,9 +1,17 @@
 """lit_optim: optimizers, parameter groups, schedules, clipping and LR logging for PyTorch Lightning."""
 
-from lit_optim.callbacks import ClipResult, GradientClipping, LearningRateLogger, SchedulerStepper, ensure_stepper
+from lit_optim.callbacks import (
+    ClipResult,
+    GradientClipping,
+    LearningRateLogger,
+    ScheduleFreeMode,
+    SchedulerStepper,
+    ensure_schedule_free_mode,
+    ensure_stepper,
+)
 from lit_optim.clipping import clip_gradients
 from lit_optim.configure import OptimizerMixin, configure_optimizers
-from lit_optim.optim import build_optimizer, format_groups, param_groups
+from lit_optim.optim import build_optimizer, format_groups, param_groups, recompute_batchnorm
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules import (
     Constant,
@@ -57,6 +65,7 @@ __all__ = [
     "PlateauLR",
     "Polynomial",
     "Schedule",
+    "ScheduleFreeMode",
     "ScheduleLR",
     "ScheduleName",
     "SchedulerStepper",
@@ -69,6 +78,7 @@ __all__ = [
     "build_schedule",
     "clip_gradients",
     "configure_optimizers",
+    "ensure_schedule_free_mode",
     "ensure_stepper",
     "format_groups",
     "lightning_scheduler_config",
@@ -76,5 +86,6 @@ __all__ = [
     "parse_duration",
     "plateau_scheduler_config",
     "preview_schedule",
+    "recompute_batchnorm",
     "resolve_training_length",
 ]

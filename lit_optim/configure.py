@@ -6,17 +6,21 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_optim._validation import closest_match
+from lit_optim.callbacks.schedule_free import ensure_schedule_free_mode
 from lit_optim.optim.optimizers import build_optimizer, hyperparameter_names, resolve_optimizer
 from lit_optim.optim.param_groups import NoDecayRule, param_groups
+from lit_optim.optim.schedule_free import has_train_eval_modes, schedule_warning
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules._config import plain_config, spec_from_config
 from lit_optim.schedules.params import ParamSchedule
 from lit_optim.schedules.plateau import Plateau
+from lit_optim.schedules.scheduler import as_schedule
 
 __all__ = ["OPTIMIZER_HPARAMS", "OptimizerMixin", "configure_optimizers", "scheduler_config"]
 
@@ -62,7 +66,10 @@ def configure_optimizers(
 
     Args:
         module: the LightningModule (or any module) whose parameters to optimize.
-        optimizer: a case-insensitive ``torch.optim`` name or an ``Optimizer`` subclass.
+        optimizer: a case-insensitive ``torch.optim`` name, a schedule-free name (``"adamw_schedulefree"``,
+            ``"radam_schedulefree"``, ``"sgd_schedulefree"``; needs the ``schedulefree`` extra) or an ``Optimizer``
+            subclass. An optimizer with ``train()``/``eval()`` modes gets a
+            :class:`~lit_optim.callbacks.ScheduleFreeMode` on the Trainer.
         lr: base learning rate (each group's ``lr`` is this times its ``lr_scale``).
         weight_decay: weight decay of the decayed parameters; ``None`` means 0.01, or 0 for an optimizer without
             weight decay (``Rprop``, ``LBFGS``, ``SparseAdam``).
@@ -103,11 +110,25 @@ def configure_optimizers(
         optimizer=cls,
     )
     built = build_optimizer(cls, groups, **optimizer_kwargs)
+    if has_train_eval_modes(built):  # schedule-free: the mode callback switches train/eval (raises on half a pair)
+        _attach_schedule_free_mode(module, built, scheduler)
     if param_schedules:
         scheduler = "constant" if scheduler is None else scheduler
     if scheduler is None:
         return {"optimizer": built}
     return {"optimizer": built, "lr_scheduler": scheduler_config(built, scheduler, module, param_schedules)}
+
+
+def _attach_schedule_free_mode(module: nn.Module, optimizer: Optimizer, scheduler: Any) -> None:
+    """Warn about a decaying schedule; add ``ScheduleFreeMode`` to the Trainer ``module`` is attached to."""
+    if scheduler is not None:
+        spec = spec_from_config(scheduler)
+        message = schedule_warning(spec if isinstance(spec, Plateau) else as_schedule(spec), type(optimizer))
+        if message is not None:
+            rank_zero_warn(message, category=RuntimeWarning)
+    trainer = module._trainer if isinstance(module, LightningModule) else None
+    if trainer is not None:
+        ensure_schedule_free_mode(trainer)
 
 
 def scheduler_config(

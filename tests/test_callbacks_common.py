@@ -14,7 +14,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import lit_optim
-from lit_optim import Cosine, GradientClipping, LearningRateLogger, SchedulerStepper, configure_optimizers
+from lit_optim import (
+    Cosine,
+    GradientClipping,
+    LearningRateLogger,
+    ScheduleFreeMode,
+    SchedulerStepper,
+    configure_optimizers,
+)
 from tests.loggers import MemoryLogger
 from tests.models import TinyModule
 
@@ -24,7 +31,7 @@ CALLBACKS = [
 
 
 def test_every_public_callback_is_listed_here() -> None:
-    assert set(CALLBACKS) == {GradientClipping, LearningRateLogger, SchedulerStepper}
+    assert set(CALLBACKS) == {GradientClipping, LearningRateLogger, ScheduleFreeMode, SchedulerStepper}
 
 
 @pytest.mark.parametrize("cls", CALLBACKS, ids=lambda c: c.__name__)
@@ -46,6 +53,7 @@ STATEFUL: dict[type[Callback], Callable[[], Callback]] = {
     GradientClipping: lambda: GradientClipping(mode="percentile", window=3, skip_nonfinite=True, log_every_n_steps=2),
     LearningRateLogger: lambda: LearningRateLogger(log_every_n_steps=2),
     SchedulerStepper: SchedulerStepper,
+    ScheduleFreeMode: ScheduleFreeMode,
 }
 
 
@@ -63,7 +71,7 @@ def test_state_survives_a_checkpoint_of_a_real_fit(
     fresh = STATEFUL[cls]()
     fresh.load_state_dict(saved)
     assert _plain(fresh.state_dict()) == _plain(callback.state_dict()) == _plain(saved)
-    if cls is not SchedulerStepper:  # stateless by design (its progress lives in the schedulers)
+    if cls not in (SchedulerStepper, ScheduleFreeMode):  # stateless by design (progress: schedulers, optimizers)
         assert _plain(saved) != _plain(STATEFUL[cls]().state_dict())  # the fit left state to restore
 
 

@@ -2,5 +2,14 @@
 
 from lit_optim.optim.optimizers import build_optimizer
 from lit_optim.optim.param_groups import NoDecayRule, format_groups, param_groups
+from lit_optim.optim.schedule_free import SCHEDULE_FREE_OPTIMIZERS, has_train_eval_modes, recompute_batchnorm
 
-__all__ = ["NoDecayRule", "build_optimizer", "format_groups", "param_groups"]
+__all__ = [
+    "SCHEDULE_FREE_OPTIMIZERS",
+    "NoDecayRule",
+    "build_optimizer",
+    "format_groups",
+    "has_train_eval_modes",
+    "param_groups",
+    "recompute_batchnorm",
+]

@@ -17,6 +17,7 @@ import torch
 from torch.optim import Optimizer
 
 from lit_optim._validation import check_non_negative, unknown_key_error
+from lit_optim.optim.schedule_free import SCHEDULE_FREE_OPTIMIZERS, schedule_free_class
 
 __all__ = ["GROUP_KEYS", "build_optimizer", "hyperparameter_names", "resolve_optimizer"]
 
@@ -51,13 +52,15 @@ def resolve_optimizer(optimizer: OptimizerLike) -> type[Optimizer]:
     """Return the optimizer class for a case-insensitive ``torch.optim`` name, or check a class.
 
     Args:
-        optimizer: a name such as ``"adamw"``, ``"AdamW"``, ``"sgd"`` (any optimizer in ``torch.optim``), a
+        optimizer: a name such as ``"adamw"``, ``"AdamW"``, ``"sgd"`` (any optimizer in ``torch.optim``, and the
+            schedule-free ``"adamw_schedulefree"``, ``"radam_schedulefree"``, ``"sgd_schedulefree"``), a
             dotted import path such as ``"my_package.Lion"`` (handy in YAML/LightningCLI configs), or a
             ``torch.optim.Optimizer`` subclass (third-party classes too).
 
     Raises:
         ValueError: for an unknown name (the message lists the valid names and the closest one).
         TypeError: for anything that is neither a string nor an ``Optimizer`` subclass.
+        ImportError: for a schedule-free name without the ``schedulefree`` package (names the extra).
 
     Example:
         >>> resolve_optimizer("adamw")
@@ -67,9 +70,9 @@ def resolve_optimizer(optimizer: OptimizerLike) -> type[Optimizer]:
         return _import_optimizer(optimizer)
     if isinstance(optimizer, str):
         classes = _torch_optimizers()
-        found = classes.get(optimizer.lower())
+        found = classes.get(optimizer.lower()) or schedule_free_class(optimizer)
         if found is None:
-            names = [cls.__name__ for cls in classes.values()]
+            names = [cls.__name__ for cls in classes.values()] + list(SCHEDULE_FREE_OPTIMIZERS)
             raise unknown_key_error(
                 "optimizer", optimizer, names, hint="HINT: names are case-insensitive; or pass the class itself."
             )
