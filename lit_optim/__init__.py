@@ -1,8 +1,16 @@
 """lit_optim: optimizers, parameter groups, schedules, clipping and LR logging for PyTorch Lightning."""
 
-from lit_optim.callbacks import ClipResult, GradientClipping, LearningRateLogger, SchedulerStepper, ensure_stepper
+from lit_optim.callbacks import (
+    ClipResult,
+    GradientClipping,
+    LearningRateLogger,
+    LRRangeTest,
+    SchedulerStepper,
+    ensure_stepper,
+)
 from lit_optim.clipping import clip_gradients
 from lit_optim.configure import OptimizerMixin, configure_optimizers
+from lit_optim.lr_finder import find_lr
 from lit_optim.optim import build_optimizer, format_groups, param_groups
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules import (
@@ -14,6 +22,7 @@ from lit_optim.schedules import (
     InverseSqrt,
     Linear,
     LRCurve,
+    LRRangeResult,
     MultiStep,
     OneCycle,
     Plateau,
@@ -43,6 +52,8 @@ __all__ = [
     "GradientClipping",
     "InverseSqrt",
     "LRCurve",
+    "LRRangeResult",
+    "LRRangeTest",
     "LearningRateLogger",
     "Linear",
     "MultiStep",
@@ -64,6 +75,7 @@ __all__ = [
     "clip_gradients",
     "configure_optimizers",
     "ensure_stepper",
+    "find_lr",
     "format_groups",
     "lightning_scheduler_config",
     "param_groups",

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import lit_optim
-from lit_optim import Cosine, GradientClipping, LearningRateLogger, SchedulerStepper, configure_optimizers
+from lit_optim import Cosine, GradientClipping, LearningRateLogger, LRRangeTest, SchedulerStepper, configure_optimizers
 from tests.loggers import MemoryLogger
 from tests.models import TinyModule
 
@@ -24,7 +24,7 @@ CALLBACKS = [
 
 
 def test_every_public_callback_is_listed_here() -> None:
-    assert set(CALLBACKS) == {GradientClipping, LearningRateLogger, SchedulerStepper}
+    assert set(CALLBACKS) == {GradientClipping, LearningRateLogger, LRRangeTest, SchedulerStepper}
 
 
 @pytest.mark.parametrize("cls", CALLBACKS, ids=lambda c: c.__name__)
@@ -46,6 +46,7 @@ STATEFUL: dict[type[Callback], Callable[[], Callback]] = {
     GradientClipping: lambda: GradientClipping(mode="percentile", window=3, skip_nonfinite=True, log_every_n_steps=2),
     LearningRateLogger: lambda: LearningRateLogger(log_every_n_steps=2),
     SchedulerStepper: SchedulerStepper,
+    LRRangeTest: lambda: LRRangeTest(num_steps=13),  # its record of the test: base lr, suggestion, steps
 }
 
 

@@ -2,12 +2,14 @@
 
 from lit_optim.callbacks.clipping import GradientClipping
 from lit_optim.callbacks.lr_logger import LearningRateLogger
+from lit_optim.callbacks.lr_range_test import LRRangeTest
 from lit_optim.callbacks.stepper import SchedulerStepper, ensure_stepper
 from lit_optim.clipping import ClipResult, clip_gradients
 
 __all__ = [
     "ClipResult",
     "GradientClipping",
+    "LRRangeTest",
     "LearningRateLogger",
     "SchedulerStepper",
     "clip_gradients",

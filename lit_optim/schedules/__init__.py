@@ -9,6 +9,7 @@ from lit_optim.schedules.durations import (
     parse_duration,
     resolve_training_length,
 )
+from lit_optim.schedules.lr_range import LossTracker, LRRangeResult, suggest_lr, sweep_lr
 from lit_optim.schedules.one_cycle import OneCycle
 from lit_optim.schedules.plateau import Plateau, PlateauLR
 from lit_optim.schedules.preview import LRCurve, preview_schedule
@@ -37,7 +38,9 @@ __all__ = [
     "Exponential",
     "InverseSqrt",
     "LRCurve",
+    "LRRangeResult",
     "Linear",
+    "LossTracker",
     "MultiStep",
     "OneCycle",
     "Plateau",
@@ -54,4 +57,6 @@ __all__ = [
     "parse_duration",
     "preview_schedule",
     "resolve_training_length",
+    "suggest_lr",
+    "sweep_lr",
 ]
