@@ -29,6 +29,7 @@ class TrainingSnapshot:
     precision: dict[str, Any]
     loop: dict[str, Any]
     rng: dict[str, Any]
+    loaders: tuple[Any, Any, Any]
 
     @classmethod
     def take(cls, trainer: Trainer) -> TrainingSnapshot:
@@ -47,6 +48,13 @@ class TrainingSnapshot:
             precision=copy.deepcopy(trainer.precision_plugin.state_dict()),
             loop=copy.deepcopy(trainer.fit_loop.state_dict()),
             rng=_rng_states(),
+            # the loaders and the fetcher as they were (often already set up, to count the run's steps, with an
+            # iterator made): the nested run gets its own, so the real run starts from these untouched
+            loaders=(
+                trainer.fit_loop._combined_loader,
+                trainer.fit_loop._data_fetcher,
+                trainer.fit_loop.epoch_loop.val_loop._combined_loader,
+            ),
         )
 
     def restore(self, trainer: Trainer) -> None:
@@ -55,9 +63,10 @@ class TrainingSnapshot:
         loop.load_state_dict(copy.deepcopy(self.loop))
         loop.restarting = False
         loop.epoch_loop.restarting = False
-        # fresh dataloader iterators for the real run (the nested run consumed some batches)
-        loop._combined_loader = None
-        loop.epoch_loop.val_loop._combined_loader = None
+        nested = loop._data_fetcher
+        if nested is not None and nested is not self.loaders[1]:
+            nested.teardown()  # the nested run's iterators and workers
+        loop._combined_loader, loop._data_fetcher, loop.epoch_loop.val_loop._combined_loader = self.loaders
         trainer.should_stop = False
         with torch.no_grad():
             for tensor, value, grad in self.tensors:
@@ -116,6 +125,8 @@ def swap_in(trainer: Trainer, callback: Callback) -> dict[str, Any]:
     loop.max_epochs, loop.min_epochs = -1, None
     trainer.limit_val_batches = 0
     loop.restarting = False
+    # its own dataloader iterators (the snapshot keeps the run's, unconsumed)
+    loop._combined_loader, loop._data_fetcher, loop.epoch_loop.val_loop._combined_loader = None, None, None
     return saved
 
 

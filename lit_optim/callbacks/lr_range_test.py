@@ -60,7 +60,9 @@ class LRRangeTest(Callback):
         max_lr: last base lr (> ``min_lr``).
         num_steps: optimizer steps of the sweep (enough to leave points after the rule's skips).
         mode: ``"exponential"`` or ``"linear"`` spacing.
-        rule: the suggestion rule: ``"steepest"`` (Lightning's), ``"valley"`` or ``"minimum"`` (fastai's).
+        rule: the suggestion rule: ``"valley"`` (fastai's default, robust on smooth and noisy curves),
+            ``"steepest"`` (Lightning's: steepest slope over a linear lr axis, which favours small lrs on smooth
+            curves) or ``"minimum"`` (fastai's: a tenth of the lr at the lowest loss).
         early_stop_threshold: stop when the smoothed loss exceeds this multiple of its best; ``None`` never stops.
         beta: smoothing of the loss, in [0, 1).
         skip_begin, skip_end: points the rule ignores at each end; ``None`` takes the rule's defaults
@@ -70,7 +72,7 @@ class LRRangeTest(Callback):
             and use ``result.suggestion`` yourself.
         plot_path: save the curve as a PNG there (``plot`` extra), on rank 0.
         match_lightning: place the sweep points and correct the smoothing as ``Tuner.lr_find`` does, so that on a
-            single group the curve and the ``steepest`` suggestion equal Lightning's exactly.
+            single group the curve and, with ``rule="steepest"``, the suggestion equal Lightning's exactly.
 
     Attributes:
         result: the :class:`~lit_optim.schedules.lr_range.LRRangeResult` of the last test (``None`` before).
@@ -94,7 +96,7 @@ class LRRangeTest(Callback):
         max_lr: float = 1.0,
         num_steps: int = 100,
         mode: SweepMode = "exponential",
-        rule: SuggestionRule = "steepest",
+        rule: SuggestionRule = "valley",
         early_stop_threshold: float | None = 4.0,
         beta: float = 0.98,
         skip_begin: int | None = None,
@@ -266,12 +268,12 @@ class _SweepRecorder(Callback):
             )
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, torch.Tensor):
-            if stepped:
+            if stepped and not pl_module.automatic_optimization:
                 raise ValueError(
                     "LRRangeTest needs the loss of each step: `training_step` must return it (a tensor or a dict "
                     f"with 'loss'), got {type(outputs).__name__}."
                 )
-            return  # a skipped batch (training_step returned None): no step, no point
+            return  # a skipped batch (training_step returned None: Lightning skips backward): no point
         value = loss.detach().to(torch.float64) * self._scale
         self._window = value if self._window is None else self._window + value
         self._batches += 1
@@ -305,6 +307,8 @@ def _groups(optimizers: list[Optimizer]) -> tuple[list[dict[str, Any]], list[str
             name = str(group.get("name", f"group_{j}"))
             groups.append(group)
             names.append(f"optimizer_{i}/{name}" if len(optimizers) > 1 else name)
+    if not groups:  # Lightning's stand-in when `configure_optimizers` returned None
+        raise ValueError("LRRangeTest found no optimizer: `configure_optimizers` must return at least one.")
     return groups, names
 
 
