@@ -11,7 +11,7 @@ from lit_optim.callbacks import (
 from lit_optim.clipping import clip_gradients
 from lit_optim.configure import OptimizerMixin, configure_optimizers
 from lit_optim.lr_finder import find_lr
-from lit_optim.optim import build_optimizer, format_groups, param_groups
+from lit_optim.optim import BatchScaling, build_optimizer, format_groups, param_groups, scale_lr
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules import (
     Constant,
@@ -43,6 +43,7 @@ from lit_optim.schedules import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BatchScaling",
     "ClipResult",
     "Constant",
     "Cosine",
@@ -83,4 +84,5 @@ __all__ = [
     "plateau_scheduler_config",
     "preview_schedule",
     "resolve_training_length",
+    "scale_lr",
 ]

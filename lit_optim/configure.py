@@ -11,6 +11,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_optim._validation import closest_match
+from lit_optim.optim.lr_scaling import resolve_batch_scaling
 from lit_optim.optim.optimizers import build_optimizer, hyperparameter_names, resolve_optimizer
 from lit_optim.optim.param_groups import NoDecayRule, param_groups
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
@@ -30,6 +31,8 @@ OPTIMIZER_HPARAMS = (
     "decay_embeddings",
     "include_frozen",
     "optimizer_kwargs",
+    "lr_scaling",
+    "reference_batch_size",
 )
 
 # Common spellings of our keys that would otherwise be silently ignored as "the user's own" hparams.
@@ -49,6 +52,8 @@ def configure_optimizers(
     include_frozen: bool = False,
     no_decay: Iterable[NoDecayRule] = (),
     layer_id_fn: Callable[[str], int] | None = None,
+    lr_scaling: str | None = None,
+    reference_batch_size: int | None = None,
     **optimizer_kwargs: Any,
 ) -> dict[str, Any]:
     """Build what ``LightningModule.configure_optimizers`` returns: grouped parameters and an optimizer.
@@ -70,6 +75,9 @@ def configure_optimizers(
         include_frozen: also group parameters with ``requires_grad=False``.
         no_decay: extra no-decay rules (module classes, globs, compiled regexes, predicates).
         layer_id_fn: maps a parameter name to its layer id (needs ``layer_decay``).
+        lr_scaling: ``"linear"`` or ``"sqrt"``: scale ``lr`` from ``reference_batch_size`` to the Trainer's global
+            batch when fitting starts (see :mod:`lit_optim.optim.lr_scaling`); ``None`` uses ``lr`` as given.
+        reference_batch_size: the global batch size ``lr`` was tuned for (with ``lr_scaling``).
         **optimizer_kwargs: other optimizer hyper-parameters (``betas``, ``momentum``, ``eps``, ...).
 
     Returns:
@@ -82,6 +90,8 @@ def configure_optimizers(
         [('decay', 0.1, 0.01, 0.9), ('no_decay', 0.1, 0.0, 0.9)]
     """
     cls = resolve_optimizer(optimizer)
+    scaling = resolve_batch_scaling(module, lr, lr_scaling, reference_batch_size)
+    lr = lr if scaling is None else scaling.lr
     if weight_decay is None:
         names = hyperparameter_names(cls)
         weight_decay = 0.01 if names is None or "weight_decay" in names else 0.0
@@ -98,6 +108,8 @@ def configure_optimizers(
         optimizer=cls,
     )
     built = build_optimizer(cls, groups, **optimizer_kwargs)
+    if scaling is not None:
+        scaling.attach(built, module)  # records, logs and prints the resolved lr; checks it on resume
     if scheduler is None:
         return {"optimizer": built}
     return {"optimizer": built, "lr_scheduler": scheduler_config(built, scheduler, module)}

@@ -289,6 +289,8 @@ def test_unrelated_hparams_are_left_alone() -> None:
         "decay_embeddings",
         "include_frozen",
         "optimizer_kwargs",
+        "lr_scaling",
+        "reference_batch_size",
     }
 
 

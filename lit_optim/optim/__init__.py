@@ -1,6 +1,7 @@
 """Parameter groups (decay split, overrides, layer-wise decay) and optimizer building."""
 
+from lit_optim.optim.lr_scaling import BatchScaling, scale_lr
 from lit_optim.optim.optimizers import build_optimizer
 from lit_optim.optim.param_groups import NoDecayRule, format_groups, param_groups
 
-__all__ = ["NoDecayRule", "build_optimizer", "format_groups", "param_groups"]
+__all__ = ["BatchScaling", "NoDecayRule", "build_optimizer", "format_groups", "param_groups", "scale_lr"]
