@@ -151,3 +151,63 @@ def test_describe_names_every_factor() -> None:
     assert scaling.describe() == (
         "lr_scaling='linear': lr 0.1 x (256/256) = 0.1 (global batch 256 = 32 per device x 4 processes x 2 accumulated)"
     )
+
+
+DDP_SCRIPT = """
+import json, sys
+from pathlib import Path
+import torch
+from lightning.pytorch import Trainer
+from lit_optim import LRRangeTest, configure_optimizers
+from tests.models import TinyModule
+
+class Scaled(TinyModule):
+    def __init__(self):
+        super().__init__(n=64, batch_size=4)
+        self.local_losses, self.seen = [], []
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.local_losses.append(float(loss.detach()))
+        self.seen.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def configure_optimizers(self):
+        return configure_optimizers(self, "sgd", lr=0.01, lr_scaling="sqrt", reference_batch_size=4,
+                                    overrides={"net.2.*": {"lr_scale": 3.0}})
+
+torch.manual_seed(0)
+test = LRRangeTest(min_lr=1e-4, max_lr=0.1, num_steps=15, rule="minimum", skip_end=1, early_stop_threshold=None)
+trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=2, limit_val_batches=0, logger=False,
+                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[test])
+model = Scaled()
+trainer.fit(model)
+r = test.result
+out = {"record": trainer.optimizers[0].param_groups[0]["lr_scaling"], "lrs": list(r.lrs), "raw": list(r.raw_losses),
+       "suggestion": r.suggestion, "local": model.local_losses, "seen": model.seen, "ratios": r.ratios,
+       "weights": [p.detach().flatten().tolist() for p in model.parameters()]}
+(Path(sys.argv[1]) / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
+"""
+
+
+@pytest.mark.ddp
+def test_ddp_resolves_the_two_process_batch_and_both_ranks_share_one_range_test(tmp_path: Path) -> None:
+    from tests.ddp import run_ddp
+
+    rank0, rank1 = run_ddp(DDP_SCRIPT, tmp_path)
+    lr = 0.01 * math.sqrt(4 * 2 * 1 / 4)  # per-device 4 x 2 processes x no accumulation, reference 4
+    assert rank0["record"] == rank1["record"]
+    assert rank0["record"]["world_size"] == 2
+    assert rank0["record"]["lr"] == lr
+    # one sweep: the same lrs, losses (the mean of the ranks' losses) and suggestion on both ranks
+    assert rank0["lrs"] == rank1["lrs"]
+    assert rank0["raw"] == rank1["raw"]
+    assert rank0["suggestion"] == rank1["suggestion"] is not None
+    n = len(rank0["raw"])
+    means = [(a + b) / 2 for a, b in zip(rank0["local"][:n], rank1["local"][:n], strict=True)]
+    assert rank0["raw"] == pytest.approx(means, rel=1e-6)
+    assert rank0["local"][:n] != rank1["local"][:n]  # the ranks saw different data
+    # the suggestion applied on both ranks, at each group's ratio (the scaled lr was the base)
+    assert rank0["ratios"] == {"decay": 1.0, "no_decay": 1.0, "net.2/decay": 3.0, "net.2/no_decay": 3.0}
+    assert rank0["seen"][n:] == rank1["seen"][n:] == [rank0["suggestion"]] * 2
+    assert rank0["weights"] == rank1["weights"]
