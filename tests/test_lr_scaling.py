@@ -211,3 +211,38 @@ def test_ddp_resolves_the_two_process_batch_and_both_ranks_share_one_range_test(
     assert rank0["ratios"] == {"decay": 1.0, "no_decay": 1.0, "net.2/decay": 3.0, "net.2/no_decay": 3.0}
     assert rank0["seen"][n:] == rank1["seen"][n:] == [rank0["suggestion"]] * 2
     assert rank0["weights"] == rank1["weights"]
+
+
+class CliModel(OptimizerMixin, _Scaled):
+    def __init__(self, lr: float = 0.01, lr_scaling: str | None = None, reference_batch_size: int | None = None,
+                 batch_size: int = 4) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+
+    def configure_optimizers(self) -> Any:
+        return OptimizerMixin.configure_optimizers(self)
+
+
+# Lightning's CLI calls jsonargparse APIs that jsonargparse 4.49 deprecated; not ours to fix.
+@pytest.mark.filterwarnings("ignore::jsonargparse._deprecated.JsonargparseDeprecationWarning")
+def test_scaling_and_range_test_from_lightning_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning.pytorch.cli import LightningCLI
+
+    from lit_optim import LRRangeTest
+
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    args = [
+        "--model.lr=0.01", "--model.lr_scaling=linear", "--model.reference_batch_size=2",
+        "--trainer.callbacks+=lit_optim.LRRangeTest", "--trainer.callbacks.num_steps=14",
+        "--trainer.callbacks.max_lr=0.1", "--trainer.callbacks.apply=false",
+        "--trainer.accelerator=cpu", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+        "--trainer.max_steps=1", f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+    ]
+    cli = LightningCLI(CliModel, run=False, seed_everything_default=False, args=args)
+    (test,) = [c for c in cli.trainer.callbacks if isinstance(c, LRRangeTest)]
+    assert (test.num_steps, test.max_lr, test.apply) == (14, 0.1, False)
+    cli.trainer.fit(cli.model)
+    assert test.result is not None and len(test.result.lrs) == 14
+    assert test.result.base_lr == 0.01 * 4 / 2  # the range test sweeps around the scaled lr
+    assert cli.model.seen[14:] == [[0.02, 0.02]]  # apply=false: training runs at the scaled lr
