@@ -343,3 +343,31 @@ def test_skipped_with_a_warning_under_fast_dev_run_and_on_resume(
     with pytest.warns(UserWarning, match="skipped: resuming from .*the checkpoint's lrs are kept"):
         make_trainer(max_steps=3, callbacks=[test]).fit(_Recording(), ckpt_path=tmp_path / "a.ckpt")
     assert test.result is None
+
+
+def test_the_sweep_spans_epochs_under_bf16_and_the_run_then_starts_afresh(tmp_path: Path) -> None:
+    model = _Recording(optimizer="adamw", lr=1e-3, scheduler=Cosine(warmup=1))
+    test = LRRangeTest(num_steps=10, apply=False, rule="steepest", skip_begin=0, skip_end=0)
+    trainer = cpu_trainer(tmp_path, limit_train_batches=3, max_epochs=1, precision="bf16-mixed", callbacks=[test])
+    trainer.fit(model)
+    assert test.result is not None
+    assert len(test.result.lrs) == 10
+    assert len(model.seen) == 13
+    assert (trainer.current_epoch, trainer.global_step) == (1, 3)  # the real run: one epoch of 3 steps
+
+
+def test_no_suggestion_warns_and_leaves_the_lr(tmp_path: Path) -> None:
+    class Exploding(_Recording):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            loss = super().training_step(batch, batch_idx)
+            return loss * 0 + 10.0 ** len(self.seen)  # x10 per step: diverged at the second step
+
+    model = Exploding(optimizer="sgd", lr=0.1)
+    test = LRRangeTest(num_steps=20)
+    with pytest.warns(UserWarning, match=r"no suggestion \(too few finite points\); the base lr stays 0.1"):
+        cpu_trainer(tmp_path, max_steps=1, callbacks=[test]).fit(model)
+    assert test.result is not None
+    assert test.result.stopped_early
+    assert len(test.result.lrs) == 2
+    assert model.seen[-1] == [0.1, 0.1]
+    assert test.state_dict()["applied"] is False

@@ -243,6 +243,7 @@ def test_scaling_and_range_test_from_lightning_cli(tmp_path: Path, monkeypatch: 
     (test,) = [c for c in cli.trainer.callbacks if isinstance(c, LRRangeTest)]
     assert (test.num_steps, test.max_lr, test.apply) == (14, 0.1, False)
     cli.trainer.fit(cli.model)
-    assert test.result is not None and len(test.result.lrs) == 14
+    assert test.result is not None
+    assert len(test.result.lrs) == 14
     assert test.result.base_lr == 0.01 * 4 / 2  # the range test sweeps around the scaled lr
     assert cli.model.seen[14:] == [[0.02, 0.02]]  # apply=false: training runs at the scaled lr
