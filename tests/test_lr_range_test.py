@@ -371,3 +371,12 @@ def test_no_suggestion_warns_and_leaves_the_lr(tmp_path: Path) -> None:
     assert len(test.result.lrs) == 2
     assert model.seen[-1] == [0.1, 0.1]
     assert test.state_dict()["applied"] is False
+
+
+def test_plot_path_without_matplotlib_fails_before_any_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(ImportError, match=r"needs matplotlib: `pip install 'lit_optim\[plot\]'`"):
+        LRRangeTest(plot_path="lr.png")

@@ -247,3 +247,18 @@ def test_scaling_and_range_test_from_lightning_cli(tmp_path: Path, monkeypatch: 
     assert len(test.result.lrs) == 14
     assert test.result.base_lr == 0.01 * 4 / 2  # the range test sweeps around the scaled lr
     assert cli.model.seen[14:] == [[0.02, 0.02]]  # apply=false: training runs at the scaled lr
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_applied_suggestion_updates_the_hparams_lr_it_replaces(scaled: bool, tmp_path: Path) -> None:
+    from lit_optim import LRRangeTest
+
+    scaling = {"lr_scaling": "linear", "reference_batch_size": 2} if scaled else {}
+    model = CliModel(lr=0.01, **scaling)
+    test = LRRangeTest(min_lr=1e-4, max_lr=0.1, num_steps=14, rule="minimum", skip_end=1)
+    cpu_trainer(tmp_path, max_steps=1, callbacks=[test]).fit(model)
+    assert test.result is not None
+    assert test.result.suggestion is not None
+    assert model.seen[-1] == [test.result.suggestion] * 2
+    # unscaled: hparams' lr is the base lr, now the suggestion; scaled: hparams' lr is the reference-batch lr, kept
+    assert model.hparams["lr"] == (0.01 if scaled else test.result.suggestion)

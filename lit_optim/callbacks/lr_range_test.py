@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,9 @@ class LRRangeTest(Callback):
             (:func:`~lit_optim.schedules.lr_range.default_skips`).
         apply: set the suggested base lr (every group at its ratio, ``ScheduleLR`` base lrs included) before
             training. Needs no scheduler or lit_optim's ``ScheduleLR``; with another scheduler, set ``apply=False``
-            and use ``result.suggestion`` yourself.
+            and use ``result.suggestion`` yourself. When ``hparams["lr"]`` is the base lr the groups were built from
+            (:class:`~lit_optim.OptimizerMixin` without ``lr_scaling``), it is set to the suggestion too, so the
+            checkpoint's hparams match the run.
         plot_path: save the curve as a PNG there (``plot`` extra), on rank 0.
         match_lightning: place the sweep points and correct the smoothing as ``Tuner.lr_find`` does, so that on a
             single group the curve and, with ``rule="steepest"``, the suggestion equal Lightning's exactly.
@@ -135,6 +138,10 @@ class LRRangeTest(Callback):
             raise TypeError(f"`apply` and `match_lightning` must be bools, got {apply!r} and {match_lightning!r}.")
         self.apply = apply
         self.plot_path = None if plot_path is None else Path(plot_path)
+        if self.plot_path is not None and importlib.util.find_spec("matplotlib") is None:
+            raise ImportError(
+                "LRRangeTest(plot_path=...) needs matplotlib: `pip install 'lit_optim[plot]'` (or drop `plot_path`)."
+            )
         self.match_lightning = match_lightning
         self.result: LRRangeResult | None = None
         self._loaded_state: dict[str, Any] = {}
@@ -196,7 +203,12 @@ class LRRangeTest(Callback):
                 rank_zero_warn(f"LRRangeTest: no suggestion (too few finite points); the base lr stays {base_lr!r}.")
             else:
                 _apply(trainer, [result.suggestion * r for r in ratios])
-                rank_zero_info(f"LRRangeTest: base lr set to {result.suggestion!r} (was {base_lr!r}).")
+                hparams = getattr(trainer.lightning_module, "hparams", None)
+                noted = ""
+                if isinstance(hparams, dict) and hparams.get("lr") == base_lr:  # the lr the groups were built from
+                    hparams["lr"] = result.suggestion  # so the checkpoint's hparams say what the run used
+                    noted = "; hparams['lr'] updated"
+                rank_zero_info(f"LRRangeTest: base lr set to {result.suggestion!r} (was {base_lr!r}){noted}.")
 
     @override
     def state_dict(self) -> dict[str, Any]:
