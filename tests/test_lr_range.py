@@ -59,6 +59,8 @@ def test_stops_when_the_smoothed_loss_passes_threshold_times_its_best() -> None:
     assert tracker.add(4.01)  # > 4 * best (1.0)
     assert LossTracker(beta=0.0, threshold=4.0).add(1000.0) is False  # never on the first point
     assert LossTracker(threshold=None).add(float("nan"))  # a non-finite loss always stops
+    negative = LossTracker(beta=0.0, threshold=4.0)  # a negative log-likelihood: grew by 3 x |best| to stop
+    assert [negative.add(x) for x in (-10.0, -12.0, -5.0, 23.0, 24.01)] == [False, False, False, False, True]
     never = LossTracker(beta=0.0, threshold=None)
     assert not any(never.add(x) for x in (1.0, 100.0, 1e9))
 

@@ -168,8 +168,8 @@ class LRRangeTest(Callback):
             _check_appliable(trainer)
         groups, names = _groups(trainer.optimizers)
         base_lr, ratios = _base_and_ratios(groups)
-        recorder = _SweepRecorder(self, groups, ratios, trainer)
         snapshot = TrainingSnapshot.take(trainer)
+        recorder = _SweepRecorder(self, groups, ratios, trainer)
         saved = swap_in(trainer, recorder)
         try:
             trainer.fit_loop.run()

@@ -64,7 +64,9 @@ class LossTracker:
         a_k = \beta a_{k-1} + (1 - \beta)\,\ell_k,\quad a_{-1} = 0, \qquad s_k = a_k / (1 - \beta^{k+1})
 
     (a bias-corrected exponential average, as fastai's). The test stops at step *k* >= 1 when
-    :math:`s_k > \text{threshold} \cdot \min_{j<k} s_j`, or at any step whose raw loss is not finite.
+    :math:`s_k > \text{threshold} \cdot \min_{j<k} s_j`, or at any step whose raw loss is not finite. When that
+    best is <= 0 (a loss that can be negative) it stops when :math:`s_k - b > (\text{threshold} - 1)\,|b|`
+    instead, :math:`b` the best (the same rule written for any sign).
     With ``lightning=True`` the correction is :math:`1 - \beta^{k+2}`, as ``Tuner.lr_find`` computes it
     from a fresh Trainer (it counts the step just taken).
 
@@ -86,7 +88,11 @@ class LossTracker:
         k = len(self.smoothed)
         self._average = self.beta * self._average + (1 - self.beta) * loss
         value = self._average / (1 - self.beta ** (k + 2 if self.lightning else k + 1))
-        diverged = self.threshold is not None and k >= 1 and value > self.threshold * self._best
+        diverged = False
+        if self.threshold is not None and k >= 1:
+            best = self._best
+            # a loss that can be negative (a log-likelihood): "grew by (threshold - 1) times its size" instead
+            diverged = value > self.threshold * best if best > 0 else value - best > (self.threshold - 1) * -best
         stop = diverged or not math.isfinite(loss)
         if k == 0 or value < self._best:
             self._best = value
