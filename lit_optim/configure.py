@@ -11,7 +11,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_optim._validation import closest_match
-from lit_optim.optim.lr_scaling import resolve_batch_scaling
+from lit_optim.optim.lr_scaling import LRScalingRule, resolve_batch_scaling
 from lit_optim.optim.optimizers import build_optimizer, hyperparameter_names, resolve_optimizer
 from lit_optim.optim.param_groups import NoDecayRule, param_groups
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
@@ -52,7 +52,7 @@ def configure_optimizers(
     include_frozen: bool = False,
     no_decay: Iterable[NoDecayRule] = (),
     layer_id_fn: Callable[[str], int] | None = None,
-    lr_scaling: str | None = None,
+    lr_scaling: LRScalingRule | None = None,
     reference_batch_size: int | None = None,
     **optimizer_kwargs: Any,
 ) -> dict[str, Any]:

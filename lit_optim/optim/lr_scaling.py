@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 
 from lit_optim._validation import check_choice, check_positive, check_positive_int
 
-__all__ = ["GROUP_KEY", "LR_SCALING_RULES", "BatchScaling", "resolve_batch_scaling", "scale_lr"]
+__all__ = ["GROUP_KEY", "LR_SCALING_RULES", "BatchScaling", "LRScalingRule", "resolve_batch_scaling", "scale_lr"]
 
 LRScalingRule = Literal["linear", "sqrt"]
 

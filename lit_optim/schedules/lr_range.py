@@ -17,7 +17,16 @@ import torch
 
 from lit_optim._validation import check_choice, check_positive, check_positive_int
 
-__all__ = ["SUGGESTION_RULES", "LRRangeResult", "LossTracker", "default_skips", "suggest_lr", "sweep_lr"]
+__all__ = [
+    "SUGGESTION_RULES",
+    "LRRangeResult",
+    "LossTracker",
+    "SuggestionRule",
+    "SweepMode",
+    "default_skips",
+    "suggest_lr",
+    "sweep_lr",
+]
 
 SweepMode = Literal["exponential", "linear"]
 SuggestionRule = Literal["minimum", "steepest", "valley"]
