@@ -4,6 +4,7 @@ from lit_optim.callbacks import (
     ClipResult,
     GradientClipping,
     LearningRateLogger,
+    LRRangeTest,
     ScheduleFreeMode,
     SchedulerStepper,
     ensure_schedule_free_mode,
@@ -11,7 +12,8 @@ from lit_optim.callbacks import (
 )
 from lit_optim.clipping import clip_gradients
 from lit_optim.configure import OptimizerMixin, configure_optimizers
-from lit_optim.optim import build_optimizer, format_groups, param_groups, recompute_batchnorm
+from lit_optim.lr_finder import find_lr
+from lit_optim.optim import BatchScaling, build_optimizer, format_groups, param_groups, recompute_batchnorm, scale_lr
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules import (
     Constant,
@@ -23,6 +25,7 @@ from lit_optim.schedules import (
     InverseSqrt,
     Linear,
     LRCurve,
+    LRRangeResult,
     MultiStep,
     OneCycle,
     ParamSchedule,
@@ -45,6 +48,7 @@ from lit_optim.schedules import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BatchScaling",
     "ClipResult",
     "Constant",
     "Cosine",
@@ -55,6 +59,8 @@ __all__ = [
     "GradientClipping",
     "InverseSqrt",
     "LRCurve",
+    "LRRangeResult",
+    "LRRangeTest",
     "LearningRateLogger",
     "Linear",
     "MultiStep",
@@ -80,6 +86,7 @@ __all__ = [
     "configure_optimizers",
     "ensure_schedule_free_mode",
     "ensure_stepper",
+    "find_lr",
     "format_groups",
     "lightning_scheduler_config",
     "param_groups",
@@ -88,4 +95,5 @@ __all__ = [
     "preview_schedule",
     "recompute_batchnorm",
     "resolve_training_length",
+    "scale_lr",
 ]

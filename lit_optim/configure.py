@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from lit_optim._validation import closest_match
 from lit_optim.callbacks.schedule_free import ensure_schedule_free_mode
+from lit_optim.optim.lr_scaling import LRScalingRule, resolve_batch_scaling
 from lit_optim.optim.optimizers import build_optimizer, hyperparameter_names, resolve_optimizer
 from lit_optim.optim.param_groups import NoDecayRule, param_groups
 from lit_optim.optim.schedule_free import has_train_eval_modes, schedule_warning
@@ -36,6 +37,8 @@ OPTIMIZER_HPARAMS = (
     "include_frozen",
     "optimizer_kwargs",
     "param_schedules",
+    "lr_scaling",
+    "reference_batch_size",
 )
 
 # Common spellings of our keys that would otherwise be silently ignored as "the user's own" hparams.
@@ -56,6 +59,8 @@ def configure_optimizers(
     no_decay: Iterable[NoDecayRule] = (),
     layer_id_fn: Callable[[str], int] | None = None,
     param_schedules: Mapping[str, ParamSchedule | Mapping[str, Any]] | None = None,
+    lr_scaling: LRScalingRule | None = None,
+    reference_batch_size: int | None = None,
     **optimizer_kwargs: Any,
 ) -> dict[str, Any]:
     """Build what ``LightningModule.configure_optimizers`` returns: grouped parameters and an optimizer.
@@ -82,6 +87,9 @@ def configure_optimizers(
         layer_id_fn: maps a parameter name to its layer id (needs ``layer_decay``).
         param_schedules: ``{field: ParamSchedule}``: schedules for other hyper-parameters (``"weight_decay"``,
             ``"momentum"``, ``"betas[0]"``...), stepped with the lr (a constant lr when ``scheduler`` is ``None``).
+        lr_scaling: ``"linear"`` or ``"sqrt"``: scale ``lr`` from ``reference_batch_size`` to the Trainer's global
+            batch when fitting starts (see :mod:`lit_optim.optim.lr_scaling`); ``None`` uses ``lr`` as given.
+        reference_batch_size: the global batch size ``lr`` was tuned for (with ``lr_scaling``).
         **optimizer_kwargs: other optimizer hyper-parameters (``betas``, ``momentum``, ``eps``, ...).
 
     Returns:
@@ -94,6 +102,8 @@ def configure_optimizers(
         [('decay', 0.1, 0.01, 0.9), ('no_decay', 0.1, 0.0, 0.9)]
     """
     cls = resolve_optimizer(optimizer)
+    scaling = resolve_batch_scaling(module, lr, lr_scaling, reference_batch_size)
+    lr = lr if scaling is None else scaling.lr
     if weight_decay is None:
         names = hyperparameter_names(cls)
         weight_decay = 0.01 if names is None or "weight_decay" in names else 0.0
@@ -114,6 +124,8 @@ def configure_optimizers(
         _attach_schedule_free_mode(module, built, scheduler)
     if param_schedules:
         scheduler = "constant" if scheduler is None else scheduler
+    if scaling is not None:
+        scaling.attach(built, module)  # records, logs and prints the resolved lr; checks it on resume
     if scheduler is None:
         return {"optimizer": built}
     return {"optimizer": built, "lr_scheduler": scheduler_config(built, scheduler, module, param_schedules)}

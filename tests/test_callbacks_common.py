@@ -18,6 +18,7 @@ from lit_optim import (
     Cosine,
     GradientClipping,
     LearningRateLogger,
+    LRRangeTest,
     ScheduleFreeMode,
     SchedulerStepper,
     configure_optimizers,
@@ -31,7 +32,7 @@ CALLBACKS = [
 
 
 def test_every_public_callback_is_listed_here() -> None:
-    assert set(CALLBACKS) == {GradientClipping, LearningRateLogger, ScheduleFreeMode, SchedulerStepper}
+    assert set(CALLBACKS) == {GradientClipping, LearningRateLogger, LRRangeTest, ScheduleFreeMode, SchedulerStepper}
 
 
 @pytest.mark.parametrize("cls", CALLBACKS, ids=lambda c: c.__name__)
@@ -54,6 +55,7 @@ STATEFUL: dict[type[Callback], Callable[[], Callback]] = {
     LearningRateLogger: lambda: LearningRateLogger(log_every_n_steps=2),
     SchedulerStepper: SchedulerStepper,
     ScheduleFreeMode: ScheduleFreeMode,
+    LRRangeTest: lambda: LRRangeTest(num_steps=13),  # its record of the test: base lr, suggestion, steps
 }
 
 

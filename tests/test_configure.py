@@ -290,6 +290,8 @@ def test_unrelated_hparams_are_left_alone() -> None:
         "include_frozen",
         "optimizer_kwargs",
         "param_schedules",
+        "lr_scaling",
+        "reference_batch_size",
     }
 
 

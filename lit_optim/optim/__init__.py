@@ -1,5 +1,6 @@
 """Parameter groups (decay split, overrides, layer-wise decay) and optimizer building."""
 
+from lit_optim.optim.lr_scaling import BatchScaling, scale_lr
 from lit_optim.optim.optimizers import build_optimizer
 from lit_optim.optim.param_groups import NoDecayRule, format_groups, param_groups
 from lit_optim.optim.schedule_free import SCHEDULE_FREE_OPTIMIZERS, has_train_eval_modes, recompute_batchnorm
@@ -13,3 +14,4 @@ __all__ = [
     "param_groups",
     "recompute_batchnorm",
 ]
+__all__ = ["BatchScaling", "NoDecayRule", "build_optimizer", "format_groups", "param_groups", "scale_lr"]
