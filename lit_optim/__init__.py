@@ -3,7 +3,7 @@
 from lit_optim.callbacks import ClipResult, GradientClipping, LearningRateLogger, SchedulerStepper, ensure_stepper
 from lit_optim.clipping import clip_gradients
 from lit_optim.configure import OptimizerMixin, configure_optimizers
-from lit_optim.optim import build_optimizer, format_groups, param_groups
+from lit_optim.optim import build_optimizer, format_groups, format_layer_ids, layer_ids, param_groups
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules import (
     Constant,
@@ -65,6 +65,8 @@ __all__ = [
     "configure_optimizers",
     "ensure_stepper",
     "format_groups",
+    "format_layer_ids",
+    "layer_ids",
     "lightning_scheduler_config",
     "param_groups",
     "parse_duration",

@@ -14,8 +14,9 @@ scale 1). Ids come from, in this order of precedence:
    numbered siblings (``layer1``, ``layer2``, ...) stack in that order, an ``encoder`` then a ``decoder`` stack
    encoder first, and towers named after a modality (``vision_model``, ``text_model``) each count their own
    depth, aligned at the top; any other combination raises. Outside the blocks: embeddings (``nn.Embedding``,
-   a name part containing ``embed``, ``cls_token``) and parameters registered before the first block get 0,
-   parameters between blocks the id of the block before them, and parameters after the last block ``N + 1``.
+   a name part containing ``embed`` or ending in ``_token``) and parameters registered before the first block
+   get 0, parameters between blocks the id of the block before them, and parameters after the last block, or
+   held directly by a module around the blocks (a model's own ``logit_scale``), ``N + 1``.
 
 Ids are computed over every parameter, frozen ones included, so freezing never shifts them.
 """
@@ -30,13 +31,23 @@ from lit_optim._validation import check_ratio
 from lit_optim.optim._blocks import Chain, find_chains
 from lit_optim.optim._group_matcher import defines_group_matcher, matcher_layer_ids
 
-__all__ = ["assign_layer_ids", "format_layer_ids", "layer_ids"]
+__all__ = ["format_layer_ids", "layer_ids"]
 
 _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 
 
 def _is_embedding_name(name: str) -> bool:
-    return any("embed" in part.lower() or part == "cls_token" for part in name.split("."))
+    """``embed`` in a name part, or a learned token (``cls_token``, ``reg_token``, ``dist_token``, ``mask_token``)."""
+    return any("embed" in part.lower() or part.endswith("_token") for part in name.split("."))
+
+
+def _ancestors(paths: Sequence[str]) -> set[str]:
+    """Every module path that contains one of ``paths`` (the root is ``""``)."""
+    found = {""}
+    for path in paths:
+        parts = path.split(".") if path else []
+        found.update(".".join(parts[:k]) for k in range(1, len(parts)))
+    return found
 
 
 def _from_fn(names: Sequence[str], layer_id_fn: Callable[[str], int]) -> tuple[list[int], int]:
@@ -85,7 +96,7 @@ def _from_matchers(owners: list[tuple[str, nn.Module]], params: Sequence[nn.Para
 
 
 def _chain_ids(
-    chain: Chain, params: Sequence[nn.Parameter], names: Sequence[str], embeddings: set[int]
+    chain: Chain, params: Sequence[nn.Parameter], names: Sequence[str], embeddings: set[int], holders: set[str]
 ) -> tuple[dict[int, int], int]:
     """Ids (by parameter index) of the parameters in the chain's scope, and the chain's top id (N + 1)."""
     block_of: dict[int, int] = {}
@@ -108,7 +119,11 @@ def _chain_ids(
         key = id(param)
         if key in block_of:
             previous = ids[index] = block_of[key]
-        elif key in embeddings or _is_embedding_name(names[index]) or index < first:
+        elif key in embeddings or _is_embedding_name(names[index]):
+            ids[index] = 0
+        elif names[index].rpartition(".")[0] in holders:  # held by a module around the blocks: order unknown
+            ids[index] = top
+        elif index < first:
             ids[index] = 0
         elif key in stage_first and stage_first[key] > previous:  # e.g. a stage's downsampling before its blocks
             ids[index] = stage_first[key]
@@ -122,7 +137,8 @@ def _from_structure(
 ) -> tuple[list[int], int]:
     chains = find_chains(module)
     embeddings = {id(p) for m in module.modules() if isinstance(m, _EMBEDDING_TYPES) for p in m.parameters()}
-    results = [_chain_ids(chain, params, names, embeddings) for chain in chains]
+    holders = _ancestors([path for chain in chains for path in chain.paths])
+    results = [_chain_ids(chain, params, names, embeddings, holders) for chain in chains]
     top = max(chain_top for _, chain_top in results)
     ids: list[int | None] = [None] * len(params)
     for chain_ids, chain_top in results:
@@ -132,8 +148,9 @@ def _from_structure(
     final = []
     for index, (param, found) in enumerate(zip(params, ids, strict=True)):
         if found is None:  # outside every tower
-            below = id(param) in embeddings or _is_embedding_name(names[index]) or index < first_in_scope
-            found = 0 if below else top
+            held = names[index].rpartition(".")[0] in holders
+            before = index < first_in_scope and not held
+            found = 0 if id(param) in embeddings or _is_embedding_name(names[index]) or before else top
         final.append(found)
     return final, top
 
@@ -157,7 +174,7 @@ def layer_ids(module: nn.Module, *, layer_id_fn: Callable[[str], int] | None = N
     """The layer id of every parameter (frozen ones included), by its first name, as layer-wise decay uses them.
 
     Example:
-        >>> model = nn.Sequential()
+        >>> model = nn.Module()
         >>> model.embed = nn.Embedding(5, 2)
         >>> model.blocks = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
         >>> model.head = nn.Linear(2, 1)
@@ -178,7 +195,7 @@ def format_layer_ids(
     """A table of every parameter's layer id and layer-decay scale, to check the assignment before training.
 
     Example:
-        >>> model = nn.Sequential()
+        >>> model = nn.Module()
         >>> model.blocks = nn.ModuleList([nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)])
         >>> model.head = nn.Linear(2, 1, bias=False)
         >>> print(format_layer_ids(model, 0.5))

@@ -20,12 +20,12 @@ from lit_optim.optim._overrides import Override, combine_overrides, parse_overri
 from lit_optim.optim.layer_ids import assign_layer_ids
 from lit_optim.optim.optimizers import resolve_optimizer
 
-__all__ = ["SCALE_KEY", "NoDecayRule", "format_groups", "param_groups"]
+__all__ = ["NoDecayRule", "format_groups", "param_groups"]
 
 #: The group key recording the product of scales already multiplied into the group's ``lr``, for inspection.
 #: Deliberately not ``"lr_scale"``: timm's schedulers multiply each group's lr by ``group["lr_scale"]``, which
 #: would apply the scales a second time.
-SCALE_KEY = "applied_lr_scale"
+_SCALE_KEY = "applied_lr_scale"
 
 
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
@@ -207,7 +207,7 @@ def param_groups(
         group: dict[str, Any] = {
             "params": params,
             "lr": base_lr if scale == 1 else base_lr * scale,
-            SCALE_KEY: scale,
+            _SCALE_KEY: scale,
             "weight_decay": 0.0 if no_dec else decay,
             **settings,
         }
@@ -260,7 +260,7 @@ def _order_params(groups: list[dict[str, Any]], order: list[nn.Parameter]) -> No
                 group["params"] = [p for _, p in sorted(zip(ranks, params, strict=True), key=lambda t: t[0])]
 
 
-_TABLE_KEYS = frozenset({"params", "name", "lr", SCALE_KEY, "weight_decay"})
+_TABLE_KEYS = frozenset({"params", "name", "lr", _SCALE_KEY, "weight_decay"})
 
 
 def format_groups(groups: Iterable[Mapping[str, Any]] | torch.optim.Optimizer) -> str:
@@ -297,7 +297,7 @@ def format_groups(groups: Iterable[Mapping[str, Any]] | torch.optim.Optimizer) -
                 str(len(params)),
                 f"{sum(p.numel() for p in params):,}",
                 _short(group.get("lr", "")),
-                _short(group.get(SCALE_KEY, "")),
+                _short(group.get(_SCALE_KEY, "")),
                 _short(group.get("weight_decay", "")),
                 others,
             ]
