@@ -117,9 +117,10 @@ def split_rules(
     """
     if isinstance(rules, (str, re.Pattern, nn.Module, type)) or (callable(rules) and not isinstance(rules, Iterable)):
         fix = f"[{rules!r}]" if isinstance(rules, str) else "[rule]"
+        why = " (a string would be read character by character)" if isinstance(rules, str) else ""
         raise TypeError(
-            f"`no_decay` must be a list of rules, got the single rule {rules!r} ({type(rules).__name__}); a string "
-            f"would be read character by character. HINT: wrap it in a list: no_decay={fix}."
+            f"`no_decay` must be a list of rules, got the single rule {rules!r} ({type(rules).__name__}){why}. "
+            f"HINT: wrap it in a list: no_decay={fix}."
         )
     if not isinstance(rules, Iterable):
         raise TypeError(f"`no_decay` must be a list of {_RULE_TYPES}, got {rules!r} ({type(rules).__name__}).")

@@ -54,6 +54,16 @@ def _fits(value: object, default: Any) -> bool:
     return True
 
 
+def _hint(value: object) -> str:
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return ""
+        return f" HINT: pass the number {number!r}; YAML 1.1 reads a float without a dot ('1e-3') as a string."
+    return ""
+
+
 def check_hyperparameter_values(cls: type[Optimizer], settings: Mapping[str, Any], where: str = "") -> None:
     """Check the types the optimizer's signature implies (bools, numbers, tuples of the default's length).
 
@@ -70,6 +80,7 @@ def check_hyperparameter_values(cls: type[Optimizer], settings: Mapping[str, Any
         if expected is not None:
             raise TypeError(
                 f"`{key}` of {cls.__name__} must be {expected}, got {value!r} ({type(value).__name__}){suffix}."
+                + _hint(value)
             )
     for key in ("lr", "weight_decay"):
         value = settings.get(key)

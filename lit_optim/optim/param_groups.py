@@ -240,9 +240,9 @@ def _check_unique_names(groups: list[dict[str, Any]], parsed: list[Override]) ->
             labels = name.split("/")[-2].split("+") if "/" in name else []
             clashing = sorted(o.pattern for o in parsed if o.label in labels)
             raise ValueError(
-                f"Two parameter groups would be named {name!r}: overrides {clashing} share that label but set "
-                "different values, so their groups cannot merge. HINT: give each override its own 'name', or the "
-                "same settings."
+                f"Two parameter groups would be named {name!r}: overrides {', '.join(clashing)} share that label "
+                "but set different values, so their groups cannot merge. HINT: give each override its own 'name', "
+                "or the same settings."
             )
         seen.add(name)
 
