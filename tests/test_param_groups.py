@@ -646,3 +646,36 @@ def test_no_decay_module_class_covers_all_its_parameters() -> None:
         "blocks.1.mlp.0.weight", "blocks.1.mlp.2.weight",
     ]  # fmt: skip
     assert_partition(model, groups)
+
+
+class OneRuleEach(nn.Module):
+    """Parameters each caught by exactly one no-decay rule (and one caught by none), so each rule is tested alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.PReLU(4)  # 1-D `weight` of a non-norm module: only the ndim <= 1 rule
+        self.gamma = nn.Parameter(torch.ones(4))  # a layer-scale gamma: only the ndim <= 1 rule
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))  # 0-D: only the ndim <= 1 rule
+        self.rel_pos_bias = nn.Parameter(torch.zeros(3, 3))  # 2-D, ends in "bias": only the bias-suffix rule
+        self.bias_table = nn.Parameter(torch.zeros(3, 3))  # 2-D, starts with "bias_": only the bias-prefix rule
+        self.proj = nn.Linear(4, 4, bias=False)  # 2-D weight: decayed
+
+
+@pytest.mark.parametrize(
+    ("name", "decayed"),
+    [("act.weight", False), ("gamma", False), ("logit_scale", False), ("rel_pos_bias", False),
+     ("bias_table", False), ("proj.weight", True)],
+)  # fmt: skip
+def test_each_no_decay_rule_alone(name: str, decayed: bool) -> None:
+    model = OneRuleEach()
+    groups = {g["name"]: g for g in param_groups(model, weight_decay=0.1)}
+    param = model.get_parameter(name)
+    group = next(g for g in groups.values() if any(p is param for p in g["params"]))
+    assert group["name"] == ("decay" if decayed else "no_decay")
+    assert group["weight_decay"] == (0.1 if decayed else 0.0)
+
+
+def test_a_no_decay_rule_excluding_an_already_excluded_parameter_is_not_matching_nothing() -> None:
+    model = OneRuleEach()
+    groups = param_groups(model, no_decay=["gamma"])  # already no-decay by the 1-D rule; the rule did match
+    assert [g["name"] for g in groups] == ["no_decay", "decay"]
