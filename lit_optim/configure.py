@@ -38,6 +38,10 @@ OPTIMIZER_HPARAMS = (
     "optimizer_kwargs",
 )
 
+# Hyper-parameter names of some torch optimizers that models also use for their own settings (a loss weight
+# `alpha`, a width `d`): never applied from hparams implicitly (`optimizer_kwargs` is explicit).
+_GENERIC_NAMES = frozenset({"alpha", "d", "history_size", "lambd", "max_eval", "max_iter", "t0"})
+
 # Common spellings of our keys that would otherwise be silently ignored as "the user's own" hparams.
 _ALIASES = {"learning_rate": "lr", "wd": "weight_decay", "optim": "optimizer", "lr_scheduler": "scheduler"}
 
@@ -137,7 +141,9 @@ def optimizer_settings(hparams: Mapping[str, Any], ignored: frozenset[str] = fro
     Keys in :data:`OPTIMIZER_HPARAMS` are used, ``optimizer_kwargs`` is unpacked into the optimizer's keyword
     arguments, and so is any key that is a hyper-parameter of the chosen optimizer (``momentum``, ``nesterov``,
     ``betas``, ``eps`` for ``SGD``/``Adam``...). A hyper-parameter of another ``torch.optim`` optimizer that the
-    chosen one does not take warns (it is not applied). Every other key is left to the user's module, except a
+    chosen one does not take warns (it is not applied). Names models often use for their own settings (``alpha``,
+    ``d``, ``t0``, ``lambd``, ``max_iter``, ``max_eval``, ``history_size``) are never applied implicitly: they raise
+    when the chosen optimizer takes them (pass them in ``optimizer_kwargs``) and are left alone otherwise. Every other key is left to the user's module, except a
     close misspelling of one of our keys (``weight_decy``, ``learning_rate``), which raises. Keys listed in
     ``ignored`` are the user's own: never read, never checked.
 
@@ -162,8 +168,16 @@ def optimizer_settings(hparams: Mapping[str, Any], ignored: frozenset[str] = fro
         if key in ignored:
             continue
         if takes is not None and key in takes:
+            if key in _GENERIC_NAMES:
+                raise ValueError(
+                    f"The hparam {key!r} is a hyper-parameter of {cls.__name__}, but models often use that name for "
+                    "their own settings, so OptimizerMixin will not guess. HINT: pass it in `optimizer_kwargs` to "
+                    "give it to the optimizer, or list it in `ignored_hparams` if it is your own."
+                )
             direct[key] = value
             continue
+        if key in _GENERIC_NAMES:
+            continue  # the model's own `alpha`, `d`, ...: no optimizer is configured from it
         if key in _any_torch_hyperparameter():
             rank_zero_warn(
                 f"The hparam {key!r} is a hyper-parameter of some torch optimizers but not of {cls.__name__}, so "

@@ -205,3 +205,9 @@ def test_frozen_parameters_keep_their_ids_under_a_group_matcher() -> None:
     groups = param_groups(model, lr=1.0, layer_decay=0.5)
     expected = {n: 0.5 ** (4 - i) for n, i in expand(model, TIMM_VIT_IDS).items() if not n.startswith("blocks.0.")}
     assert scales_by_name(model, groups) == expected
+
+
+def test_a_sequential_of_plain_layers_inside_a_block_list_is_one_block() -> None:
+    model = nn.Module()
+    model.blocks = nn.ModuleList(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)) for _ in range(2))
+    assert layer_ids(model) == expand(model, {"blocks.0.*": 1, "blocks.1.*": 2})

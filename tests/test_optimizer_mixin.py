@@ -133,3 +133,14 @@ def test_checkpoint_loads_weights_only_and_resumes_exactly(
     make_trainer(max_epochs=2).fit(resumed, ckpt_path=tmp_path / "m.ckpt", weights_only=True)
     for (name, a), b in zip(straight.named_parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_a_generic_name_is_never_applied_implicitly() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"The hparam 'alpha' is a hyper-parameter of RMSprop, but models often use that name for their own "
+        r"settings, so OptimizerMixin will not guess\. HINT: pass it in `optimizer_kwargs`",
+    ):
+        built(optimizer="rmsprop", alpha=0.5)
+    assert built(optimizer="rmsprop", optimizer_kwargs={"alpha": 0.5}).param_groups[0]["alpha"] == 0.5
+    assert "alpha" not in built(alpha=0.5).param_groups[0]  # AdamW: the model's own alpha, no warning

@@ -62,11 +62,13 @@ def block_lists(module: nn.Module, prefix: str = "", minimum: int = 2) -> Iterat
 
 
 def _expand(container: nn.Module, stage: nn.Module | None) -> list[tuple[nn.Module, nn.Module | None]]:
-    """The blocks of a block list; a child that is a container or a ``*Stage*`` class is a stage of blocks."""
+    """The blocks of a block list; a child that is a container of composite modules, or a ``*Stage*`` class
+    holding one block list, is a stage of blocks (a container of plain layers is one block).
+    """
     blocks: list[tuple[nn.Module, nn.Module | None]] = []
     for child in _param_children(container):
-        if isinstance(child, _CONTAINERS):
-            blocks += _expand(child, stage or child)
+        if isinstance(child, _CONTAINERS) and all(_composite(c) for c in _param_children(child)):
+            blocks += _expand(child, stage or child)  # a stage: a container of blocks (EfficientNet's)
             continue
         if "stage" in type(child).__name__.lower():
             inner = list(block_lists(child)) or list(block_lists(child, minimum=1))
