@@ -143,9 +143,9 @@ def optimizer_settings(hparams: Mapping[str, Any], ignored: frozenset[str] = fro
     ``betas``, ``eps`` for ``SGD``/``Adam``...). A hyper-parameter of another ``torch.optim`` optimizer that the
     chosen one does not take warns (it is not applied). Names models often use for their own settings (``alpha``,
     ``d``, ``t0``, ``lambd``, ``max_iter``, ``max_eval``, ``history_size``) are never applied implicitly: they raise
-    when the chosen optimizer takes them (pass them in ``optimizer_kwargs``) and are left alone otherwise. Every other key is left to the user's module, except a
-    close misspelling of one of our keys (``weight_decy``, ``learning_rate``), which raises. Keys listed in
-    ``ignored`` are the user's own: never read, never checked.
+    when the chosen optimizer takes them (pass them in ``optimizer_kwargs``) and are left alone otherwise. Every
+    other key is left to the user's module, except a close misspelling of one of our keys (``weight_decy``,
+    ``learning_rate``), which raises. Keys listed in ``ignored`` are the user's own: never read, never checked.
 
     Example:
         >>> optimizer_settings({"lr": 0.1, "hidden": 32, "optimizer_kwargs": {"betas": (0.9, 0.95)}})

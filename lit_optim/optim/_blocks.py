@@ -62,8 +62,10 @@ def block_lists(module: nn.Module, prefix: str = "", minimum: int = 2) -> Iterat
 
 
 def _expand(container: nn.Module, stage: nn.Module | None) -> list[tuple[nn.Module, nn.Module | None]]:
-    """The blocks of a block list; a child that is a container of composite modules, or a ``*Stage*`` class
-    holding one block list, is a stage of blocks (a container of plain layers is one block).
+    """The blocks of a block list, each with its stage.
+
+    A child that is a container of composite modules, or a ``*Stage*`` class holding one block list, is a stage
+    of blocks; a container of plain layers is one block.
     """
     blocks: list[tuple[nn.Module, nn.Module | None]] = []
     for child in _param_children(container):
