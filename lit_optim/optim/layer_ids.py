@@ -11,12 +11,13 @@ scale 1). Ids come from, in this order of precedence:
    ``nn.ModuleList`` (or an ``nn.Sequential`` of composite modules); a child that is itself a container of
    composite modules, or a class named ``*Stage*`` holding one block list, is a stage whose blocks count one by
    one (its other parameters, such as a downsampling layer before its blocks, share its first block's id).
-   Several block lists: numbered siblings (``layer1``, ``layer2``, ...) stack in that order, an ``encoder`` then a ``decoder`` stack
-   encoder first, and towers named after a modality (``vision_model``, ``text_model``) each count their own
-   depth, aligned at the top; any other combination raises. Outside the blocks: embeddings (``nn.Embedding``,
-   a name part containing ``embed`` or ending in ``_token``) and parameters registered before the first block
-   get 0, parameters between blocks the id of the block before them, and parameters after the last block, or
-   held directly by a module around the blocks (a model's own ``logit_scale``), ``N + 1``.
+   Several block lists: numbered siblings (``layer1``, ``layer2``, ...) stack in that order; an ``encoder`` and
+   a ``decoder`` stack encoder first; towers named after a modality (``vision_model``, ``text_model``) each
+   count their own depth, aligned at the top; any other combination raises. Outside the blocks: embeddings
+   (``nn.Embedding``, a name part containing ``embed`` or ending in ``_token``) and parameters registered
+   before the first block get 0, parameters between blocks the id of the block before them, and parameters
+   after the last block, or held directly by a module around the blocks (a model's own ``logit_scale``),
+   ``N + 1``.
 
 Ids are computed over every parameter, frozen ones included, so freezing never shifts them.
 """
