@@ -125,3 +125,11 @@ def test_sparse_adam_on_sparse_embeddings_is_accepted() -> None:
     opt = configure_optimizers(model, "sparseadam")["optimizer"]
     model(torch.tensor([1, 2])).sum().backward()
     opt.step()
+
+
+def test_tensor_lr_groups_with_equal_settings_still_merge() -> None:
+    model = GPT()
+    lr = torch.tensor(0.01)
+    plain = param_groups(model, lr=0.01, layer_decay=0.5, overrides={"blocks.0.mlp.*": {"weight_decay": 0.01}})
+    tensor = param_groups(model, lr=lr, layer_decay=0.5, overrides={"blocks.0.mlp.*": {"weight_decay": 0.01}})
+    assert [g["name"] for g in tensor] == [g["name"] for g in plain]

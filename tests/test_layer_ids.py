@@ -10,6 +10,7 @@ import fnmatch
 from typing import Any
 
 import pytest
+import torch
 from torch import nn
 
 from lit_optim import format_layer_ids, layer_ids, param_groups
@@ -211,3 +212,15 @@ def test_a_sequential_of_plain_layers_inside_a_block_list_is_one_block() -> None
     model = nn.Module()
     model.blocks = nn.ModuleList(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)) for _ in range(2))
     assert layer_ids(model) == expand(model, {"blocks.0.*": 1, "blocks.1.*": 2})
+
+
+def test_two_submodules_with_group_matchers_are_towers_aligned_at_the_top() -> None:
+    model = nn.Module()
+    model.image = TimmViT(depth=3)  # ids 0..4 as timm
+    model.text = TimmViT(depth=2)  # ids 0..3 as timm, shifted by 1 so both heads meet at 4
+    model.scale = nn.Parameter(torch.ones(()))
+    shifted = {"cls_token": 1, "pos_embed": 1, "patch_embed.*": 1, "blocks.0.*": 2, "blocks.1.*": 3, "norm.*": 3,
+               "head.*": 4}  # fmt: skip
+    rules = {"scale": 4, **{f"image.{k}": v for k, v in TIMM_VIT_IDS.items()}}
+    rules.update({f"text.{k}": v for k, v in shifted.items()})
+    assert layer_ids(model) == expand(model, rules)

@@ -191,6 +191,7 @@ def param_groups(
         bucket.append(walk.params[i])
 
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    scaled_tensors: dict[tuple[int, float], torch.Tensor] = {}
     label_counts: dict[tuple[Any, ...], int] = {}
     for (layer_id, combo, no_dec), params in buckets.items():
         settings: dict[str, Any] = {}
@@ -206,7 +207,7 @@ def param_groups(
         decay = settings.pop("weight_decay", weight_decay)
         group: dict[str, Any] = {
             "params": params,
-            "lr": base_lr if scale == 1 else base_lr * scale,
+            "lr": _scaled(base_lr, scale, scaled_tensors),
             _SCALE_KEY: scale,
             "weight_decay": 0.0 if no_dec else decay,
             **settings,
@@ -230,6 +231,18 @@ def param_groups(
         sparse = {id(p) for m in module.modules() if isinstance(m, _EMBEDDINGS) and m.sparse for p in m.parameters()}
         check_params_fit(cls, groups, dict(zip(map(id, walk.params), walk.names, strict=True)), sparse)
     return groups
+
+
+def _scaled(lr: Any, scale: float, cache: dict[tuple[int, float], torch.Tensor]) -> Any:
+    """``lr * scale``; a tensor lr is scaled once per scale, so groups with equal settings still merge."""
+    if scale == 1:
+        return lr
+    if not isinstance(lr, torch.Tensor):
+        return lr * scale
+    key = (id(lr), scale)
+    if key not in cache:
+        cache[key] = lr * scale
+    return cache[key]
 
 
 def _check_unique_names(groups: list[dict[str, Any]], parsed: list[Override]) -> None:
