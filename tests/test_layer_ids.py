@@ -224,3 +224,13 @@ def test_two_submodules_with_group_matchers_are_towers_aligned_at_the_top() -> N
     rules = {"scale": 4, **{f"image.{k}": v for k, v in TIMM_VIT_IDS.items()}}
     rules.update({f"text.{k}": v for k, v in shifted.items()})
     assert layer_ids(model) == expand(model, rules)
+
+
+def test_a_parameter_held_by_the_model_itself_is_on_top_unless_an_embedding() -> None:
+    # a module's own parameters always come before its children's in named_parameters(), whatever the order they
+    # were registered in, so "before the first block" cannot be read from them: a temperature is a head parameter
+    model = nn.Module()
+    model.blocks = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+    model.temperature = nn.Parameter(torch.ones(()))
+    model.mask_token = nn.Parameter(torch.zeros(2))
+    assert layer_ids(model) == expand(model, {"temperature": 3, "mask_token": 0, "blocks.0.*": 1, "blocks.1.*": 2})
