@@ -87,6 +87,8 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
      r"\(8,\)\. HINT: give Muon the 2-D weights"),
     ("muon-built-from-groups", lambda: build_optimizer("muon", param_groups(M)), ValueError,
      r"Muon only optimizes 2-D parameters .* parameter #0 of group 'no_decay' has shape \(8,\)"),
+    ("muon-named-parameters", lambda: build_optimizer("muon", M.named_parameters()), ValueError,
+     r"Muon only optimizes 2-D parameters .* but parameter 'blocks\.0\.ln1\.weight' has shape \(8,\)"),
     ("lbfgs-with-two-groups", lambda: configure_optimizers(M, "lbfgs", overrides={"ln_f.*": {"lr": 0.5}}),
      ValueError, r"LBFGS takes a single parameter group, got 2: \['decay', 'ln_f/no_decay'\]\. HINT: use weight"),
     ("sparseadam-on-dense-parameters", lambda: configure_optimizers(M, "sparseadam"), ValueError,

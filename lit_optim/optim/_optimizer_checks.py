@@ -96,6 +96,9 @@ def check_hyperparameter_values(cls: type[Optimizer], settings: Mapping[str, Any
 def _label(param: torch.Tensor, group: Mapping[str, Any], index: int, names: Mapping[int, str] | None) -> str:
     if names is not None and id(param) in names:
         return f"parameter {names[id(param)]!r}"
+    param_names = group.get("param_names")  # torch's named-parameter groups
+    if isinstance(param_names, (list, tuple)) and index < len(param_names):
+        return f"parameter {param_names[index]!r}"
     where = f"group {group['name']!r}" if "name" in group else "its group"
     return f"parameter #{index} of {where}"
 

@@ -268,5 +268,6 @@ def build_optimizer(
         raise TypeError("`params` mixes tensors and group dicts; pass one kind (wrap the tensors in a group dict).")
     _check_precedence(groups, hyperparameters, cls)
     tensors = [item[1] if _is_named(item) else item for item in materialised]
-    check_params_fit(cls, groups or [{"params": tensors}])
+    named = {id(item[1]): item[0] for item in materialised if _is_named(item)}
+    check_params_fit(cls, groups or [{"params": tensors}], named or None)
     return cls(materialised, **hyperparameters)
