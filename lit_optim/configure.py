@@ -57,7 +57,7 @@ def configure_optimizers(
     *,
     decay_embeddings: bool = True,
     include_frozen: bool = False,
-    no_decay: Iterable[NoDecayRule] = (),
+    no_decay: Iterable[NoDecayRule] | None = (),
     layer_id_fn: Callable[[str], int] | None = None,
     **optimizer_kwargs: Any,
 ) -> dict[str, Any]:

@@ -144,3 +144,12 @@ def test_a_generic_name_is_never_applied_implicitly() -> None:
         built(optimizer="rmsprop", alpha=0.5)
     assert built(optimizer="rmsprop", optimizer_kwargs={"alpha": 0.5}).param_groups[0]["alpha"] == 0.5
     assert "alpha" not in built(alpha=0.5).param_groups[0]  # AdamW: the model's own alpha, no warning
+
+
+def test_none_defaults_in_init_are_fine() -> None:
+    class Defaults(OptimizerMixin, TinyModule):
+        def __init__(self, no_decay: list[str] | None = None, layer_id_fn: str | None = None) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+
+    assert [g["name"] for g in Defaults().configure_optimizers()["optimizer"].param_groups] == ["decay", "no_decay"]

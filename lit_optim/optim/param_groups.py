@@ -69,7 +69,7 @@ def param_groups(
     layer_decay: float | None = None,
     layer_id_fn: Callable[[str], int] | None = None,
     decay_embeddings: bool = True,
-    no_decay: Iterable[NoDecayRule] = (),
+    no_decay: Iterable[NoDecayRule] | None = (),
     include_frozen: bool = False,
     optimizer: str | type[torch.optim.Optimizer] | None = None,
 ) -> list[dict[str, Any]]:
@@ -122,7 +122,8 @@ def param_groups(
         layer_decay: layer-wise LR decay factor in (0, 1], or ``None`` for none (as is 1).
         layer_id_fn: maps a parameter name to its layer id (needs ``layer_decay``).
         decay_embeddings: decay ``nn.Embedding``/``nn.EmbeddingBag`` weights (default ``True``).
-        no_decay: a list of extra no-decay rules (module classes or instances, globs, compiled regexes, predicates).
+        no_decay: a list (or ``None``) of extra no-decay rules (module classes or instances, globs, compiled
+            regexes, predicates).
         include_frozen: also group parameters with ``requires_grad=False`` (to unfreeze them later).
         optimizer: the optimizer (name or class) whose hyper-parameter names overrides are checked against;
             ``None`` accepts the names of any ``torch.optim`` optimizer.
@@ -157,7 +158,7 @@ def param_groups(
             layer_decay = None
     elif layer_id_fn is not None:
         raise ValueError("`layer_id_fn` is only used with `layer_decay`; pass e.g. layer_decay=0.75 as well.")
-    ruled, predicates, patterns = split_rules(no_decay, module)
+    ruled, predicates, patterns = split_rules(no_decay or (), module)
     walk = Walk(module, decay_embeddings, ruled)
     check_rules_matched(patterns, walk)
     if predicates or walk.declared:
