@@ -58,6 +58,7 @@ def _key_from_rules(name: str, rules: Sequence[tuple[re.Pattern[str], tuple[floa
                 f"{owner}.group_matcher rule {regex.pattern!r} matched {name!r} without capturing every group "
                 f"({captured!r}). HINT: make each group in the regex match a number, or pass `layer_id_fn`."
             )
+        suffix = suffix if isinstance(suffix, (tuple, list)) or suffix is None else (suffix,)
         try:
             return prefix + tuple(float(part) for part in captured) + tuple(float(s) for s in suffix or ())
         except ValueError:
@@ -91,7 +92,13 @@ def matcher_layer_ids(module: nn.Module, names: Iterable[str]) -> dict[str, int]
         {'stem.weight': 0, 'blocks.0.weight': 1, 'norm.weight': 1, 'head.weight': 2}
     """
     owner = type(module).__name__
-    spec = module.group_matcher(coarse=False)  # type: ignore[operator]
+    try:
+        spec = module.group_matcher(coarse=False)  # type: ignore[operator]
+    except TypeError as error:
+        raise TypeError(
+            f"{owner}.group_matcher(coarse=False) failed: {error}. lit_optim follows timm's convention: a method "
+            "taking `coarse` and returning a dict of regex rules. HINT: pass `layer_id_fn` instead."
+        ) from error
     keys: dict[str, _Key] = {}
     if isinstance(spec, Mapping):
         rules = _compile(spec, owner)
