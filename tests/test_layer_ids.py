@@ -234,3 +234,12 @@ def test_a_parameter_held_by_the_model_itself_is_on_top_unless_an_embedding() ->
     model.temperature = nn.Parameter(torch.ones(()))
     model.mask_token = nn.Parameter(torch.zeros(2))
     assert layer_ids(model) == expand(model, {"temperature": 3, "mask_token": 0, "blocks.0.*": 1, "blocks.1.*": 2})
+
+
+def test_group_matcher_without_coarse_raises_naming_the_convention() -> None:
+    class Net(ViTLike):
+        def group_matcher(self) -> Any:
+            return {}
+
+    with pytest.raises(TypeError, match=r"Net\.group_matcher\(coarse=False\) failed: .* timm's convention"):
+        layer_ids(Net())
