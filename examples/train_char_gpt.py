@@ -70,7 +70,7 @@ class ProgressPrinter(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
         # What the optimizer received; `lr` is each group's base lr (the schedule multiplies it, from 0 here).
-        keys = ("params", "name", "lr_scale", "weight_decay")
+        keys = ("params", "name", "applied_lr_scale", "weight_decay")
         groups = [{**{k: g[k] for k in keys}, "lr": g["initial_lr"]} for g in trainer.optimizers[0].param_groups]
         print("\nParameter groups (from the optimizer):")
         print(format_groups(groups))

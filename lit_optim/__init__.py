@@ -13,7 +13,16 @@ from lit_optim.callbacks import (
 from lit_optim.clipping import clip_gradients
 from lit_optim.configure import OptimizerMixin, configure_optimizers
 from lit_optim.lr_finder import find_lr
-from lit_optim.optim import BatchScaling, build_optimizer, format_groups, param_groups, recompute_batchnorm, scale_lr
+from lit_optim.optim import (
+    BatchScaling,
+    build_optimizer,
+    format_groups,
+    format_layer_ids,
+    layer_ids,
+    param_groups,
+    recompute_batchnorm,
+    scale_lr,
+)
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules import (
     Constant,
@@ -88,6 +97,8 @@ __all__ = [
     "ensure_stepper",
     "find_lr",
     "format_groups",
+    "format_layer_ids",
+    "layer_ids",
     "lightning_scheduler_config",
     "param_groups",
     "parse_duration",

@@ -187,7 +187,7 @@ def test_finetune_fast(tmp_path: Path) -> None:
     for i in range(5):
         for kind in ("decay", "no_decay"):
             group = groups[f"backbone/layer_{i:02d}/{kind}"]
-            assert group["lr_scale"] == pytest.approx(0.7 ** (5 - i))
+            assert group["applied_lr_scale"] == pytest.approx(0.7 ** (5 - i))
             assert group["lr"] == pytest.approx(top * 0.7 ** (5 - i))
 
     # The backbone joined the schedule at step k (the start of epoch 1) with lr 1e-3, then followed it.

@@ -46,7 +46,7 @@ def test_every_step_keeps_the_three_group_ratios(tmp_path: Path) -> None:
     model = _Recording(optimizer="sgd", lr=0.01, overrides=THREE_RATIOS)
     result = find_lr(cpu_trainer(tmp_path), model, min_lr=1e-4, max_lr=0.1, num_steps=15, early_stop_threshold=None)
     assert result is not None
-    scales = [g["lr_scale"] for g in model.configure_optimizers()["optimizer"].param_groups]
+    scales = [g["applied_lr_scale"] for g in model.configure_optimizers()["optimizer"].param_groups]
     assert sorted(set(scales)) == [0.1, 1.0, 3.0]
     assert result.base_lr == 0.01
     assert list(result.ratios.values()) == scales

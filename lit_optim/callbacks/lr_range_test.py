@@ -38,7 +38,7 @@ class LRRangeTest(Callback):
     ``base lr * ratio``, its ratio to the base lr when the test starts: per-module lrs, layer-wise decay and
     the groups of several optimizers keep their proportions (Lightning's ``Tuner.lr_find`` sets every group to
     the same value). The base lr is the ``lr`` given to :func:`lit_optim.configure_optimizers` when every group
-    carries ``lr_scale`` (lit_optim's groups), else the largest group lr (plain groups). A group's lr is read
+    carries ``applied_lr_scale`` (lit_optim's groups), else the largest group lr (plain groups). A group's lr is read
     from ``initial_lr`` when a scheduler set one (a warmup starting at 0 does not zero the ratios).
 
     Each sweep step is one optimizer step: with gradient accumulation its loss is the mean over the accumulated
@@ -325,7 +325,7 @@ def _groups(optimizers: list[Optimizer]) -> tuple[list[dict[str, Any]], list[str
 
 
 def _base_and_ratios(groups: list[dict[str, Any]]) -> tuple[float, list[float]]:
-    """The base lr and each group's ratio to it (lit_optim's ``lr_scale`` when consistent, else lr / max lr)."""
+    """The base lr and each group's ratio to it (lit_optim's ``applied_lr_scale`` when consistent, else lr / max lr)."""
     lrs = [float(g.get("initial_lr", g["lr"])) for g in groups]
     for lr in lrs:
         if not (math.isfinite(lr) and lr >= 0):
@@ -335,9 +335,9 @@ def _base_and_ratios(groups: list[dict[str, Any]]) -> tuple[float, list[float]]:
             f"Every param group has lr 0 ({len(lrs)} groups), so there is no ratio to keep. HINT: give the optimizer "
             "a non-zero lr (it sets the groups' ratios; the test sweeps the value)."
         )
-    raw = [g.get("lr_scale") for g in groups]
+    raw = [g.get("applied_lr_scale") for g in groups]
     if all(isinstance(s, (int, float)) and not isinstance(s, bool) and s >= 0 for s in raw):
-        scales = [float(s) for s in raw if s is not None]  # lit_optim's groups: lr = base lr * lr_scale
+        scales = [float(s) for s in raw if s is not None]  # lit_optim's groups: lr = base lr * applied_lr_scale
         bases = [lr / s for lr, s in zip(lrs, scales, strict=True) if s > 0]
         if bases and all(math.isclose(b, bases[0], rel_tol=1e-9) for b in bases):
             return bases[0], scales

@@ -1,5 +1,6 @@
 """Parameter groups (decay split, overrides, layer-wise decay) and optimizer building."""
 
+from lit_optim.optim.layer_ids import format_layer_ids, layer_ids
 from lit_optim.optim.lr_scaling import BatchScaling, scale_lr
 from lit_optim.optim.optimizers import build_optimizer
 from lit_optim.optim.param_groups import NoDecayRule, format_groups, param_groups
@@ -15,3 +16,4 @@ __all__ = [
     "recompute_batchnorm",
 ]
 __all__ = ["BatchScaling", "NoDecayRule", "build_optimizer", "format_groups", "param_groups", "scale_lr"]
+__all__ = ["NoDecayRule", "build_optimizer", "format_groups", "format_layer_ids", "layer_ids", "param_groups"]
