@@ -1,8 +1,16 @@
 """lit_optim: optimizers, parameter groups, schedules, clipping and LR logging for PyTorch Lightning."""
 
-from lit_optim.callbacks import ClipResult, GradientClipping, LearningRateLogger, SchedulerStepper, ensure_stepper
+from lit_optim.callbacks import (
+    ClipResult,
+    GradientClipping,
+    LearningRateLogger,
+    OptimizerMonitor,
+    SchedulerStepper,
+    ensure_stepper,
+)
 from lit_optim.clipping import clip_gradients
 from lit_optim.configure import OptimizerMixin, configure_optimizers
+from lit_optim.monitoring import SpikeDetector
 from lit_optim.optim import build_optimizer, format_groups, param_groups
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules import (
@@ -48,12 +56,14 @@ __all__ = [
     "MultiStep",
     "OneCycle",
     "OptimizerMixin",
+    "OptimizerMonitor",
     "Plateau",
     "PlateauLR",
     "Polynomial",
     "Schedule",
     "ScheduleLR",
     "SchedulerStepper",
+    "SpikeDetector",
     "Step",
     "TrainingLength",
     "Warmup",

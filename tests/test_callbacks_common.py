@@ -14,7 +14,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import lit_optim
-from lit_optim import Cosine, GradientClipping, LearningRateLogger, SchedulerStepper, configure_optimizers
+from lit_optim import (
+    Cosine,
+    GradientClipping,
+    LearningRateLogger,
+    OptimizerMonitor,
+    SchedulerStepper,
+    configure_optimizers,
+)
 from tests.loggers import MemoryLogger
 from tests.models import TinyModule
 
@@ -24,7 +31,7 @@ CALLBACKS = [
 
 
 def test_every_public_callback_is_listed_here() -> None:
-    assert set(CALLBACKS) == {GradientClipping, LearningRateLogger, SchedulerStepper}
+    assert set(CALLBACKS) == {GradientClipping, LearningRateLogger, OptimizerMonitor, SchedulerStepper}
 
 
 @pytest.mark.parametrize("cls", CALLBACKS, ids=lambda c: c.__name__)
@@ -45,6 +52,7 @@ class _Scheduled(TinyModule):
 STATEFUL: dict[type[Callback], Callable[[], Callback]] = {
     GradientClipping: lambda: GradientClipping(mode="percentile", window=3, skip_nonfinite=True, log_every_n_steps=2),
     LearningRateLogger: lambda: LearningRateLogger(log_every_n_steps=2),
+    OptimizerMonitor: lambda: OptimizerMonitor(spike_warmup_steps=2, action="skip", log_every_n_steps=2),
     SchedulerStepper: SchedulerStepper,
 }
 
@@ -81,6 +89,7 @@ def _plain(value: Any) -> Any:
 def test_differently_configured_instances_have_distinct_state_keys() -> None:
     assert GradientClipping(max_norm=1.0).state_key != GradientClipping(max_norm=0.5).state_key
     assert LearningRateLogger(log_every_n_steps=1).state_key != LearningRateLogger(log_every_n_steps=2).state_key
+    assert OptimizerMonitor(spike_on=["loss"]).state_key != OptimizerMonitor(spike_on=["grad_norm"]).state_key
 
 
 class _DuplicateNames(TinyModule):

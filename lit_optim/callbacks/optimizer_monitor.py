@@ -1,0 +1,417 @@
+"""See what the optimizer does: per-group update ratios and norms, Adam's second moment, loss/grad-norm spikes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
+
+from lit_optim._distributed import reduce_mean
+from lit_optim._logging import group_names, log_metrics
+from lit_optim._validation import check_choice, check_positive, check_positive_int
+from lit_optim.callbacks.clipping import GradientClipping
+from lit_optim.clipping.functional import still_scaled
+from lit_optim.clipping.norms import grouped_norms
+from lit_optim.monitoring.spikes import SpikeDetector
+from lit_optim.monitoring.updates import second_moment_means, snapshot, update_stats
+
+__all__ = ["OptimizerMonitor"]
+
+SpikeAction = Literal["log", "skip", "raise"]
+_ACTIONS = ("log", "raise", "skip")
+_SIGNALS = ("grad_norm", "loss")
+
+
+class OptimizerMonitor(Callback):
+    r"""Log how big each optimizer step is, per named param group, and catch loss and gradient-norm spikes.
+
+    **Update statistics** (on logging steps only). Right before a logging step (``on_before_optimizer_step``) the
+    parameters are copied; right after it (an ``optimizer.register_step_post_hook``) they are compared with the
+    copy, so :math:`\Delta w` is the update the optimizer really applied (weight decay, momentum, any optimizer,
+    including one that presents several inner optimizers' groups as its own). No copy is kept on other steps.
+    For group *g* with weights :math:`w` before the step and :math:`n` elements:
+
+    - ``update_ratio`` :math:`= \|\Delta w\| / \|w\|` (a healthy step is often around ``1e-3``);
+    - ``update_rms`` :math:`= \|\Delta w\| / \sqrt{n}`;
+    - ``param_norm`` :math:`= \|w\|` (before the step);
+    - ``grad_norm``: the 2-norm of the gradients the step was given, before any clipping;
+    - ``sqrt_v``: the mean of :math:`\sqrt{v}` over the group's elements, :math:`v` being the optimizer's
+      ``exp_avg_sq`` state after the step (the second moment this step divided by; Adam family only, raw, without
+      bias correction); parameters without that state are left out.
+
+    The ``global`` entries are the same quantities over all groups together (norms of the concatenation).
+
+    **Shared gradient norm.** When a callback with a ``pre_clip_norm(optimizer)`` accessor (``GradientClipping``)
+    comes *before* this one in ``Trainer(callbacks=[...])``, its pre-clip global norm is reused (computed once) and
+    the per-group ``grad_norm/{group}`` keys are left out (the clipper has already clipped the gradients this
+    callback sees; it logs the pre-clip per-group norms itself as ``grad_clip/norm/{group}`` on the same rows).
+    Otherwise the norms are measured here, before the clipper runs.
+
+    **Spikes.** For each signal in ``spike_on`` (``"loss"``: the sum of the losses passed to backward since the
+    previous optimizer step, i.e. the mean loss of an accumulation window, averaged over ranks; ``"grad_norm"``:
+    the global pre-clip gradient norm), a :class:`~lit_optim.monitoring.SpikeDetector` flags values above
+    ``mean + spike_threshold * std`` of an EMA (``spike_ema_decay``) after ``spike_warmup_steps`` values, and any
+    non-finite value. With ``action="log"`` spikes are only counted, on the device (no host sync), and the count
+    since the previous row is logged on the next logging row. With ``action="skip"`` every gradient of a spiking
+    step is set to ``None`` before the step, so weights, optimizer state and the ``SchedulerStepper``'s schedule
+    are untouched; with ``action="raise"`` steps are taken as usual. Both raise ``RuntimeError`` after
+    ``max_consecutive_spikes`` spiking steps in a row, and both read the verdict on the host: **one host sync per
+    optimizer step**, the documented price of acting on it; the spike is then written at its own row. The values
+    are global (rank-averaged loss, global norm), so every rank takes the same decision.
+
+    **Logged keys**, through ``trainer.loggers`` at ``step=trainer.global_step`` (the optimizer step's index, the
+    rows ``GradientClipping`` and ``LearningRateLogger`` use), on every ``log_every_n_steps``-th step, i.e. where
+    ``(step + 1) % log_every_n_steps == 0``. With several optimizers each key gets ``opt{i}/`` after ``optimizer/``.
+
+    - ``optimizer/update_ratio/{group}``, ``optimizer/update_ratio/global``;
+    - ``optimizer/update_rms/{group}``, ``optimizer/update_rms/global``;
+    - ``optimizer/param_norm/{group}``, ``optimizer/param_norm/global``;
+    - ``optimizer/grad_norm/{group}`` (not when sharing a clipper's norm), ``optimizer/grad_norm/global``;
+    - ``optimizer/sqrt_v/{group}``, ``optimizer/sqrt_v/global`` (groups with ``exp_avg_sq`` state);
+    - ``optimizer/spikes/loss``, ``optimizer/spikes/grad_norm``: spikes since the previous row that carried them
+      (for the signals in ``spike_on``);
+    - ``optimizer/skipped_steps``: steps skipped so far (``action="skip"``).
+
+    ``{group}`` is the group's ``name`` (``decay``, ``head/no_decay``), else ``group{i}``, as every lit_optim
+    callback names groups; a group named ``global`` is logged as ``global-{i}``. Update statistics are not logged
+    for a step fp16's ``GradScaler`` skipped.
+
+    Args:
+        log_every_n_steps: logging period in optimizer steps (>= 1); ``None`` follows the Trainer's.
+        spike_on: the signals to watch, any of ``"grad_norm"``, ``"loss"``; ``()`` turns spike detection off.
+        spike_threshold: the z of the spike rule, in standard deviations (> 0).
+        spike_ema_decay: in (0, 1), the EMA decay of the spike statistics.
+        spike_warmup_steps: values that only initialise the spike statistics (>= 1).
+        action: ``"log"``, ``"skip"`` or ``"raise"`` (see above).
+        max_consecutive_spikes: with ``"skip"``/``"raise"``, raise after this many spiking steps in a row.
+        foreach: force (``True``) or forbid (``False``) the batched ``torch._foreach_*`` norm kernels.
+
+    Raises:
+        ValueError: on an unknown action or signal, an argument out of range, an action with nothing to watch,
+            and when fitting starts under ``DeepSpeedStrategy`` or ``FSDPStrategy`` (FSDP1).
+        TypeError: when ``spike_on`` is a string or an argument has the wrong type.
+
+    Example:
+        >>> OptimizerMonitor(spike_on=["loss"], action="skip").state_key
+        "OptimizerMonitor{'spike_on': ('loss',), 'action': 'skip'}"
+        >>> OptimizerMonitor(action="skipp")
+        Traceback (most recent call last):
+        ...
+        ValueError: `action` must be one of ['log', 'raise', 'skip'], got 'skipp'. Did you mean 'skip'?
+    """
+
+    def __init__(
+        self,
+        *,
+        log_every_n_steps: int | None = None,
+        spike_on: Iterable[str] = ("grad_norm", "loss"),
+        spike_threshold: float = 6.0,
+        spike_ema_decay: float = 0.98,
+        spike_warmup_steps: int = 20,
+        action: SpikeAction = "log",
+        max_consecutive_spikes: int = 10,
+        foreach: bool | None = None,
+    ) -> None:
+        if log_every_n_steps is not None:
+            check_positive_int("log_every_n_steps", log_every_n_steps)
+        self.log_every_n_steps = log_every_n_steps
+        if isinstance(spike_on, str):
+            raise TypeError(
+                f"`spike_on` must be a list of signals, got the string {spike_on!r}. "
+                f"Wrap it: `spike_on=[{spike_on!r}]`."
+            )
+        self.spike_on = tuple(sorted({check_choice("spike_on", s, _SIGNALS) for s in spike_on}))
+        self.spike_threshold = check_positive("spike_threshold", spike_threshold)
+        SpikeDetector(self.spike_threshold, spike_ema_decay, spike_warmup_steps)  # the same checks, one voice
+        self.spike_ema_decay = float(spike_ema_decay)
+        self.spike_warmup_steps = spike_warmup_steps
+        self.action: SpikeAction = check_choice("action", action, _ACTIONS)  # type: ignore[assignment]
+        if self.action != "log" and not self.spike_on:
+            raise ValueError(
+                f"`action={action!r}` acts on spikes, but `spike_on` is empty so none can be detected. "
+                "Name the signals to watch, e.g. `spike_on=['loss', 'grad_norm']`, or use `action='log'`."
+            )
+        self.max_consecutive_spikes = check_positive_int("max_consecutive_spikes", max_consecutive_spikes)
+        self.foreach = foreach
+        self._detectors: dict[str, SpikeDetector] = {}  # "{optimizer index}/{signal}" -> detector
+        self._pending_detectors: dict[str, dict[str, Any]] = {}
+        self._spike_counts: dict[int, Tensor] = {}  # optimizer index -> spikes per signal since the last row
+        self._consecutive: dict[int, int] = {}
+        self._skipped_steps = 0
+        self._optimizer_steps: dict[int, int] = {}
+        self._window_loss: Tensor | None = None
+        self._pending: dict[int, tuple[int, Any, dict[str, Any]]] = {}  # id(optimizer) -> (index, snapshot, ...)
+        self._handles: list[RemovableHandle] = []
+        self._trainer: pl.Trainer | None = None
+        self._shares_clip_norm: Any = None
+        self._state_key: str | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        if self._state_key is None:
+            self._state_key = self._generate_state_key(spike_on=self.spike_on, action=self.action)
+        return self._state_key
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped for a spike so far (``action="skip"``)."""
+        return self._skipped_steps
+
+    def detector(self, signal: str, optimizer_idx: int = 0) -> SpikeDetector | None:
+        """The spike detector of ``signal`` (``"loss"`` or ``"grad_norm"``) of an optimizer, once it has run."""
+        return self._detectors.get(f"{optimizer_idx}/{signal}")
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for kind, strategy in (("DeepSpeedStrategy", DeepSpeedStrategy), ("FSDPStrategy", FSDPStrategy)):
+            if isinstance(trainer.strategy, strategy):
+                raise ValueError(
+                    f"`OptimizerMonitor` cannot measure updates under `{kind}`: it flattens and shards parameters "
+                    "outside torch's optimizer. Use `ModelParallelStrategy` with `fully_shard` (FSDP2), or DDP."
+                )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hooks()
+        self._trainer = trainer
+        self._window_loss = None
+        self._pending = {}
+        callbacks: list[Callback] = list(getattr(trainer, "callbacks", []))
+        position = next((i for i, c in enumerate(callbacks) if c is self), len(callbacks))
+        self._shares_clip_norm = next(
+            (c for c in callbacks[:position] if callable(getattr(c, "pre_clip_norm", None))), None
+        )
+        clipper = next((c for c in callbacks[:position] if isinstance(c, GradientClipping)), None)
+        if clipper is not None and self._shares_clip_norm is None:
+            raise ValueError(
+                "`GradientClipping` comes before `OptimizerMonitor` in `Trainer(callbacks=[...])`, so the monitor "
+                "would see clipped gradients and this `GradientClipping` cannot share its pre-clip norm. Put "
+                "`OptimizerMonitor` before `GradientClipping` in the list."
+            )
+        for optimizer in trainer.optimizers:
+            self._handles.append(optimizer.register_step_post_hook(self._after_step))
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hooks()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._remove_hooks()
+
+    @override
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        if "loss" not in self.spike_on:
+            return
+        value = loss.detach().float()
+        scaler: torch.amp.GradScaler | None = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler.is_enabled():  # fp16: Lightning hands over the scaled loss
+            scale = scaler._get_scale_async()
+            value = value if scale is None else value / scale.to(value.device)
+        self._window_loss = value if self._window_loss is None else self._window_loss + value
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        self._before_step(trainer, optimizer)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        detectors = {key: d.state_dict() for key, d in self._detectors.items()}
+        return {
+            "detectors": {**self._pending_detectors, **detectors},
+            "consecutive": dict(self._consecutive),
+            "skipped_steps": self._skipped_steps,
+            "optimizer_steps": dict(self._optimizer_steps),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._detectors = {}
+        self._pending_detectors = {str(k): dict(v) for k, v in state_dict.get("detectors", {}).items()}
+        self._consecutive = {int(k): int(v) for k, v in state_dict.get("consecutive", {}).items()}
+        self._skipped_steps = int(state_dict.get("skipped_steps", 0))
+        self._optimizer_steps = {int(k): int(v) for k, v in state_dict.get("optimizer_steps", {}).items()}
+
+    # -- internals -------------------------------------------------------------------------------------------
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._pending = {}
+
+    def _detector(self, idx: int, signal: str) -> SpikeDetector:
+        key = f"{idx}/{signal}"
+        detector = self._detectors.get(key)
+        if detector is None:
+            detector = SpikeDetector(self.spike_threshold, self.spike_ema_decay, self.spike_warmup_steps)
+            if key in self._pending_detectors:
+                detector.load_state_dict(self._pending_detectors.pop(key))
+            self._detectors[key] = detector
+        return detector
+
+    def _should_log(self, trainer: pl.Trainer, step: int) -> bool:
+        every = int(self.log_every_n_steps or getattr(trainer, "log_every_n_steps", 50) or 0)
+        return bool(trainer.loggers) and every > 0 and (step + 1) % every == 0
+
+    def _before_step(self, trainer: pl.Trainer, optimizer: Optimizer) -> None:
+        idx = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), None)
+        loss, self._window_loss = self._window_loss, None
+        self._pending.pop(id(optimizer), None)
+        if idx is None:
+            return
+        step = trainer.global_step
+        if len(trainer.optimizers) > 1:  # each optimizer's own step count, as GradientClipping keeps it
+            step = self._optimizer_steps.get(idx, trainer.global_step // len(trainer.optimizers))
+            self._optimizer_steps[idx] = step + 1
+        groups = [list(group["params"]) for group in optimizer.param_groups]
+        grads = [[p.grad for p in group if p.grad is not None] for group in groups]
+        if not any(grads):  # `training_step` returned None, or an earlier callback skipped: no step follows
+            return
+        scaler: torch.amp.GradScaler | None = getattr(trainer.precision_plugin, "scaler", None)
+        grad_scale: Tensor | None = None
+        if scaler is not None and still_scaled(scaler, optimizer):
+            if not getattr(optimizer, "_step_supports_amp_scaling", False):
+                return  # Lightning did not unscale because `training_step` returned None: no step follows
+            grad_scale = scaler._get_scale_async()  # a fused optimizer unscales inside its step
+        log = self._should_log(trainer, step)
+        metrics: dict[str, Tensor | float] = {}
+        total = self._shared_norm(optimizer)
+        if total is None and (log or "grad_norm" in self.spike_on):
+            measured = grouped_norms(grads if log else [[g for gs in grads for g in gs]], 2.0, self.foreach)
+            total = measured[0] if grad_scale is None else measured[0] / grad_scale
+            if log:
+                per_group = measured[1] if grad_scale is None else measured[1] / grad_scale
+                metrics.update(_per_group("grad_norm", per_group, total))
+        elif total is not None and log:
+            metrics["grad_norm"] = total
+        spiked = self._detect(trainer, idx, loss, total)
+        if spiked is not None and self.action != "log":
+            self._act(trainer, optimizer, idx, spiked, write_now=not log)
+        if log:
+            self._pending[id(optimizer)] = (idx, snapshot(groups), metrics)
+
+    def _shared_norm(self, optimizer: Optimizer) -> Tensor | None:
+        if self._shares_clip_norm is None:
+            return None
+        norm = self._shares_clip_norm.pre_clip_norm(optimizer)
+        return norm if isinstance(norm, Tensor) else None
+
+    def _detect(self, trainer: pl.Trainer, idx: int, loss: Tensor | None, norm: Tensor | None) -> Tensor | None:
+        """Update the detectors; return the per-signal spike flags (``spike_on`` order), or ``None``."""
+        if not self.spike_on:
+            return None
+        values = {"grad_norm": norm, "loss": None if loss is None else reduce_mean(trainer, loss)}
+        flags = []
+        for signal in self.spike_on:
+            value = values[signal]
+            flags.append(self._detector(idx, signal).update(value) if value is not None else None)
+        device = next((f.device for f in flags if f is not None), None)
+        if device is None:
+            return None
+        spiked = torch.stack([f if f is not None else torch.zeros((), dtype=torch.bool, device=device) for f in flags])
+        counts = self._spike_counts.get(idx)
+        self._spike_counts[idx] = spiked.long() if counts is None else counts.to(device) + spiked.long()
+        return spiked
+
+    def _act(self, trainer: pl.Trainer, optimizer: Optimizer, idx: int, spiked: Tensor, write_now: bool) -> None:
+        flags = spiked.tolist()  # the documented host sync of action="skip"/"raise"
+        if not any(flags):
+            self._consecutive[idx] = 0
+            return
+        in_a_row = self._consecutive[idx] = self._consecutive.get(idx, 0) + 1
+        if self.action == "skip":
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            self._skipped_steps += 1
+        if write_now:  # a non-logging step: the spike is still written, at its own row
+            self._write(trainer, idx, {})
+        if in_a_row >= self.max_consecutive_spikes:
+            names = [s for s, f in zip(self.spike_on, flags, strict=True) if f]
+            raise RuntimeError(
+                f"OptimizerMonitor: {in_a_row} consecutive optimizer steps spiked (last one in {names} at global step "
+                f"{trainer.global_step}; `max_consecutive_spikes={self.max_consecutive_spikes}`). Training looks "
+                "diverged: lower the learning rate, add warmup or clipping, or raise `spike_threshold`."
+            )
+
+    def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        pending = self._pending.pop(id(optimizer), None)
+        if pending is None or self._trainer is None:
+            return
+        idx, before, metrics = pending
+        groups = [list(group["params"]) for group in optimizer.param_groups]
+        if [len(g) for g in groups] != [len(g) for g in before]:  # groups changed inside the step: nothing to compare
+            return
+        stats = update_stats(groups, before, self.foreach)
+        metrics.update(_per_group("update_ratio", stats.update_ratio, stats.total_update_ratio))
+        metrics.update(_per_group("update_rms", stats.update_rms, stats.total_update_rms))
+        metrics.update(_per_group("param_norm", stats.param_norm, stats.total_param_norm))
+        moments = second_moment_means(groups, optimizer.state, foreach=self.foreach)
+        if moments is not None:
+            total, per_group, present = moments
+            metrics.update(_per_group("sqrt_v", per_group, total, present))
+        self._write(self._trainer, idx, metrics, names=group_names(optimizer.param_groups))
+
+    def _write(
+        self, trainer: pl.Trainer, idx: int, metrics: dict[str, Tensor | float], names: list[str] | None = None
+    ) -> None:
+        counts = self._spike_counts.pop(idx, None)
+        if counts is not None:
+            metrics.update({f"spikes/{s}": c for s, c in zip(self.spike_on, counts.unbind(), strict=True)})
+        if self.action == "skip":
+            metrics["skipped_steps"] = float(self._skipped_steps)
+        if not metrics:
+            return
+        keys = _keys(metrics, names or [])
+        tensors = [v for v in metrics.values() if isinstance(v, Tensor)]
+        host: list[float] = []
+        if tensors:
+            device = tensors[0].device
+            host = torch.stack([t.detach().to(device=device, dtype=torch.float64) for t in tensors]).tolist()
+        values = iter(host)  # one host sync for every value of the row
+        row = {
+            k: float(next(values)) if isinstance(v, Tensor) else float(v)
+            for k, v in zip(keys, metrics.values(), strict=True)
+        }
+        prefix = "optimizer/" if len(trainer.optimizers) <= 1 else f"optimizer/opt{idx}/"
+        log_metrics(trainer, {f"{prefix}{k}": v for k, v in row.items()})
+
+
+def _per_group(
+    metric: str, per_group: Tensor, total: Tensor, present: list[bool] | None = None
+) -> dict[str, Tensor | float]:
+    """``{"metric/#i": value}`` per group (named later by :func:`_keys`) plus ``{"metric/global": total}``."""
+    out: dict[str, Tensor | float] = {
+        f"{metric}/#{i}": v for i, v in enumerate(per_group.unbind()) if present is None or present[i]
+    }
+    out[f"{metric}/global"] = total
+    return out
+
+
+def _keys(metrics: dict[str, Tensor | float], names: list[str]) -> list[str]:
+    """Replace ``#i`` by the name of group ``i`` (a group called ``global`` becomes ``global-{i}``)."""
+    keys = []
+    for key in metrics:
+        metric, _, rest = key.partition("/#")
+        if rest:
+            i = int(rest)
+            name = names[i] if i < len(names) else f"group{i}"
+            keys.append(f"{metric}/{name if name != 'global' else f'global-{i}'}")
+        elif key == "grad_norm":
+            keys.append("grad_norm/global")
+        else:
+            keys.append(key)
+    return keys
+
