@@ -241,14 +241,13 @@ def test_loss_spike_matches_a_hand_rolled_ema(make_trainer: Callable[..., L.Trai
     monitor = OptimizerMonitor(spike_on=["loss"], spike_warmup_steps=2, spike_ema_decay=0.5)
     make_trainer(max_steps=5, callbacks=[monitor]).fit(Recording())
     mean = var = 0.0
-    for i, x in enumerate(losses):
-        if i < 2:
-            new_mean = mean + (x - mean) / (i + 1)
-            var, mean = var + ((x - mean) * (x - new_mean) - var) / (i + 1), new_mean
-        else:
+    for n, x in enumerate(losses, start=1):
+        if n > 2:
             assert x <= mean + 6.0 * math.sqrt(var)
-            mean = 0.5 * mean + 0.5 * x
-            var = 0.5 * var + 0.5 * (x - mean) ** 2
+        w = 1 / n if n <= 2 else 1 - 0.5
+        delta = x - mean
+        mean += w * delta
+        var = (1 - w) * var + w * delta * (x - mean)
     assert monitor.detector("loss").stats == pytest.approx((5.0, mean, var), rel=1e-6)
 
 

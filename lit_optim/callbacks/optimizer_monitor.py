@@ -17,10 +17,12 @@ from typing_extensions import override
 from lit_optim._distributed import reduce_mean
 from lit_optim._logging import group_names, log_metrics
 from lit_optim._validation import check_choice, check_positive, check_positive_int
+from lit_optim.callbacks._monitor_rows import group_values, host_row
 from lit_optim.callbacks.clipping import GradientClipping
 from lit_optim.clipping.functional import still_scaled
 from lit_optim.clipping.norms import grouped_norms
 from lit_optim.monitoring.spikes import SpikeDetector
+from lit_optim.monitoring.tracker import SpikeTracker
 from lit_optim.monitoring.updates import second_moment_means, snapshot, update_stats
 
 __all__ = ["OptimizerMonitor"]
@@ -141,9 +143,8 @@ class OptimizerMonitor(Callback):
             )
         self.max_consecutive_spikes = check_positive_int("max_consecutive_spikes", max_consecutive_spikes)
         self.foreach = foreach
-        self._detectors: dict[str, SpikeDetector] = {}  # "{optimizer index}/{signal}" -> detector
-        self._pending_detectors: dict[str, dict[str, Any]] = {}
-        self._spike_counts: dict[int, Tensor] = {}  # optimizer index -> spikes per signal since the last row
+        self._trackers: dict[int, SpikeTracker] = {}  # optimizer index -> its spike detectors
+        self._pending_detectors: dict[str, dict[str, Any]] = {}  # "{optimizer index}/{signal}" -> checkpointed
         self._consecutive: dict[int, int] = {}
         self._skipped_steps = 0
         self._optimizer_steps: dict[int, int] = {}
@@ -167,8 +168,16 @@ class OptimizerMonitor(Callback):
         return self._skipped_steps
 
     def detector(self, signal: str, optimizer_idx: int = 0) -> SpikeDetector | None:
-        """The spike detector of ``signal`` (``"loss"`` or ``"grad_norm"``) of an optimizer, once it has run."""
-        return self._detectors.get(f"{optimizer_idx}/{signal}")
+        """The spike detector of ``signal`` (``"loss"`` or ``"grad_norm"``) of an optimizer, once it has run.
+
+        Values wait on the device until the next logging step (or checkpoint, or the end of fitting); reading
+        this flushes them first, which synchronises with the device.
+        """
+        tracker = self._trackers.get(optimizer_idx)
+        if tracker is None:
+            return None
+        tracker.flush()
+        return tracker.detectors.get(signal)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -203,6 +212,8 @@ class OptimizerMonitor(Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()
+        for tracker in self._trackers.values():
+            tracker.flush()
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -227,7 +238,9 @@ class OptimizerMonitor(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        detectors = {key: d.state_dict() for key, d in self._detectors.items()}
+        detectors = {
+            f"{idx}/{signal}": state for idx, t in self._trackers.items() for signal, state in t.state_dict().items()
+        }
         return {
             "detectors": {**self._pending_detectors, **detectors},
             "consecutive": dict(self._consecutive),
@@ -237,7 +250,7 @@ class OptimizerMonitor(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._detectors = {}
+        self._trackers = {}
         self._pending_detectors = {str(k): dict(v) for k, v in state_dict.get("detectors", {}).items()}
         self._consecutive = {int(k): int(v) for k, v in state_dict.get("consecutive", {}).items()}
         self._skipped_steps = int(state_dict.get("skipped_steps", 0))
@@ -251,15 +264,15 @@ class OptimizerMonitor(Callback):
         self._handles = []
         self._pending = {}
 
-    def _detector(self, idx: int, signal: str) -> SpikeDetector:
-        key = f"{idx}/{signal}"
-        detector = self._detectors.get(key)
-        if detector is None:
-            detector = SpikeDetector(self.spike_threshold, self.spike_ema_decay, self.spike_warmup_steps)
-            if key in self._pending_detectors:
-                detector.load_state_dict(self._pending_detectors.pop(key))
-            self._detectors[key] = detector
-        return detector
+    def _tracker(self, idx: int) -> SpikeTracker:
+        tracker = self._trackers.get(idx)
+        if tracker is None:
+            tracker = SpikeTracker(self.spike_on, self.spike_threshold, self.spike_ema_decay, self.spike_warmup_steps)
+            saved = {s: self._pending_detectors.pop(f"{idx}/{s}") for s in self.spike_on
+                     if f"{idx}/{s}" in self._pending_detectors}  # fmt: skip
+            tracker.load_state_dict(saved)
+            self._trackers[idx] = tracker
+        return tracker
 
     def _should_log(self, trainer: pl.Trainer, step: int) -> bool:
         every = int(self.log_every_n_steps or getattr(trainer, "log_every_n_steps", 50) or 0)
@@ -293,12 +306,11 @@ class OptimizerMonitor(Callback):
             total = measured[0] if grad_scale is None else measured[0] / grad_scale
             if log:
                 per_group = measured[1] if grad_scale is None else measured[1] / grad_scale
-                metrics.update(_per_group("grad_norm", per_group, total))
+                metrics.update(group_values("grad_norm", per_group, total))
         elif total is not None and log:
             metrics["grad_norm"] = total
-        spiked = self._detect(trainer, idx, loss, total)
-        if spiked is not None and self.action != "log":
-            self._act(trainer, optimizer, idx, spiked, write_now=not log)
+        if self.spike_on:
+            self._detect(trainer, optimizer, idx, loss, total, write_now=not log)
         if log:
             self._pending[id(optimizer)] = (idx, snapshot(groups), metrics)
 
@@ -308,25 +320,20 @@ class OptimizerMonitor(Callback):
         norm = self._shares_clip_norm.pre_clip_norm(optimizer)
         return norm if isinstance(norm, Tensor) else None
 
-    def _detect(self, trainer: pl.Trainer, idx: int, loss: Tensor | None, norm: Tensor | None) -> Tensor | None:
-        """Update the detectors; return the per-signal spike flags (``spike_on`` order), or ``None``."""
-        if not self.spike_on:
-            return None
+    def _detect(
+        self, trainer: pl.Trainer, optimizer: Optimizer, idx: int, loss: Tensor | None, norm: Tensor | None,
+        write_now: bool,
+    ) -> None:
+        """Queue this step's values; with ``action="skip"``/``"raise"``, decide on them now (a host sync)."""
         values = {"grad_norm": norm, "loss": None if loss is None else reduce_mean(trainer, loss)}
-        flags = []
-        for signal in self.spike_on:
-            value = values[signal]
-            flags.append(self._detector(idx, signal).update(value) if value is not None else None)
-        device = next((f.device for f in flags if f is not None), None)
-        if device is None:
-            return None
-        spiked = torch.stack([f if f is not None else torch.zeros((), dtype=torch.bool, device=device) for f in flags])
-        counts = self._spike_counts.get(idx)
-        self._spike_counts[idx] = spiked.long() if counts is None else counts.to(device) + spiked.long()
-        return spiked
-
-    def _act(self, trainer: pl.Trainer, optimizer: Optimizer, idx: int, spiked: Tensor, write_now: bool) -> None:
-        flags = spiked.tolist()  # the documented host sync of action="skip"/"raise"
+        tracker = self._tracker(idx)
+        full = tracker.record([values[s] for s in self.spike_on])
+        if self.action == "log":
+            if full:  # nothing logged for `capacity` steps: make room (one sync per 1024 steps)
+                tracker.flush()
+            return
+        verdicts = tracker.flush()  # the documented host sync of action="skip"/"raise"
+        flags = verdicts[-1] if verdicts else []
         if not any(flags):
             self._consecutive[idx] = 0
             return
@@ -355,63 +362,27 @@ class OptimizerMonitor(Callback):
         if [len(g) for g in groups] != [len(g) for g in before]:  # groups changed inside the step: nothing to compare
             return
         stats = update_stats(groups, before, self.foreach)
-        metrics.update(_per_group("update_ratio", stats.update_ratio, stats.total_update_ratio))
-        metrics.update(_per_group("update_rms", stats.update_rms, stats.total_update_rms))
-        metrics.update(_per_group("param_norm", stats.param_norm, stats.total_param_norm))
+        metrics.update(group_values("update_ratio", stats.update_ratio, stats.total_update_ratio))
+        metrics.update(group_values("update_rms", stats.update_rms, stats.total_update_rms))
+        metrics.update(group_values("param_norm", stats.param_norm, stats.total_param_norm))
         moments = second_moment_means(groups, optimizer.state, foreach=self.foreach)
         if moments is not None:
             total, per_group, present = moments
-            metrics.update(_per_group("sqrt_v", per_group, total, present))
+            metrics.update(group_values("sqrt_v", per_group, total, present))
         self._write(self._trainer, idx, metrics, names=group_names(optimizer.param_groups))
 
     def _write(
         self, trainer: pl.Trainer, idx: int, metrics: dict[str, Tensor | float], names: list[str] | None = None
     ) -> None:
-        counts = self._spike_counts.pop(idx, None)
-        if counts is not None:
-            metrics.update({f"spikes/{s}": c for s, c in zip(self.spike_on, counts.unbind(), strict=True)})
+        tracker = self._trackers.get(idx)
+        if tracker is not None:
+            tracker.flush()  # one host transfer for every value queued since the last row
+            metrics.update({f"spikes/{s}": float(c) for s, c in tracker.pop_counts().items()})
         if self.action == "skip":
             metrics["skipped_steps"] = float(self._skipped_steps)
         if not metrics:
             return
-        keys = _keys(metrics, names or [])
-        tensors = [v for v in metrics.values() if isinstance(v, Tensor)]
-        host: list[float] = []
-        if tensors:
-            device = tensors[0].device
-            host = torch.stack([t.detach().to(device=device, dtype=torch.float64) for t in tensors]).tolist()
-        values = iter(host)  # one host sync for every value of the row
-        row = {
-            k: float(next(values)) if isinstance(v, Tensor) else float(v)
-            for k, v in zip(keys, metrics.values(), strict=True)
-        }
+        row = host_row(metrics, names or [])
         prefix = "optimizer/" if len(trainer.optimizers) <= 1 else f"optimizer/opt{idx}/"
         log_metrics(trainer, {f"{prefix}{k}": v for k, v in row.items()})
-
-
-def _per_group(
-    metric: str, per_group: Tensor, total: Tensor, present: list[bool] | None = None
-) -> dict[str, Tensor | float]:
-    """``{"metric/#i": value}`` per group (named later by :func:`_keys`) plus ``{"metric/global": total}``."""
-    out: dict[str, Tensor | float] = {
-        f"{metric}/#{i}": v for i, v in enumerate(per_group.unbind()) if present is None or present[i]
-    }
-    out[f"{metric}/global"] = total
-    return out
-
-
-def _keys(metrics: dict[str, Tensor | float], names: list[str]) -> list[str]:
-    """Replace ``#i`` by the name of group ``i`` (a group called ``global`` becomes ``global-{i}``)."""
-    keys = []
-    for key in metrics:
-        metric, _, rest = key.partition("/#")
-        if rest:
-            i = int(rest)
-            name = names[i] if i < len(names) else f"group{i}"
-            keys.append(f"{metric}/{name if name != 'global' else f'global-{i}'}")
-        elif key == "grad_norm":
-            keys.append("grad_norm/global")
-        else:
-            keys.append(key)
-    return keys
 

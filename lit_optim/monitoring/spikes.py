@@ -1,15 +1,13 @@
-"""Spike detection on a scalar training signal (the loss, the gradient norm), kept on the device.
+"""Spike detection on a scalar training signal (the loss, the gradient norm).
 
-No host sync: the statistics and the verdict are tensors. Whoever acts on a verdict (skips a step, raises)
-reads it on the host, and that read is the only synchronisation.
+The rule runs on host floats: it costs microseconds, and whoever feeds it decides when values cross from the
+device (``OptimizerMonitor`` buffers them on the device and reads them in one transfer on its logging steps).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
-
-import torch
-from torch import Tensor
 
 from lit_optim._validation import check_positive, check_positive_int
 
@@ -19,21 +17,22 @@ __all__ = ["SpikeDetector"]
 class SpikeDetector:
     r"""Flag values far above an exponential moving average of the past values.
 
-    The first ``warmup_steps`` finite values are never flagged; they set the exact running mean and population
-    variance. Afterwards, with :math:`\mu, \sigma^2` the current statistics, :math:`x` the new value, :math:`z`
-    the ``threshold`` and :math:`a` the ``ema_decay``, :math:`x` is a spike when
+    With :math:`\mu, \sigma^2` the current statistics, :math:`x` the new value, :math:`z` the ``threshold`` and
+    :math:`a` the ``ema_decay``, :math:`x` is a spike when
 
     .. math::
-        x > \mu + z\,\sigma \quad\text{or } x \text{ is not finite,}
+        x > \mu + z\,\sigma \quad\text{(after warm-up)}, \quad\text{or } x \text{ is not finite.}
 
-    and a value that is not a spike updates the statistics:
+    A value that is not a spike updates the statistics, with :math:`n` the number of values folded in so far
+    (this one included), :math:`\delta = x - \mu` and :math:`w = 1/n` during the first ``warmup_steps`` values
+    (the exact running mean and population variance, Welford) and :math:`w = 1 - a` afterwards (an exponentially
+    weighted mean and variance, Finch 2009):
 
     .. math::
-        \mu \leftarrow a\mu + (1-a)\,x,\qquad \sigma^2 \leftarrow a\sigma^2 + (1-a)(x - \mu)^2
+        \mu' = \mu + w\,\delta,\qquad \sigma'^2 = (1 - w)\,\sigma^2 + w\,\delta\,(x - \mu').
 
-    (the variance update uses the new :math:`\mu`). Spikes never enter the statistics, so a burst of spikes does
-    not widen the band that detects them; a lasting level shift keeps being flagged. A non-finite value is a
-    spike even during warm-up.
+    Spikes never enter the statistics, so a burst of spikes does not widen the band that detects it (a lasting
+    level shift keeps being flagged). Warm-up values are never flagged unless they are not finite.
 
     Args:
         threshold: :math:`z`, in standard deviations (> 0).
@@ -42,7 +41,7 @@ class SpikeDetector:
 
     Example:
         >>> detector = SpikeDetector(threshold=3.0, ema_decay=0.9, warmup_steps=3)
-        >>> [bool(detector.update(torch.tensor(v))) for v in (1.0, 1.2, 0.8, 1.1, 9.0, float("nan"), 1.0)]
+        >>> [detector.update(v) for v in (1.0, 1.2, 0.8, 1.1, 9.0, float("nan"), 1.0)]
         [False, False, False, False, True, True, False]
     """
 
@@ -52,45 +51,39 @@ class SpikeDetector:
             raise ValueError(f"`ema_decay` must be in (0, 1), got {ema_decay!r}.")
         self.ema_decay = float(ema_decay)
         self.warmup_steps = check_positive_int("warmup_steps", warmup_steps)
-        self._stats: Tensor | None = None  # [count, mean, var] as float64 on the value's device
-        self._pending: list[float] | None = None
+        self.count = 0
+        self.mean = 0.0
+        self.var = 0.0
 
-    def update(self, value: Tensor) -> Tensor:
-        """Return whether ``value`` (a 0-d tensor) is a spike, as a 0-d bool tensor, then fold it in if not."""
-        x = value.detach().to(torch.float64)
-        if self._stats is None or self._stats.device != x.device:
-            values = self._pending if self._pending is not None else [0.0, 0.0, 0.0]
-            old = self._stats.to(x.device) if self._stats is not None else None
-            self._stats = old if old is not None else torch.tensor(values, dtype=torch.float64, device=x.device)
-            self._pending = None
-        count, mean, var = self._stats.unbind()
-        finite = x.isfinite()
-        warm = count < self.warmup_steps
-        spike = ~finite | (~warm & (x > mean + self.threshold * var.clamp(min=0).sqrt()))
-        # warm-up: exact running mean / population variance (Welford)
-        n = count + 1
-        w_mean = mean + (x - mean) / n
-        w_var = var + ((x - mean) * (x - w_mean) - var) / n
-        # afterwards: EMA
-        a = self.ema_decay
-        e_mean = a * mean + (1 - a) * x
-        e_var = a * var + (1 - a) * (x - e_mean) ** 2
-        new = torch.stack([n, torch.where(warm, w_mean, e_mean), torch.where(warm, w_var, e_var)])
-        self._stats = torch.where(spike, self._stats, new)
-        return spike
+    def is_spike(self, value: float) -> bool:
+        """Whether ``value`` would be flagged now (the statistics are left alone)."""
+        if not math.isfinite(value):
+            return True
+        return self.count >= self.warmup_steps and value > self.mean + self.threshold * math.sqrt(max(self.var, 0.0))
+
+    def update(self, value: float) -> bool:
+        """Return whether ``value`` is a spike; fold it into the statistics when it is not."""
+        value = float(value)
+        if self.is_spike(value):
+            return True
+        self.count += 1
+        w = 1.0 / self.count if self.count <= self.warmup_steps else 1.0 - self.ema_decay
+        delta = value - self.mean
+        self.mean += w * delta
+        self.var = (1.0 - w) * self.var + w * delta * (value - self.mean)
+        return False
 
     @property
-    def stats(self) -> tuple[float, float, float]:
-        """``(values folded in, mean, variance)`` as host floats (for inspection, tests and checkpoints)."""
-        values = self._stats.tolist() if self._stats is not None else (self._pending or [0.0, 0.0, 0.0])
-        return (float(values[0]), float(values[1]), float(values[2]))
+    def stats(self) -> tuple[int, float, float]:
+        """``(values folded in, mean, variance)``."""
+        return self.count, self.mean, self.var
 
     def state_dict(self) -> dict[str, Any]:
-        """The count, mean and variance as plain floats."""
-        count, mean, var = self.stats
-        return {"count": count, "mean": mean, "var": var}
+        """The count, mean and variance as plain Python numbers."""
+        return {"count": self.count, "mean": self.mean, "var": self.var}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the statistics; they move to the values' device at the next update."""
-        self._pending = [float(state["count"]), float(state["mean"]), float(state["var"])]
-        self._stats = None
+        """Restore the statistics."""
+        self.count = int(state["count"])
+        self.mean = float(state["mean"])
+        self.var = float(state["var"])
