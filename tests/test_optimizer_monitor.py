@@ -364,3 +364,112 @@ def test_arguments_are_not_mutated_and_spike_on_is_normalised() -> None:
     monitor = OptimizerMonitor(spike_on=signals)
     assert signals == ["loss", "grad_norm", "loss"]
     assert monitor.spike_on == ("grad_norm", "loss")
+
+
+# -- adversarial uses ------------------------------------------------------------------------------------------
+
+
+class TwoOptimizers(TinyModule):
+    """Manual optimization: SGD on the first layer, AdamW on the second, each with its own loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        first, second = self.optimizers()  # type: ignore[misc]
+        x, y = batch
+        for opt, scale in ((first, 1.0), (second, 2.0)):
+            opt.zero_grad()
+            self.manual_backward(scale * nn.functional.mse_loss(self(x), y))
+            opt.step()
+
+    def configure_optimizers(self) -> Any:
+        return (torch.optim.SGD(self.net[0].parameters(), lr=0.01),
+                torch.optim.AdamW([{"params": self.net[2].parameters(), "name": "head"}], lr=0.01))
+
+
+def test_several_optimizers_get_their_own_keys_and_detectors(make_trainer: Callable[..., L.Trainer]) -> None:
+    logger = MemoryLogger()
+    monitor = OptimizerMonitor(log_every_n_steps=2, spike_warmup_steps=2)
+    make_trainer(max_steps=8, logger=logger, callbacks=[monitor]).fit(TwoOptimizers())  # 4 steps of each
+    keys = {k for _, m in logger.logged for k in m}
+    assert "optimizer/opt0/update_ratio/group0" in keys
+    assert "optimizer/opt1/update_ratio/head" in keys
+    assert "optimizer/opt1/sqrt_v/head" in keys
+    assert not any(k.startswith("optimizer/opt0/sqrt_v") for k in keys)  # SGD has no second moment
+    assert len(logger.series("optimizer/opt0/update_ratio/global")) == 2
+    assert len(logger.series("optimizer/opt1/update_ratio/global")) == 2
+    first, second = monitor.detector("loss", 0), monitor.detector("loss", 1)
+    assert first is not None
+    assert second is not None
+    assert first.count == second.count == 4
+    assert second.mean == pytest.approx(2 * first.mean, rel=0.2)  # each optimizer saw its own loss
+
+
+@pytest.mark.filterwarnings("ignore:`training_step` returned `None`:UserWarning")  # on purpose, below
+def test_steps_without_a_loss_empty_groups_and_no_logger(make_trainer: Callable[..., L.Trainer]) -> None:
+    class Odd(TinyModule):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            return None if batch_idx == 1 else super().training_step(batch, batch_idx)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD([{"params": self.parameters(), "name": "all"}, {"params": [], "name": "empty"}],
+                                   lr=0.01)
+
+    logger = MemoryLogger()
+    monitor = OptimizerMonitor(log_every_n_steps=1, spike_warmup_steps=2)
+    make_trainer(max_steps=4, logger=logger, callbacks=[monitor]).fit(Odd())
+    rows = [s for s, m in logger.logged if "optimizer/update_ratio/global" in m]
+    assert rows == [0, 2, 3]  # global step 1 trained nothing: no row
+    rows = [m for _, m in logger.logged if "optimizer/update_ratio/global" in m]
+    assert all("optimizer/update_ratio/empty" not in m and "optimizer/update_ratio/all" in m for m in rows)
+    detector = monitor.detector("loss")
+    assert detector is not None
+    assert detector.count == 3  # the batch that returned None had no loss and no step
+
+    quiet = OptimizerMonitor(log_every_n_steps=1, spike_warmup_steps=2)
+    make_trainer(max_steps=3, callbacks=[quiet]).fit(LossSpike(at=(2,)))  # no logger: nothing to write, still watches
+    assert quiet.detector("loss") is not None
+    assert quiet.detector("loss").stats[0] == 2  # type: ignore[union-attr]
+
+
+def test_loss_under_accumulation_is_the_window_mean(make_trainer: Callable[..., L.Trainer]) -> None:
+    losses: list[float] = []
+
+    class Recording(LossSpike):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            loss = super().training_step(batch, batch_idx)
+            losses.append(loss.item())
+            return loss
+
+    monitor = OptimizerMonitor(spike_on=["loss"], spike_warmup_steps=100)  # Welford: the plain mean and variance
+    make_trainer(max_steps=4, accumulate_grad_batches=3, callbacks=[monitor]).fit(Recording(at=()))
+    windows = [sum(losses[i : i + 3]) / 3 for i in range(0, 12, 3)]
+    detector = monitor.detector("loss")
+    assert detector is not None
+    assert detector.stats == pytest.approx((4, sum(windows) / 4, torch.tensor(windows).var(unbiased=False).item()))
+
+
+@pytest.mark.gpu
+def test_fp16_loss_is_unscaled_and_values_match_by_hand(make_trainer: Callable[..., L.Trainer]) -> None:
+    losses: list[float] = []
+
+    class Recording(AdamWModule):
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            loss = super().training_step(batch, batch_idx)
+            losses.append(loss.float().item())
+            return loss
+
+    logger, recorder = MemoryLogger(), StepRecorder()
+    monitor = OptimizerMonitor(log_every_n_steps=1, spike_on=["loss"], spike_warmup_steps=100)
+    trainer = make_trainer(accelerator="cuda", precision="16-mixed", max_steps=4, logger=logger,
+                           callbacks=[recorder, monitor])
+    trainer.fit(Recording())
+    detector = monitor.detector("loss")
+    assert detector is not None
+    assert detector.mean == pytest.approx(sum(losses) / len(losses), rel=1e-4)  # not multiplied by the scale
+    for step, row in logger.logged:
+        if step in recorder.records and "optimizer/update_ratio/global" in row:
+            expected = _expected(recorder.records[step], ["decay", "no_decay"])
+            assert {k: row[k] for k in expected} == pytest.approx(expected, rel=1e-4)

@@ -212,6 +212,7 @@ class OptimizerMonitor(Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()
+        self._trainer, self._shares_clip_norm = None, None
         for tracker in self._trackers.values():
             tracker.flush()
 
@@ -306,7 +307,8 @@ class OptimizerMonitor(Callback):
             total = measured[0] if grad_scale is None else measured[0] / grad_scale
             if log:
                 per_group = measured[1] if grad_scale is None else measured[1] / grad_scale
-                metrics.update(group_values("grad_norm", per_group, total))
+                nonempty = [bool(group) for group in groups]
+                metrics.update(group_values("grad_norm", per_group, total, nonempty))
         elif total is not None and log:
             metrics["grad_norm"] = total
         if self.spike_on:
@@ -362,9 +364,10 @@ class OptimizerMonitor(Callback):
         if [len(g) for g in groups] != [len(g) for g in before]:  # groups changed inside the step: nothing to compare
             return
         stats = update_stats(groups, before, self.foreach)
-        metrics.update(group_values("update_ratio", stats.update_ratio, stats.total_update_ratio))
-        metrics.update(group_values("update_rms", stats.update_rms, stats.total_update_rms))
-        metrics.update(group_values("param_norm", stats.param_norm, stats.total_param_norm))
+        nonempty = [bool(g) for g in groups]  # a group without parameters has no ratio to report
+        metrics.update(group_values("update_ratio", stats.update_ratio, stats.total_update_ratio, nonempty))
+        metrics.update(group_values("update_rms", stats.update_rms, stats.total_update_rms, nonempty))
+        metrics.update(group_values("param_norm", stats.param_norm, stats.total_param_norm, nonempty))
         moments = second_moment_means(groups, optimizer.state, foreach=self.foreach)
         if moments is not None:
             total, per_group, present = moments
