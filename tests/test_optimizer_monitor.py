@@ -169,11 +169,30 @@ def test_shares_the_clippers_pre_clip_norm_when_it_runs_first(
 def test_refuses_a_gradient_clipping_placed_before_it_without_a_shared_norm(
     make_trainer: Callable[..., L.Trainer]
 ) -> None:
-    if callable(getattr(GradientClipping, "pre_clip_norm", None)):
-        pytest.skip("GradientClipping shares its norm: any order works")
-    trainer = make_trainer(max_steps=1, callbacks=[GradientClipping(), OptimizerMonitor()])
-    with pytest.raises(ValueError, match="Put `OptimizerMonitor` before `GradientClipping`"):
-        trainer.fit(SGDModule())
+    # an inf-norm clipper can never share the 2-norm; a clipper without the accessor cannot share at all
+    clippers = [GradientClipping(norm_type=math.inf)]
+    if not callable(getattr(GradientClipping, "pre_clip_norm", None)):
+        clippers.append(GradientClipping())
+    for clipper in clippers:
+        trainer = make_trainer(max_steps=1, callbacks=[clipper, OptimizerMonitor()])
+        with pytest.raises(ValueError, match=r"norm_type=.*Put `OptimizerMonitor` before `GradientClipping`"):
+            trainer.fit(SGDModule())
+
+
+def test_a_preceding_clipper_without_a_norm_this_step_means_no_grad_norm(
+    make_trainer: Callable[..., L.Trainer]
+) -> None:
+    class Silent(_FakeClipper):
+        def pre_clip_norm(self, optimizer: Any) -> None:  # type: ignore[override]
+            return None
+
+    logger = MemoryLogger()
+    monitor = OptimizerMonitor(log_every_n_steps=1)
+    make_trainer(max_steps=2, logger=logger, callbacks=[Silent(), monitor]).fit(SGDModule())
+    keys = {k for _, m in logger.logged for k in m}
+    assert "optimizer/update_ratio/global" in keys
+    assert not [k for k in keys if k.startswith("optimizer/grad_norm")]  # never the norm of clipped gradients
+    assert monitor.detector("grad_norm").count == 0  # type: ignore[union-attr]
 
 
 def test_keys_of_unnamed_groups_and_a_group_called_global(make_trainer: Callable[..., L.Trainer]) -> None:

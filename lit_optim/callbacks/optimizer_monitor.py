@@ -51,18 +51,21 @@ class OptimizerMonitor(Callback):
 
     The ``global`` entries are the same quantities over all groups together (norms of the concatenation).
 
-    **Shared gradient norm.** When a callback with a ``pre_clip_norm(optimizer)`` accessor (``GradientClipping``)
-    comes *before* this one in ``Trainer(callbacks=[...])``, its pre-clip global norm is reused (computed once) and
-    the per-group ``grad_norm/{group}`` keys are left out (the clipper has already clipped the gradients this
-    callback sees; it logs the pre-clip per-group norms itself as ``grad_clip/norm/{group}`` on the same rows).
-    Otherwise the norms are measured here, before the clipper runs.
+    **Shared gradient norm.** When a callback with a ``pre_clip_norm(optimizer)`` accessor (``GradientClipping``
+    with the default 2-norm) comes *before* this one in ``Trainer(callbacks=[...])``, its pre-clip global norm is
+    reused (computed once) and the per-group ``grad_norm/{group}`` keys are left out (the gradients this callback
+    sees may already be clipped; the clipper logs the pre-clip per-group norms as ``grad_clip/norm/{group}`` on
+    the same rows); a step it has no norm for has no ``grad_norm``. A ``GradientClipping`` placed first that cannot
+    share a 2-norm is refused when training starts. Placed after this callback, the clipper clips what this
+    callback has measured.
 
     **Spikes.** For each signal in ``spike_on`` (``"loss"``: the sum of the losses passed to backward since the
     previous optimizer step, i.e. the mean loss of an accumulation window, averaged over ranks; ``"grad_norm"``:
     the global pre-clip gradient norm), a :class:`~lit_optim.monitoring.SpikeDetector` flags values above
     ``mean + spike_threshold * std`` of an EMA (``spike_ema_decay``) after ``spike_warmup_steps`` values, and any
-    non-finite value. With ``action="log"`` spikes are only counted, on the device (no host sync), and the count
-    since the previous row is logged on the next logging row. With ``action="skip"`` every gradient of a spiking
+    non-finite value. With ``action="log"`` the values wait in a device buffer and are checked at the next logging
+    step (no host sync before it; with nothing logged, one every 1024 steps), where the number of spikes since the
+    previous row is logged. With ``action="skip"`` every gradient of a spiking
     step is set to ``None`` before the step, so weights, optimizer state and the ``SchedulerStepper``'s schedule
     are untouched; with ``action="raise"`` steps are taken as usual. Both raise ``RuntimeError`` after
     ``max_consecutive_spikes`` spiking steps in a row, and both read the verdict on the host: **one host sync per
@@ -196,16 +199,18 @@ class OptimizerMonitor(Callback):
         self._pending = {}
         callbacks: list[Callback] = list(getattr(trainer, "callbacks", []))
         position = next((i for i, c in enumerate(callbacks) if c is self), len(callbacks))
-        self._shares_clip_norm = next(
-            (c for c in callbacks[:position] if callable(getattr(c, "pre_clip_norm", None))), None
-        )
-        clipper = next((c for c in callbacks[:position] if isinstance(c, GradientClipping)), None)
-        if clipper is not None and self._shares_clip_norm is None:
-            raise ValueError(
-                "`GradientClipping` comes before `OptimizerMonitor` in `Trainer(callbacks=[...])`, so the monitor "
-                "would see clipped gradients and this `GradientClipping` cannot share its pre-clip norm. Put "
-                "`OptimizerMonitor` before `GradientClipping` in the list."
-            )
+        self._shares_clip_norm = None
+        for clipper in callbacks[:position]:
+            shares = callable(getattr(clipper, "pre_clip_norm", None)) and getattr(clipper, "norm_type", 2.0) == 2.0
+            if shares and self._shares_clip_norm is None:
+                self._shares_clip_norm = clipper
+            elif isinstance(clipper, GradientClipping) and not shares:
+                raise ValueError(
+                    "`GradientClipping` comes before `OptimizerMonitor` in `Trainer(callbacks=[...])`, so the monitor "
+                    "would see clipped gradients, and this `GradientClipping` cannot share its pre-clip 2-norm "
+                    f"(`norm_type={clipper.norm_type!r}`). Put `OptimizerMonitor` before `GradientClipping` in the "
+                    "list."
+                )
         for optimizer in trainer.optimizers:
             self._handles.append(optimizer.register_step_post_hook(self._after_step))
 
@@ -302,7 +307,8 @@ class OptimizerMonitor(Callback):
         log = self._should_log(trainer, step)
         metrics: dict[str, Tensor | float] = {}
         total = self._shared_norm(optimizer)
-        if total is None and (log or "grad_norm" in self.spike_on):
+        # a clipper ran first: its pre-clip norm or none (the gradients seen here may already be clipped)
+        if self._shares_clip_norm is None and (log or "grad_norm" in self.spike_on):
             measured = grouped_norms(grads if log else [[g for gs in grads for g in gs]], 2.0, self.foreach)
             total = measured[0] if grad_scale is None else measured[0] / grad_scale
             if log:
