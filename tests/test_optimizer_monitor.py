@@ -350,6 +350,34 @@ def test_resume_restores_spike_statistics_exactly(make_trainer: Callable[..., L.
         assert torch.equal(a, b)
 
 
+def test_resume_logs_the_spikes_an_uninterrupted_run_logs(
+    make_trainer: Callable[..., L.Trainer], tmp_path: Path
+) -> None:
+    def module() -> LossSpike:
+        torch.manual_seed(1)
+        model = LossSpike(at=(3, 4))
+        model.n = 16  # 4 steps per epoch: the checkpoint falls between two logging rows (2 and 5)
+        return model
+
+    def fit(logger: MemoryLogger, max_epochs: int, ckpt: Path | None = None) -> L.Trainer:
+        monitor = OptimizerMonitor(log_every_n_steps=3, spike_warmup_steps=2, spike_on=["loss"])
+        trainer = make_trainer(max_epochs=max_epochs, logger=logger, callbacks=[monitor])
+        trainer.fit(module(), ckpt_path=ckpt)
+        return trainer
+
+    straight, first, resumed = MemoryLogger(), MemoryLogger(), MemoryLogger()
+    fit(straight, 2)
+    path = tmp_path / "half.ckpt"
+    fit(first, 1).save_checkpoint(path)
+    fit(resumed, 2, path)
+
+    def spikes(logger: MemoryLogger) -> list[tuple[int | None, float]]:
+        return [(s, m["optimizer/spikes/loss"]) for s, m in logger.logged if "optimizer/spikes/loss" in m]
+
+    assert spikes(straight) == [(2, 0), (5, 2)]  # the spike at step 3 waited across the checkpoint
+    assert spikes(first) + spikes(resumed) == spikes(straight)
+
+
 # -- bad input -------------------------------------------------------------------------------------------------
 
 
@@ -369,8 +397,11 @@ def test_resume_restores_spike_statistics_exactly(make_trainer: Callable[..., L.
         ({"spike_on": "loss"}, TypeError, r"got the string 'loss'. Wrap it: `spike_on=\['loss'\]`"),
         ({"log_every_n_steps": 0}, ValueError, r"`log_every_n_steps` must be an int >= 1, got 0"),
         ({"log_every_n_steps": 2.5}, TypeError, r"`log_every_n_steps` must be an int >= 1, got 2.5"),
-        ({"max_consecutive_spikes": 0}, ValueError, r"`max_consecutive_spikes` must be an int >= 1, got 0"),
         ({"action": "skip", "spike_on": []}, ValueError, r"`action='skip'` acts on spikes, but `spike_on` is empty"),
+        ({"spike_on": None}, TypeError, r"`spike_on` must be a list of signals \(or `\(\)` to turn .*\), got None"),
+        ({"max_consecutive_spikes": 3}, ValueError, r"`max_consecutive_spikes=3` only applies to `action='skip'`"),
+        ({"action": "raise", "max_consecutive_spikes": 0}, ValueError, r"`max_consecutive_spikes` must be an int >= 1"),
+        ({"action": "skip", "max_consecutive_spikes": 1.5}, TypeError, r"`max_consecutive_spikes` must be an int"),
     ],
 )
 def test_bad_arguments_raise_clearly(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:

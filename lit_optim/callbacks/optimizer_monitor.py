@@ -8,7 +8,6 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
@@ -17,8 +16,7 @@ from typing_extensions import override
 from lit_optim._distributed import reduce_mean
 from lit_optim._logging import group_names, log_metrics
 from lit_optim._validation import check_choice, check_positive, check_positive_int
-from lit_optim.callbacks._monitor_rows import group_values, host_row
-from lit_optim.callbacks.clipping import GradientClipping
+from lit_optim.callbacks._optimizer_monitor import check_strategy, group_values, host_row, shared_clipper
 from lit_optim.clipping.functional import still_scaled
 from lit_optim.clipping.norms import grouped_norms
 from lit_optim.monitoring.spikes import SpikeDetector
@@ -96,7 +94,8 @@ class OptimizerMonitor(Callback):
         spike_ema_decay: in (0, 1), the EMA decay of the spike statistics.
         spike_warmup_steps: values that only initialise the spike statistics (>= 1).
         action: ``"log"``, ``"skip"`` or ``"raise"`` (see above).
-        max_consecutive_spikes: with ``"skip"``/``"raise"``, raise after this many spiking steps in a row.
+        max_consecutive_spikes: with ``"skip"``/``"raise"``, raise after this many spiking steps in a row (``None``:
+            10); refused with ``"log"``, which never raises.
         foreach: force (``True``) or forbid (``False``) the batched ``torch._foreach_*`` norm kernels.
 
     Raises:
@@ -122,12 +121,14 @@ class OptimizerMonitor(Callback):
         spike_ema_decay: float = 0.98,
         spike_warmup_steps: int = 20,
         action: SpikeAction = "log",
-        max_consecutive_spikes: int = 10,
+        max_consecutive_spikes: int | None = None,
         foreach: bool | None = None,
     ) -> None:
         if log_every_n_steps is not None:
             check_positive_int("log_every_n_steps", log_every_n_steps)
         self.log_every_n_steps = log_every_n_steps
+        if spike_on is None or not isinstance(spike_on, Iterable):
+            raise TypeError(f"`spike_on` must be a list of signals (or `()` to turn spikes off), got {spike_on!r}.")
         if isinstance(spike_on, str):
             raise TypeError(
                 f"`spike_on` must be a list of signals, got the string {spike_on!r}. "
@@ -144,10 +145,18 @@ class OptimizerMonitor(Callback):
                 f"`action={action!r}` acts on spikes, but `spike_on` is empty so none can be detected. "
                 "Name the signals to watch, e.g. `spike_on=['loss', 'grad_norm']`, or use `action='log'`."
             )
-        self.max_consecutive_spikes = check_positive_int("max_consecutive_spikes", max_consecutive_spikes)
+        if max_consecutive_spikes is not None and self.action == "log":
+            raise ValueError(
+                f"`max_consecutive_spikes={max_consecutive_spikes!r}` only applies to `action='skip'` or "
+                "`action='raise'`; with `action='log'` spikes are only logged. Choose an action or drop the argument."
+            )
+        self.max_consecutive_spikes = check_positive_int(
+            "max_consecutive_spikes", 10 if max_consecutive_spikes is None else max_consecutive_spikes
+        )
         self.foreach = foreach
         self._trackers: dict[int, SpikeTracker] = {}  # optimizer index -> its spike detectors
         self._pending_detectors: dict[str, dict[str, Any]] = {}  # "{optimizer index}/{signal}" -> checkpointed
+        self._pending_counts: dict[str, int] = {}  # spikes not yet logged, from a checkpoint
         self._consecutive: dict[int, int] = {}
         self._skipped_steps = 0
         self._optimizer_steps: dict[int, int] = {}
@@ -184,12 +193,7 @@ class OptimizerMonitor(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for kind, strategy in (("DeepSpeedStrategy", DeepSpeedStrategy), ("FSDPStrategy", FSDPStrategy)):
-            if isinstance(trainer.strategy, strategy):
-                raise ValueError(
-                    f"`OptimizerMonitor` cannot measure updates under `{kind}`: it flattens and shards parameters "
-                    "outside torch's optimizer. Use `ModelParallelStrategy` with `fully_shard` (FSDP2), or DDP."
-                )
+        check_strategy(trainer)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -197,20 +201,7 @@ class OptimizerMonitor(Callback):
         self._trainer = trainer
         self._window_loss = None
         self._pending = {}
-        callbacks: list[Callback] = list(getattr(trainer, "callbacks", []))
-        position = next((i for i, c in enumerate(callbacks) if c is self), len(callbacks))
-        self._shares_clip_norm = None
-        for clipper in callbacks[:position]:
-            shares = callable(getattr(clipper, "pre_clip_norm", None)) and getattr(clipper, "norm_type", 2.0) == 2.0
-            if shares and self._shares_clip_norm is None:
-                self._shares_clip_norm = clipper
-            elif isinstance(clipper, GradientClipping) and not shares:
-                raise ValueError(
-                    "`GradientClipping` comes before `OptimizerMonitor` in `Trainer(callbacks=[...])`, so the monitor "
-                    "would see clipped gradients, and this `GradientClipping` cannot share its pre-clip 2-norm "
-                    f"(`norm_type={clipper.norm_type!r}`). Put `OptimizerMonitor` before `GradientClipping` in the "
-                    "list."
-                )
+        self._shares_clip_norm = shared_clipper(trainer, self)
         for optimizer in trainer.optimizers:
             self._handles.append(optimizer.register_step_post_hook(self._after_step))
 
@@ -246,9 +237,11 @@ class OptimizerMonitor(Callback):
     def state_dict(self) -> dict[str, Any]:
         detectors = {
             f"{idx}/{signal}": state for idx, t in self._trackers.items() for signal, state in t.state_dict().items()
-        }
+        }  # flushes the queued values first, so the counts below are complete
+        counts = {f"{i}/{s}": n for i, t in self._trackers.items() for s, n in t.counts.items()}
         return {
             "detectors": {**self._pending_detectors, **detectors},
+            "spike_counts": {**self._pending_counts, **counts},
             "consecutive": dict(self._consecutive),
             "skipped_steps": self._skipped_steps,
             "optimizer_steps": dict(self._optimizer_steps),
@@ -258,6 +251,7 @@ class OptimizerMonitor(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._trackers = {}
         self._pending_detectors = {str(k): dict(v) for k, v in state_dict.get("detectors", {}).items()}
+        self._pending_counts = {str(k): int(v) for k, v in state_dict.get("spike_counts", {}).items()}
         self._consecutive = {int(k): int(v) for k, v in state_dict.get("consecutive", {}).items()}
         self._skipped_steps = int(state_dict.get("skipped_steps", 0))
         self._optimizer_steps = {int(k): int(v) for k, v in state_dict.get("optimizer_steps", {}).items()}
@@ -277,6 +271,7 @@ class OptimizerMonitor(Callback):
             saved = {s: self._pending_detectors.pop(f"{idx}/{s}") for s in self.spike_on
                      if f"{idx}/{s}" in self._pending_detectors}  # fmt: skip
             tracker.load_state_dict(saved)
+            tracker.counts.update({s: self._pending_counts.pop(f"{idx}/{s}", 0) for s in self.spike_on})
             self._trackers[idx] = tracker
         return tracker
 

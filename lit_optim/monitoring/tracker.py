@@ -38,7 +38,7 @@ class SpikeTracker:
         self.capacity = capacity
         self._buffer: Tensor | None = None
         self._present: list[tuple[bool, ...]] = []  # host: which signals each waiting row carries
-        self._counts = dict.fromkeys(self.signals, 0)  # spikes since the last pop_counts()
+        self.counts = dict.fromkeys(self.signals, 0)  # spikes since the last pop_counts() (flushed rows only)
 
     def record(self, values: Sequence[Tensor | None]) -> bool:
         """Queue one step's values (``None`` for a signal without a value this step); return whether full."""
@@ -64,14 +64,14 @@ class SpikeTracker:
         for row, present in zip(rows, self._present, strict=True):
             flags = [p and self.detectors[s].update(v) for s, v, p in zip(self.signals, row, present, strict=True)]
             for s, flag in zip(self.signals, flags, strict=True):
-                self._counts[s] += flag
+                self.counts[s] += flag
             verdicts.append(flags)
         self._present = []
         return verdicts
 
     def pop_counts(self) -> dict[str, int]:
         """Spikes per signal since the previous call (flush first to include waiting rows)."""
-        counts, self._counts = self._counts, dict.fromkeys(self.signals, 0)
+        counts, self.counts = self.counts, dict.fromkeys(self.signals, 0)
         return counts
 
     def state_dict(self) -> dict[str, Any]:
