@@ -523,3 +523,30 @@ def test_fp16_loss_is_unscaled_and_values_match_by_hand(make_trainer: Callable[.
         if step in recorder.records and "optimizer/update_ratio/global" in row:
             expected = _expected(recorder.records[step], ["decay", "no_decay"])
             assert {k: row[k] for k in expected} == pytest.approx(expected, rel=1e-4)
+
+
+def test_warns_once_when_an_optimizer_never_runs_its_step_post_hooks(make_trainer: Callable[..., L.Trainer]) -> None:
+    class Hookless(torch.optim.SGD):
+        def step(self, closure: Any = None) -> Any:
+            with torch.enable_grad():
+                closure()
+            with torch.no_grad():
+                self._update()
+
+        def _update(self) -> None:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-group["lr"])
+
+        step.hooked = True  # type: ignore[attr-defined]  # torch then leaves it unwrapped: no hooks run
+
+    class Module(TinyModule):
+        def configure_optimizers(self) -> Any:
+            return Hookless(self.parameters(), lr=0.01)
+
+    logger = MemoryLogger()
+    trainer = make_trainer(max_steps=3, logger=logger, callbacks=[OptimizerMonitor(log_every_n_steps=1)])
+    with pytest.warns(UserWarning, match=r"`Hookless.step\(\)` did not run the optimizer's step post-hooks"):
+        trainer.fit(Module())
+    assert not any("optimizer/update_ratio/global" in m for _, m in logger.logged)

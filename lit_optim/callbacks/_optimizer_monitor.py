@@ -81,7 +81,7 @@ def host_row(metrics: dict[str, Tensor | float], names: list[str]) -> dict[str, 
     host: list[float] = []
     if tensors:
         device = tensors[0].device
-        host = torch.stack([t.detach().to(device=device, dtype=torch.float64) for t in tensors]).tolist()
+        host = torch.stack([t.detach().to(device=device, dtype=torch.float32) for t in tensors]).tolist()
     values = iter(host)
     return {
         k: float(next(values)) if isinstance(v, Tensor) else float(v)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
@@ -165,6 +166,7 @@ class OptimizerMonitor(Callback):
         self._handles: list[RemovableHandle] = []
         self._trainer: pl.Trainer | None = None
         self._shares_clip_norm: Any = None
+        self._warned = False
         self._state_key: str | None = None
 
     @property
@@ -282,7 +284,15 @@ class OptimizerMonitor(Callback):
     def _before_step(self, trainer: pl.Trainer, optimizer: Optimizer) -> None:
         idx = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), None)
         loss, self._window_loss = self._window_loss, None
-        self._pending.pop(id(optimizer), None)
+        scaler: torch.amp.GradScaler | None = getattr(trainer.precision_plugin, "scaler", None)
+        if self._pending.pop(id(optimizer), None) is not None and scaler is None and not self._warned:
+            self._warned = True  # fp16's GradScaler skips steps legitimately; anything else never ran our hook
+            rank_zero_warn(
+                f"OptimizerMonitor: `{type(optimizer).__name__}.step()` did not run the optimizer's step post-hooks, "
+                "so its update statistics cannot be measured. Call `torch.optim.Optimizer.__init__` in the optimizer's "
+                "`__init__` (it installs the hooks).",
+                category=UserWarning,
+            )
         if idx is None:
             return
         step = trainer.global_step
@@ -293,7 +303,6 @@ class OptimizerMonitor(Callback):
         grads = [[p.grad for p in group if p.grad is not None] for group in groups]
         if not any(grads):  # `training_step` returned None, or an earlier callback skipped: no step follows
             return
-        scaler: torch.amp.GradScaler | None = getattr(trainer.precision_plugin, "scaler", None)
         grad_scale: Tensor | None = None
         if scaler is not None and still_scaled(scaler, optimizer):
             if not getattr(optimizer, "_step_supports_amp_scaling", False):
@@ -318,9 +327,7 @@ class OptimizerMonitor(Callback):
             self._pending[id(optimizer)] = (idx, snapshot(groups), metrics)
 
     def _shared_norm(self, optimizer: Optimizer) -> Tensor | None:
-        if self._shares_clip_norm is None:
-            return None
-        norm = self._shares_clip_norm.pre_clip_norm(optimizer)
+        norm = None if self._shares_clip_norm is None else self._shares_clip_norm.pre_clip_norm(optimizer)
         return norm if isinstance(norm, Tensor) else None
 
     def _detect(
