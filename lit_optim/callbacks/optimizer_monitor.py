@@ -64,9 +64,9 @@ class OptimizerMonitor(Callback):
     ``mean + spike_threshold * std`` of an EMA (``spike_ema_decay``) after ``spike_warmup_steps`` values, and any
     non-finite value. With ``action="log"`` the values wait in a device buffer and are checked at the next logging
     step (no host sync before it; with nothing logged, one every 1024 steps), where the number of spikes since the
-    previous row is logged. With ``action="skip"`` every gradient of a spiking
-    step is set to ``None`` before the step, so weights, optimizer state and the ``SchedulerStepper``'s schedule
-    are untouched; with ``action="raise"`` steps are taken as usual. Both raise ``RuntimeError`` after
+    previous row is logged. With ``action="skip"`` every gradient of a spiking step is set to ``None`` before the
+    step, so weights, optimizer state and the ``SchedulerStepper``'s schedule are untouched; with
+    ``action="raise"`` steps are taken as usual. Both raise ``RuntimeError`` after
     ``max_consecutive_spikes`` spiking steps in a row, and both read the verdict on the host: **one host sync per
     optimizer step**, the documented price of acting on it; the spike is then written at its own row. The values
     are global (rank-averaged loss, global norm), so every rank takes the same decision.
@@ -101,7 +101,8 @@ class OptimizerMonitor(Callback):
 
     Raises:
         ValueError: on an unknown action or signal, an argument out of range, an action with nothing to watch,
-            and when fitting starts under ``DeepSpeedStrategy`` or ``FSDPStrategy`` (FSDP1).
+            and when fitting starts under ``DeepSpeedStrategy`` or ``FSDPStrategy`` (FSDP1) or after a
+            ``GradientClipping`` that cannot share its pre-clip 2-norm.
         TypeError: when ``spike_on`` is a string or an argument has the wrong type.
 
     Example:
