@@ -550,3 +550,15 @@ def test_warns_once_when_an_optimizer_never_runs_its_step_post_hooks(make_traine
     with pytest.warns(UserWarning, match=r"`Hookless.step\(\)` did not run the optimizer's step post-hooks"):
         trainer.fit(Module())
     assert not any("optimizer/update_ratio/global" in m for _, m in logger.logged)
+
+
+@pytest.mark.parametrize("name", ["FSDPStrategy", "DeepSpeedStrategy"])
+def test_refuses_strategies_that_flatten_parameters(name: str) -> None:
+    from types import SimpleNamespace
+
+    import lightning.pytorch.strategies as strategies
+
+    cls = getattr(strategies, name)
+    trainer = SimpleNamespace(strategy=cls.__new__(cls))  # the check reads the type only
+    with pytest.raises(ValueError, match=rf"cannot measure updates under `{name}`.*ModelParallelStrategy"):
+        OptimizerMonitor().on_fit_start(trainer, None)  # type: ignore[arg-type]
