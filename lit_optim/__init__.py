@@ -5,6 +5,7 @@ from lit_optim.callbacks import (
     GradientClipping,
     LearningRateLogger,
     LRRangeTest,
+    OptimizerMonitor,
     ScheduleFreeMode,
     SchedulerStepper,
     ensure_schedule_free_mode,
@@ -13,6 +14,7 @@ from lit_optim.callbacks import (
 from lit_optim.clipping import clip_gradients
 from lit_optim.configure import OptimizerMixin, configure_optimizers
 from lit_optim.lr_finder import find_lr
+from lit_optim.monitoring import SpikeDetector
 from lit_optim.optim import (
     BatchScaling,
     build_optimizer,
@@ -75,6 +77,7 @@ __all__ = [
     "MultiStep",
     "OneCycle",
     "OptimizerMixin",
+    "OptimizerMonitor",
     "ParamSchedule",
     "Plateau",
     "PlateauLR",
@@ -84,6 +87,7 @@ __all__ = [
     "ScheduleLR",
     "ScheduleName",
     "SchedulerStepper",
+    "SpikeDetector",
     "Step",
     "TrainingLength",
     "Warmup",

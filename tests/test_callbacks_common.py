@@ -19,6 +19,7 @@ from lit_optim import (
     GradientClipping,
     LearningRateLogger,
     LRRangeTest,
+    OptimizerMonitor,
     ScheduleFreeMode,
     SchedulerStepper,
     configure_optimizers,
@@ -32,7 +33,14 @@ CALLBACKS = [
 
 
 def test_every_public_callback_is_listed_here() -> None:
-    assert set(CALLBACKS) == {GradientClipping, LearningRateLogger, LRRangeTest, ScheduleFreeMode, SchedulerStepper}
+    assert set(CALLBACKS) == {
+        GradientClipping,
+        LearningRateLogger,
+        LRRangeTest,
+        OptimizerMonitor,
+        ScheduleFreeMode,
+        SchedulerStepper,
+    }
 
 
 @pytest.mark.parametrize("cls", CALLBACKS, ids=lambda c: c.__name__)
@@ -53,6 +61,7 @@ class _Scheduled(TinyModule):
 STATEFUL: dict[type[Callback], Callable[[], Callback]] = {
     GradientClipping: lambda: GradientClipping(mode="percentile", window=3, skip_nonfinite=True, log_every_n_steps=2),
     LearningRateLogger: lambda: LearningRateLogger(log_every_n_steps=2),
+    OptimizerMonitor: lambda: OptimizerMonitor(spike_warmup_steps=2, action="skip", log_every_n_steps=2),
     SchedulerStepper: SchedulerStepper,
     ScheduleFreeMode: ScheduleFreeMode,
     LRRangeTest: lambda: LRRangeTest(num_steps=13),  # its record of the test: base lr, suggestion, steps
@@ -91,6 +100,7 @@ def _plain(value: Any) -> Any:
 def test_differently_configured_instances_have_distinct_state_keys() -> None:
     assert GradientClipping(max_norm=1.0).state_key != GradientClipping(max_norm=0.5).state_key
     assert LearningRateLogger(log_every_n_steps=1).state_key != LearningRateLogger(log_every_n_steps=2).state_key
+    assert OptimizerMonitor(spike_on=["loss"]).state_key != OptimizerMonitor(spike_on=["grad_norm"]).state_key
 
 
 class _DuplicateNames(TinyModule):
