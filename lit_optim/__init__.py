@@ -3,7 +3,7 @@
 from lit_optim.callbacks import ClipResult, GradientClipping, LearningRateLogger, SchedulerStepper, ensure_stepper
 from lit_optim.clipping import clip_gradients
 from lit_optim.configure import OptimizerMixin, configure_optimizers
-from lit_optim.optim import build_optimizer, format_groups, param_groups
+from lit_optim.optim import HybridOptimizer, build_hybrid, build_optimizer, format_groups, param_groups
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules import (
     Constant,
@@ -41,6 +41,7 @@ __all__ = [
     "Duration",
     "Exponential",
     "GradientClipping",
+    "HybridOptimizer",
     "InverseSqrt",
     "LRCurve",
     "LearningRateLogger",
@@ -59,6 +60,7 @@ __all__ = [
     "Warmup",
     "WarmupStableDecay",
     "__version__",
+    "build_hybrid",
     "build_optimizer",
     "build_schedule",
     "clip_gradients",

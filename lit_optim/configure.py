@@ -11,6 +11,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_optim._validation import closest_match
+from lit_optim.optim.hybrid import build_hybrid, wants_hybrid
 from lit_optim.optim.optimizers import build_optimizer, hyperparameter_names, resolve_optimizer
 from lit_optim.optim.param_groups import NoDecayRule, param_groups
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
@@ -30,6 +31,9 @@ OPTIMIZER_HPARAMS = (
     "decay_embeddings",
     "include_frozen",
     "optimizer_kwargs",
+    "fallback",
+    "fallback_lr",
+    "fallback_kwargs",
 )
 
 # Common spellings of our keys that would otherwise be silently ignored as "the user's own" hparams.
@@ -49,6 +53,9 @@ def configure_optimizers(
     include_frozen: bool = False,
     no_decay: Iterable[NoDecayRule] = (),
     layer_id_fn: Callable[[str], int] | None = None,
+    fallback: str | type[Optimizer] | None = None,
+    fallback_lr: float | None = None,
+    fallback_kwargs: Mapping[str, Any] | None = None,
     **optimizer_kwargs: Any,
 ) -> dict[str, Any]:
     """Build what ``LightningModule.configure_optimizers`` returns: grouped parameters and an optimizer.
@@ -70,6 +77,11 @@ def configure_optimizers(
         include_frozen: also group parameters with ``requires_grad=False``.
         no_decay: extra no-decay rules (module classes, globs, compiled regexes, predicates).
         layer_id_fn: maps a parameter name to its layer id (needs ``layer_decay``).
+        fallback: with ``optimizer="muon"``, the optimizer of the rest (``None``: AdamW); see
+            :func:`lit_optim.build_hybrid`, which builds the optimizer for ``"muon"`` and for overrides with an
+            ``"optimizer"`` key (a :class:`lit_optim.HybridOptimizer`).
+        fallback_lr: the fallback's base learning rate (``None``: ``lr``).
+        fallback_kwargs: the fallback's other hyper-parameters (``betas``, ``weight_decay``, ...).
         **optimizer_kwargs: other optimizer hyper-parameters (``betas``, ``momentum``, ``eps``, ...).
 
     Returns:
@@ -85,6 +97,16 @@ def configure_optimizers(
     if weight_decay is None:
         names = hyperparameter_names(cls)
         weight_decay = 0.01 if names is None or "weight_decay" in names else 0.0
+    if wants_hybrid(cls, overrides, fallback, fallback_lr, fallback_kwargs):
+        built: Optimizer = build_hybrid(
+            module, cls, lr=lr, weight_decay=weight_decay, overrides=overrides, fallback=fallback,
+            fallback_lr=fallback_lr, fallback_kwargs=fallback_kwargs, layer_decay=layer_decay,
+            layer_id_fn=layer_id_fn, decay_embeddings=decay_embeddings, no_decay=no_decay,
+            include_frozen=include_frozen, **optimizer_kwargs,
+        )  # fmt: skip
+        if scheduler is None:
+            return {"optimizer": built}
+        return {"optimizer": built, "lr_scheduler": scheduler_config(built, scheduler, module)}
     groups = param_groups(
         module,
         lr=lr,

@@ -289,6 +289,9 @@ def test_unrelated_hparams_are_left_alone() -> None:
         "decay_embeddings",
         "include_frozen",
         "optimizer_kwargs",
+        "fallback",
+        "fallback_lr",
+        "fallback_kwargs",
     }
 
 
