@@ -20,6 +20,7 @@ KEYS = {
     "clip_vs_torch",
     "logger_vs_lightning",
     "stepper_fit_ratio",
+    "hybrid_vs_by_hand",
 }
 
 
