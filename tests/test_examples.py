@@ -164,6 +164,28 @@ def test_train_char_gpt_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert all(math.isfinite(v) and v > 0 for _, v in norms)
 
 
+def test_train_char_gpt_with_muon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = load_example("train_char_gpt")
+    result = example.main(["--fast", "--optimizer", "muon", "--max-steps", "20", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert result["metrics_csv"].parent.parent == tmp_path / "char_gpt_muon"
+    table = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("muon/", "adamw/"))}
+    # 2 blocks x (qkv, proj, mlp.0, mlp.2) go to Muon; the tied embedding/head, pos_emb, norms, biases to AdamW
+    assert {name: row[1] for name, row in table.items()} == {
+        "muon/decay": "8", "adamw/head/decay": "1", "adamw/decay": "1", "adamw/no_decay": "18",
+    }  # fmt: skip
+    series = read_csv(result["metrics_csv"])
+    for step, value in series["lr/muon/decay"]:  # one base lr for both halves, the head's at half of it
+        expected = 3e-3 * warmup_cosine(step, total=20, warmup=2, min_lr=0.1)
+        assert value == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert dict(series["lr/adamw/decay"])[step] == value
+        assert dict(series["lr/adamw/head/decay"])[step] == pytest.approx(0.5 * value, rel=1e-12)
+    assert {v for _, v in series["momentum/muon/decay"]} == {0.95}
+    assert {v for _, v in series["beta2/adamw/decay"]} == {0.95}
+    val = [v for _, v in series["val_loss"]]
+    assert val[-1] < math.log(76) - 0.8  # it learns: ~4.33 at initialisation, ~3.35 after these 20 steps
+
+
 def test_finetune_fast(tmp_path: Path) -> None:
     example = load_example("finetune")
     result = example.main(["--fast", "--out", str(tmp_path)])
