@@ -85,7 +85,8 @@ class ProgressPrinter(Callback):
                   for g in trainer.optimizers[0].param_groups]
         print("\nParameter groups (from the optimizer):")
         print(format_groups(groups))
-        self._group = next(g["name"] for g in trainer.optimizers[0].param_groups if g["name"].endswith("decay"))
+        names = [g["name"] for g in trainer.optimizers[0].param_groups]
+        self._group = next((n for n in names if n in ("decay", "muon/decay")), names[0])
         print(f"\nTraining for {trainer.max_steps} optimizer steps.\n{'step':>6}  {'train_loss':>10}  {'val_loss':>8}  "
               f"{'lr[' + self._group + ']':>9}  {'elapsed':>7}")
 
