@@ -387,6 +387,25 @@ def test_cli_command_line_overrides_optimizer_settings(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("no_argv")
+def test_cli_configures_muon_with_adamw_for_the_rest(tmp_path: Path) -> None:
+    cli_module = load_example("cli")
+    cli = cli_module.cli_main(
+        cli_args(tmp_path, "--model.optimizer=muon", "--model.optimizer_kwargs={momentum: 0.9}",
+                 "--model.fallback_kwargs={betas: [0.8, 0.9]}", "--model.scheduler=null", "--model.n_layer=1"),
+        run=False,
+    )
+    optimizer = cli.model.configure_optimizers()["optimizer"]
+    assert type(optimizer).__name__ == "HybridOptimizer"
+    rows = [(g["name"], g["lr"], g.get("momentum"), g.get("betas")) for g in optimizer.param_groups]
+    assert rows == [
+        ("muon/decay", 3e-3, 0.9, None),
+        ("adamw/head/decay", 1.5e-3, None, (0.8, 0.9)),
+        ("adamw/decay", 3e-3, None, (0.8, 0.9)),
+        ("adamw/no_decay", 3e-3, None, (0.8, 0.9)),
+    ]
+
+
+@pytest.mark.usefixtures("no_argv")
 def test_cli_chooses_the_schedule_by_class_path(tmp_path: Path) -> None:
     cli_module = load_example("cli")
     args = cli_args(tmp_path, "--model.scheduler=lit_optim.Linear", "--model.scheduler.min_lr=0.2", "--model.n_layer=1")
