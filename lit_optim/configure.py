@@ -11,9 +11,9 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_optim._validation import closest_match
-from lit_optim.optim.hybrid import build_hybrid, wants_hybrid
 from lit_optim.optim.optimizers import build_optimizer, hyperparameter_names, resolve_optimizer
 from lit_optim.optim.param_groups import NoDecayRule, param_groups
+from lit_optim.optim.routing import build_hybrid, wants_hybrid
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules._config import plain_config, spec_from_config
 from lit_optim.schedules.plateau import Plateau

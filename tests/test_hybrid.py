@@ -357,3 +357,26 @@ def test_muon_on_sharded_dtensor_parameters_is_refused(tmp_path: Path) -> None:
             HybridOptimizer({"muon": torch.optim.Muon([weight])})
     finally:
         dist.destroy_process_group()
+
+
+def test_no_decay_matrices_stay_with_adamw_whatever_the_weight_decay() -> None:
+    model = GPT()
+    declared = "blocks.0.mlp.0.weight"
+    for weight_decay, overrides in [(0.0, None), (0.1, {"blocks.*": {"weight_decay": 0.0}})]:
+        opt = build_hybrid(model, weight_decay=weight_decay, no_decay=[declared], overrides=overrides)
+        muon = [n for name, names in names_by_group(model, opt).items() if name.startswith("muon/") for n in names]
+        assert declared not in muon
+        assert muon == [n for n in gpt_split()["muon/decay"] if n != declared]
+
+
+def test_layer_decay_and_frozen_parameters_route_per_layer() -> None:
+    model = GPT()
+    model.blocks[1].mlp.requires_grad_(False)
+    opt = build_hybrid(model, lr=0.1, layer_decay=0.5)
+    got = names_by_group(model, opt)
+    assert got["muon/layer_01/decay"] == gpt_block_names(0)["decay"]
+    assert got["muon/layer_02/decay"] == gpt_block_names(1)["decay"][:2]  # the frozen MLP is left out
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["muon/layer_01/decay"] == 0.025
+    assert lrs["muon/layer_02/decay"] == 0.05
+    assert lrs["adamw/layer_00/decay"] == 0.0125
