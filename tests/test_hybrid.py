@@ -380,3 +380,20 @@ def test_layer_decay_and_frozen_parameters_route_per_layer() -> None:
     assert lrs["muon/layer_01/decay"] == 0.025
     assert lrs["muon/layer_02/decay"] == 0.05
     assert lrs["adamw/layer_00/decay"] == 0.0125
+
+
+def test_bad_fallback_and_label_clashes() -> None:
+    with pytest.raises(ValueError, match=r"`fallback` must differ from the main optimizer Muon, got 'muon'"):
+        build_hybrid(GPT(), fallback="muon")
+    with pytest.raises(ValueError, match=r"`fallback`: Unknown optimizer 'adamm'.*Did you mean 'Adam'"):
+        build_hybrid(GPT(), fallback="adamm")
+    with pytest.raises(TypeError, match=r"In override 'blocks.\*': `optimizer` must be a torch.optim name"):
+        build_hybrid(GPT(), overrides={"blocks.*": {"optimizer": 3}})
+
+    class AdamW(torch.optim.AdamW):  # a look-alike: its label would be 'adamw' too
+        pass
+
+    with pytest.raises(ValueError, match=r"Two optimizer classes share the label 'adamw'"):
+        build_hybrid(GPT(), overrides={"ln_f.*": {"optimizer": AdamW}})
+    opt = build_hybrid(GPT(), fallback=AdamW)  # alone, it is the fallback
+    assert type(opt.optimizers["adamw"]) is AdamW

@@ -96,7 +96,10 @@ def build_hybrid(
     routed, classes = resolve_routes(overrides)
     main_label = add_class(classes, main)
     split = issubclass(main, MATRIX_ONLY)
-    fallback_cls = resolve_optimizer("adamw" if fallback is None else fallback)
+    try:
+        fallback_cls = resolve_optimizer("adamw" if fallback is None else fallback)
+    except (ValueError, TypeError) as error:
+        raise type(error)(f"`fallback`: {error}") from None
     fallback_kwargs = dict(fallback_kwargs or {})
     fallback_label = add_class(classes, fallback_cls) if split or _has(classes, fallback_cls) else None
     if fallback_label == main_label and split:
