@@ -159,3 +159,26 @@ def test_bf16_autocast_fits(make_trainer: Callable[..., Trainer]) -> None:
     make_trainer(max_steps=2, precision="bf16-mixed").fit(module)
     moved = [not torch.equal(a, b) for a, b in zip(module.model.parameters(), start.parameters(), strict=True)]
     assert all(moved)
+
+
+def test_fp16_step_skipped_by_the_grad_scaler_skips_both_halves_and_the_schedule(
+    make_trainer: Callable[..., Trainer],
+) -> None:
+    from lightning.pytorch.plugins import MixedPrecision
+
+    class Overflow(HybridGPT):
+        def on_after_backward(self) -> None:
+            if self.trainer.global_step == 1 and not getattr(self, "_done", False):  # once: the GradScaler skips
+                self._done = True
+                next(self.model.parameters()).grad.fill_(float("inf"))
+
+    module = Overflow(batches=5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # Lightning refuses "16-mixed" on CPU; its plugin runs
+    trainer = make_trainer(max_steps=5, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    trainer.fit(module)
+    hybrid = trainer.optimizers[0]
+    assert scaler.get_scale() == 512.0  # one overflow
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 4  # 5 steps, one skipped: the schedule kept pace
+    adam_steps = {float(s["step"]) for s in hybrid.optimizers["adamw"].state.values()}
+    assert adam_steps == {4.0}  # AdamW stepped 4 times, not 5
+    assert hybrid.param_groups[0]["lr"] == pytest.approx(LR * SCHEDULE.factor(4, 5))
