@@ -321,6 +321,11 @@ def test_empty_muon_half_and_unused_fallback_settings_raise() -> None:
         build_hybrid(matrices, overrides=everything, fallback_lr=0.1)
     with pytest.raises(ValueError, match=r"SGD takes every parameter and no override routes any to AdamW"):
         configure_optimizers(GPT(), "sgd", fallback_lr=0.1)
+    with pytest.raises(ValueError, match=r"AdamW takes every parameter and no override routes any to AdamW"):
+        configure_optimizers(GPT(), "adamw", fallback_kwargs={"betas": (0.9, 0.95)})
+    mixed = build_hybrid(GPT(), "adamw", overrides={"ln_f.*": {"optimizer": "sgd"}}, fallback="sgd",
+                         fallback_kwargs={"momentum": 0.5})  # a routed fallback takes the fallback settings
+    assert [(g["name"], g.get("momentum")) for g in mixed.param_groups][-1] == ("sgd/ln_f/no_decay", 0.5)
 
 
 def test_hybrid_container_rejects_bad_parts() -> None:

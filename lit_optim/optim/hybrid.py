@@ -12,7 +12,7 @@ route patterns to other optimizers (``{"optimizer": "sgd"}``); see :func:`lit_op
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, overload
 
 import torch
@@ -173,9 +173,6 @@ class HybridOptimizer(Optimizer):
     def defaults_for(self, group: Mapping[str, Any]) -> dict[str, Any]:
         """The defaults of the inner optimizer owning ``group`` (what ``format_groups`` compares against)."""
         return self.owner(group).defaults
-
-    def __iter__(self) -> Iterator[tuple[str, Optimizer]]:
-        return iter(self.optimizers.items())
 
     def __repr__(self) -> str:
         parts = ", ".join(

@@ -101,7 +101,9 @@ def build_hybrid(
     except (ValueError, TypeError) as error:
         raise type(error)(f"`fallback`: {error}") from None
     fallback_kwargs = dict(fallback_kwargs or {})
-    fallback_label = add_class(classes, fallback_cls) if split or _has(classes, fallback_cls) else None
+    fallback_label = None  # without a split, the fallback is only what an override routes to it
+    if split or (fallback_cls is not main and _has(classes, fallback_cls)):
+        fallback_label = add_class(classes, fallback_cls)
     if fallback_label == main_label and split:
         raise ValueError(f"`fallback` must differ from the main optimizer {main.__name__}, got {fallback!r}.")
     if fallback_label is None and (fallback is not None or fallback_lr is not None or fallback_kwargs):
@@ -143,10 +145,10 @@ def build_hybrid(
         rest = [p for p in group["params"] if id(p) not in hidden]
         if mine:
             parts[main_label].append({**group, "params": mine})
-        if rest:
-            target = fallback_label if split and fallback_label is not None else main_label
-            source = fb_group if target == fallback_label else group
-            parts[target].append({**source, "params": rest})
+        if rest and split and fallback_label is not None:
+            parts[fallback_label].append({**fb_group, "params": rest})
+        elif rest:
+            parts[main_label].append({**group, "params": rest})
 
     if not parts[main_label]:
         raise ValueError(
