@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def hand_built(model: nn.Module, lr: float, wd: float, **adamw: Any) -> list[tor
     return [muon, adam]
 
 
-def train(model: nn.Module, optimizers: list[Any], steps: int, schedulers: list[Any] = (), start: int = 0) -> None:  # type: ignore[assignment]
+def train(model: nn.Module, optimizers: list[Any], steps: int, schedulers: Sequence[Any] = (), start: int = 0) -> None:
     data = torch.randint(0, 11, (16, 2, 7), generator=torch.Generator().manual_seed(1))
     for tokens in data[start : start + steps]:
         lm_loss(model, tokens).backward()
@@ -332,6 +333,8 @@ def test_hybrid_container_rejects_bad_parts() -> None:
     weight = nn.Parameter(torch.zeros(2, 2))
     with pytest.raises(ValueError, match="non-empty mapping"):
         HybridOptimizer({})
+    with pytest.raises(TypeError, match="takes a mapping label -> optimizer, got list"):
+        HybridOptimizer([torch.optim.SGD([weight], lr=0.1)])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"in both inner optimizers 'a' and 'b'"):
         HybridOptimizer({"a": torch.optim.SGD([weight], lr=0.1), "b": torch.optim.Muon([weight])})
     with pytest.raises(TypeError, match=r"Inner optimizer 'a' must be a torch.optim.Optimizer"):

@@ -62,9 +62,9 @@ class HybridOptimizer(Optimizer):
     Each inner optimizer is known by a label (``"muon"``, ``"adamw"``). At construction every group gets the key
     ``"optimizer"`` (its label) and its ``name`` is prefixed with the label (``"decay"`` becomes
     ``"muon/decay"``; a group without a name is called ``"<label>/<index>"``), so loggers, clipping and
-    ``format_groups`` show who owns each group. ``param_groups`` lists the inner groups in label order and they
-    are the same dict objects, so writes reach the inner optimizers. ``step`` steps the inner optimizers in that
-    order, exactly as stepping them by hand one after the other.
+    ``format_groups`` show who owns each group. ``param_groups`` lists the inner groups in the mapping's order and
+    they are the same dict objects, so writes reach the inner optimizers. ``step`` steps the inner optimizers in
+    that order, exactly as stepping them by hand one after the other.
 
     ``state_dict()`` has torch's usual form (``state`` by parameter index, ``param_groups`` with their names
     and owners), so checkpoints load with ``torch.load(weights_only=True)``; ``load_state_dict`` splits it back
@@ -92,7 +92,9 @@ class HybridOptimizer(Optimizer):
     """
 
     def __init__(self, optimizers: Mapping[str, Optimizer]) -> None:
-        if not isinstance(optimizers, Mapping) or not optimizers:
+        if not isinstance(optimizers, Mapping):
+            raise TypeError(f"HybridOptimizer takes a mapping label -> optimizer, got {type(optimizers).__name__}.")
+        if not optimizers:
             raise ValueError(
                 "HybridOptimizer needs a non-empty mapping label -> optimizer, e.g. "
                 f"{{'muon': Muon(...), 'adamw': AdamW(...)}}, got {optimizers!r}."
