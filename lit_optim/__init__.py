@@ -17,6 +17,8 @@ from lit_optim.lr_finder import find_lr
 from lit_optim.monitoring import SpikeDetector
 from lit_optim.optim import (
     BatchScaling,
+    HybridOptimizer,
+    build_hybrid,
     build_optimizer,
     format_groups,
     format_layer_ids,
@@ -68,6 +70,7 @@ __all__ = [
     "Duration",
     "Exponential",
     "GradientClipping",
+    "HybridOptimizer",
     "InverseSqrt",
     "LRCurve",
     "LRRangeResult",
@@ -93,6 +96,7 @@ __all__ = [
     "Warmup",
     "WarmupStableDecay",
     "__version__",
+    "build_hybrid",
     "build_optimizer",
     "build_schedule",
     "clip_gradients",

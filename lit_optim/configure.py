@@ -19,6 +19,7 @@ from lit_optim.optim._plain import plain_settings, resolve_settings
 from lit_optim.optim.lr_scaling import LRScalingRule, resolve_batch_scaling
 from lit_optim.optim.optimizers import build_optimizer, hyperparameter_names, resolve_optimizer
 from lit_optim.optim.param_groups import NoDecayRule, param_groups
+from lit_optim.optim.routing import build_hybrid, wants_hybrid
 from lit_optim.optim.schedule_free import has_train_eval_modes, schedule_warning
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules._config import plain_config, spec_from_config
@@ -44,6 +45,9 @@ OPTIMIZER_HPARAMS = (
     "param_schedules",
     "lr_scaling",
     "reference_batch_size",
+    "fallback",
+    "fallback_lr",
+    "fallback_kwargs",
 )
 
 # Hyper-parameter names of some torch optimizers that models also use for their own settings (a loss weight
@@ -70,6 +74,9 @@ def configure_optimizers(
     param_schedules: Mapping[str, ParamSchedule | Mapping[str, Any]] | None = None,
     lr_scaling: LRScalingRule | None = None,
     reference_batch_size: int | None = None,
+    fallback: str | type[Optimizer] | None = None,
+    fallback_lr: float | None = None,
+    fallback_kwargs: Mapping[str, Any] | None = None,
     **optimizer_kwargs: Any,
 ) -> dict[str, Any]:
     """Build what ``LightningModule.configure_optimizers`` returns: grouped parameters and an optimizer.
@@ -99,6 +106,11 @@ def configure_optimizers(
         lr_scaling: ``"linear"`` or ``"sqrt"``: scale ``lr`` from ``reference_batch_size`` to the Trainer's global
             batch when fitting starts (see :mod:`lit_optim.optim.lr_scaling`); ``None`` uses ``lr`` as given.
         reference_batch_size: the global batch size ``lr`` was tuned for (with ``lr_scaling``).
+        fallback: with ``optimizer="muon"``, the optimizer of the rest (``None``: AdamW); see
+            :func:`lit_optim.build_hybrid`, which builds the optimizer for ``"muon"`` and for overrides with an
+            ``"optimizer"`` key (a :class:`lit_optim.HybridOptimizer`).
+        fallback_lr: the fallback's base learning rate (``None``: ``lr``).
+        fallback_kwargs: the fallback's other hyper-parameters (``betas``, ``weight_decay``, ...).
         **optimizer_kwargs: other optimizer hyper-parameters (``betas``, ``momentum``, ``eps``, ...).
 
     Returns:
@@ -116,19 +128,28 @@ def configure_optimizers(
     if weight_decay is None:
         names = hyperparameter_names(cls)
         weight_decay = 0.01 if names is None or "weight_decay" in names else 0.0
-    groups = param_groups(
-        module,
-        lr=lr,
-        weight_decay=weight_decay,
-        overrides=overrides,
-        layer_decay=layer_decay,
-        layer_id_fn=layer_id_fn,
-        decay_embeddings=decay_embeddings,
-        no_decay=no_decay,
-        include_frozen=include_frozen,
-        optimizer=cls,
-    )
-    built = build_optimizer(cls, groups, **optimizer_kwargs)
+    built: Optimizer
+    if wants_hybrid(cls, overrides, fallback, fallback_lr, fallback_kwargs):
+        built = build_hybrid(
+            module, cls, lr=lr, weight_decay=weight_decay, overrides=overrides, fallback=fallback,
+            fallback_lr=fallback_lr, fallback_kwargs=fallback_kwargs, layer_decay=layer_decay,
+            layer_id_fn=layer_id_fn, decay_embeddings=decay_embeddings, no_decay=no_decay or (),
+            include_frozen=include_frozen, **optimizer_kwargs,
+        )  # fmt: skip
+    else:
+        groups = param_groups(
+            module,
+            lr=lr,
+            weight_decay=weight_decay,
+            overrides=overrides,
+            layer_decay=layer_decay,
+            layer_id_fn=layer_id_fn,
+            decay_embeddings=decay_embeddings,
+            no_decay=no_decay,
+            include_frozen=include_frozen,
+            optimizer=cls,
+        )
+        built = build_optimizer(cls, groups, **optimizer_kwargs)
     if has_train_eval_modes(built):  # schedule-free: the mode callback switches train/eval (raises on half a pair)
         _attach_schedule_free_mode(module, built, scheduler)
     if param_schedules:

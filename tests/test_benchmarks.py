@@ -23,6 +23,7 @@ KEYS = {
     "monitor_vs_bare",
     "monitor_hooks_vs_step",
     "monitor_logging_hooks_vs_step",
+    "hybrid_vs_by_hand",
 }
 
 

@@ -295,6 +295,9 @@ def test_unrelated_hparams_are_left_alone() -> None:
         "param_schedules",
         "lr_scaling",
         "reference_batch_size",
+        "fallback",
+        "fallback_lr",
+        "fallback_kwargs",
     }
 
 

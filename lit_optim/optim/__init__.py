@@ -1,4 +1,4 @@
-"""Parameter groups (decay split, overrides, layer-wise decay) and optimizer building."""
+"""Parameter groups (decay split, overrides, layer-wise decay), optimizer building and hybrid optimizers."""
 
 from lit_optim.optim.layer_ids import format_layer_ids, layer_ids
 from lit_optim.optim.lr_scaling import BatchScaling, scale_lr
@@ -17,3 +17,7 @@ __all__ = [
 ]
 __all__ = ["BatchScaling", "NoDecayRule", "build_optimizer", "format_groups", "param_groups", "scale_lr"]
 __all__ = ["NoDecayRule", "build_optimizer", "format_groups", "format_layer_ids", "layer_ids", "param_groups"]
+from lit_optim.optim.hybrid import HybridOptimizer
+from lit_optim.optim.routing import build_hybrid
+
+__all__ = ["HybridOptimizer", "NoDecayRule", "build_hybrid", "build_optimizer", "format_groups", "param_groups"]

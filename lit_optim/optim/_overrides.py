@@ -19,7 +19,7 @@ from lit_optim.optim.optimizers import _torch_optimizers, hyperparameter_names, 
 
 __all__ = ["Override", "combine_overrides", "parse_overrides"]
 
-_OWN_KEYS = frozenset({"lr_scale", "name"})
+_OWN_KEYS = frozenset({"lr_scale", "name", "optimizer"})  # "optimizer": routes to a hybrid's inner optimizer
 
 
 @dataclass(frozen=True)

@@ -293,13 +293,16 @@ def format_groups(groups: Iterable[Mapping[str, Any]] | torch.optim.Optimizer) -
         decay     1        6           0.1  1         0.01
         no_decay  1        2           0.1  1         0
     """
-    defaults: Mapping[str, Any] = {}
+    defaults_of: Callable[[Mapping[str, Any]], Mapping[str, Any]] = dict.fromkeys
     if isinstance(groups, torch.optim.Optimizer):
-        defaults, groups = groups.defaults, groups.param_groups
+        # a HybridOptimizer compares each group with the defaults of the inner optimizer that owns it
+        defaults_of = getattr(groups, "defaults_for", None) or (lambda _, d=groups.defaults: d)
+        groups = groups.param_groups
     headers = ["name", "tensors", "parameters", "lr", "lr_scale", "weight_decay", "other"]
     rows = []
     for index, group in enumerate(groups):
         params = list(group["params"])
+        defaults = defaults_of(group)
         others = ", ".join(
             f"{k}={_short(v)}"
             for k, v in group.items()
