@@ -32,6 +32,7 @@ def lightning_scheduler_config(
     schedule: Schedule | str | Mapping[str, Any],
     trainer: pl.Trainer | None,
     name: str | None = None,
+    total_steps: int | None = None,
 ) -> dict[str, Any]:
     """Lightning's lr-scheduler dict for ``schedule``, its durations resolved against ``trainer``'s run.
 
@@ -48,6 +49,10 @@ def lightning_scheduler_config(
         trainer: the Trainer about to fit (``module.trainer``); ``None`` (a module outside a fit) raises.
         name: the name ``LearningRateMonitor`` logs under; ``None`` lets Lightning name it ``"lr-<OptimizerClass>"``,
             numbered (``"lr-Adam-1"``) when several optimizers share a class (a name given here is never numbered).
+        total_steps: the schedule's length in this optimizer's own steps; ``None`` resolves the run's from
+            ``trainer``. Give it under manual optimization with several optimizers bounded by ``max_steps``
+            (``global_step`` counts every optimizer's steps there), or whenever an optimizer steps less than once
+            per optimizer step of the run.
 
     Raises:
         ValueError: no Trainer, the run's total is unknown and the schedule needs it (set ``max_steps``), or a
@@ -74,6 +79,11 @@ def lightning_scheduler_config(
             "during `trainer.fit`, or build `ScheduleLR(optimizer, schedule, total_steps=...)` yourself."
         )
     total, steps_per_epoch = _length_or_none(trainer)
+    from_trainer = total_steps is None
+    if total_steps is not None:
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"`total_steps` must be an int >= 1 or None, got {total_steps!r}.")
+        total = total_steps
     if total is None:
         if schedule.needs_total_steps():
             raise _unknown_total_error(
@@ -93,6 +103,7 @@ def lightning_scheduler_config(
             f"{err} Note: `Trainer(fast_dev_run={fast_dev_run!r})` cuts the run to {length.total_steps} optimizer "
             "steps; for a smoke test of this schedule use e.g. `Trainer(max_steps=..., limit_val_batches=...)`."
         ) from err
+    scheduler.resolved_from_trainer = from_trainer
     if hasattr(trainer, "callbacks"):  # a real Trainer (the docstring example passes a stand-in)
         ensure_stepper(trainer)
     return {
