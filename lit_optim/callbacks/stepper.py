@@ -196,6 +196,9 @@ class SchedulerStepper(Callback):
         self._check_manual_lengths(trainer, pl_module)
         for optimizer in {id(c.optimizer): c.optimizer for c in self._claims if c.interval == "step"}.values():
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
+        # A run resumed from a checkpoint taken on an epoch's last step starts at the next epoch without calling
+        # `on_train_epoch_start`: the epoch end it skipped is stepped here.
+        self._step_epochs(trainer, trainer.current_epoch, at_start=True)
 
     def _interval(
         self, index: int, scheduler: Any, name: str | None, configured: str, trainer: Trainer, total: float
