@@ -223,8 +223,8 @@ class SchedulerStepper(Callback):
 
     def _check_shared_optimizers(self) -> None:
         by_optimizer: dict[int, list[Claim]] = {}
-        for claim in self._claims:
-            by_optimizer.setdefault(id(claim.optimizer), []).append(claim)
+        for claim in self._claims:  # a scheduler without `optimizer` (a custom one) is not a lit_optim schedule
+            by_optimizer.setdefault(id(getattr(claim.config.scheduler, "optimizer", claim)), []).append(claim)
         for claims in by_optimizer.values():
             ours = [c for c in claims if isinstance(c.config.scheduler, (ScheduleLR, PlateauLR))]
             others = [c for c in claims if isinstance(c.config.scheduler, ReduceLROnPlateau)]
@@ -342,10 +342,10 @@ class SchedulerStepper(Callback):
     def _warn_unfinished(self) -> None:
         for claim in self._claims:
             scheduler = claim.config.scheduler
-            skipped = self._skipped.get(id(claim.optimizer), 0)
-            if not isinstance(scheduler, ScheduleLR) or not skipped or scheduler.last_epoch >= scheduler.total_steps:
+            if not isinstance(scheduler, ScheduleLR) or scheduler.last_epoch >= scheduler.total_steps:
                 continue
-            if scheduler.last_epoch + skipped >= scheduler.total_steps:  # the skipped steps kept it from its end
+            skipped = self._skipped.get(id(scheduler.optimizer), 0)
+            if skipped and scheduler.last_epoch + skipped >= scheduler.total_steps:  # they kept it from its end
                 self._warn_once(
                     f"unfinished-{claim.index}",
                     f"{skipped} optimizer step(s) had no gradients (`training_step` returned None, or "
