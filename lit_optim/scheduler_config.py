@@ -6,6 +6,7 @@ callbacks; these two builders return the dict Lightning expects and make sure th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -96,6 +97,8 @@ def lightning_scheduler_config(
     try:
         scheduler = ScheduleLR(optimizer, schedule, length.total_steps, length.steps_per_epoch)
     except ValueError as err:
+        if length.steps_per_epoch is None and total_steps is None:
+            _explain_changing_accumulation(trainer, err)
         fast_dev_run = getattr(trainer, "fast_dev_run", False)
         if not fast_dev_run:
             raise
@@ -113,6 +116,21 @@ def lightning_scheduler_config(
         "name": name,
     }
 
+
+
+def _explain_changing_accumulation(trainer: Any, err: ValueError) -> None:
+    """Re-raise ``err`` with the reason an epoch has no single length, when a GradientAccumulationScheduler is why."""
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler
+
+    found = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, GradientAccumulationScheduler)]
+    epochs = trainer.max_epochs if isinstance(trainer.max_epochs, int) and trainer.max_epochs > 0 else 0
+    if not found or not epochs or not 0 < trainer.num_training_batches < math.inf:
+        return
+    steps = [math.ceil(trainer.num_training_batches / found[0].get_accumulate_grad_batches(e)) for e in range(epochs)]
+    raise ValueError(
+        f"{err} Note: `GradientAccumulationScheduler` changes the optimizer steps per epoch "
+        f"({', '.join(map(str, steps))}), so a duration in epochs has no single length in this run."
+    ) from err
 
 
 def plateau_scheduler_config(
