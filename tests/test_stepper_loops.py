@@ -113,7 +113,7 @@ def test_manual_optimization_with_max_steps_refuses_a_length_resolved_from_the_r
 ) -> None:
     trainer = make_trainer(max_steps=16, max_epochs=-1, limit_val_batches=0)
     match = (
-        r"spans 16 steps, resolved from `max_steps=16`, but under manual optimization with 2 optimizers "
+        r"spans 16 steps, resolved from the run \(`max_steps=16`\), but under manual optimization with 2 optimizers "
         r"`global_step` .* counts every optimizer's steps.*`lightning_scheduler_config\(opt, schedule, self.trainer, "
         r"total_steps=...\)`"
     )

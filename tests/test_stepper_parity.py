@@ -213,8 +213,11 @@ def test_manual_epoch_scheduler_stepped_after_the_stepper_raises_instead_of_doub
 ) -> None:
     plain = _fit(make_trainer, ManualEpochEndModule(), None, max_epochs=3)
     assert plain.lrs == [0.1 * 0.5**e for e in (0, 0, 1, 1, 2, 2)]
-    with pytest.raises(RuntimeError, match=r"StepLR \(lr_scheduler_configs\[0\]\) was stepped outside .*advanced "
-                       r"twice in one epoch.*`if self.trainer.is_last_batch: sch.step\(\)`"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"StepLR \(lr_scheduler_configs\[0\]\) was stepped outside .*advanced "
+        r"twice in one epoch.*`if self.trainer.is_last_batch: sch.step\(\)`",
+    ):
         _fit(make_trainer, ManualEpochEndModule(), SchedulerStepper(), max_epochs=3)
 
 
@@ -341,3 +344,16 @@ def test_manual_optimization_plateau_error_names_only_what_works_there(make_trai
         _fit(make_trainer, ManualPlateau(), SchedulerStepper(), limit_val_batches=1)
     assert isinstance(info.value, ValueError)
     assert "'monitor': " not in str(info.value)  # Lightning drops that key under manual optimization
+
+
+class EveryOtherEpoch(TinyModule):
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        config = {"scheduler": tl.StepLR(opt, step_size=1, gamma=0.5), "interval": "epoch", "frequency": 2}
+        return {"optimizer": opt, "lr_scheduler": config}
+
+
+@STEPPER
+def test_epoch_frequency(make_trainer: Callable[..., Trainer], stepper: bool) -> None:
+    recorder = _fit(make_trainer, EveryOtherEpoch(), SchedulerStepper() if stepper else None, max_epochs=5)
+    assert recorder.lrs == [0.1 * 0.5 ** (e // 2) for e in range(5) for _ in range(2)]

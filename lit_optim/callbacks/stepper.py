@@ -15,9 +15,9 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lit_optim._validation import check_choice
+from lit_optim.callbacks._checks import check_manual_lengths, check_shared_optimizers
 from lit_optim.callbacks._intervals import Claim, Interval, infer_interval, progress_of
 from lit_optim.callbacks._plateau import Moment, check_plateau, reduction_count, step_plateaus
-from lit_optim.schedules.plateau import PlateauLR
 from lit_optim.schedules.scheduler import ScheduleLR
 
 __all__ = ["SchedulerStepper", "ensure_stepper"]
@@ -192,8 +192,8 @@ class SchedulerStepper(Callback):
             if interval in ("step", "epoch"):
                 config.interval = interval  # so LearningRateMonitor logs at the cadence the scheduler moves
             self._claims.append(claim)
-        self._check_shared_optimizers()
-        self._check_manual_lengths(trainer, pl_module)
+        check_shared_optimizers(self._claims)
+        check_manual_lengths(self._claims, trainer, pl_module)
         for optimizer in {id(c.optimizer): c.optimizer for c in self._claims if c.interval == "step"}.values():
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
         # A run resumed from a checkpoint taken on an epoch's last step starts at the next epoch without calling
@@ -220,40 +220,6 @@ class SchedulerStepper(Callback):
                 "(or 'epoch') to choose.",
             )
         return interval
-
-    def _check_shared_optimizers(self) -> None:
-        by_optimizer: dict[int, list[Claim]] = {}
-        for claim in self._claims:  # a scheduler without `optimizer` (a custom one) is not a lit_optim schedule
-            by_optimizer.setdefault(id(getattr(claim.config.scheduler, "optimizer", claim)), []).append(claim)
-        for claims in by_optimizer.values():
-            ours = [c for c in claims if isinstance(c.config.scheduler, (ScheduleLR, PlateauLR))]
-            others = [c for c in claims if isinstance(c.config.scheduler, ReduceLROnPlateau)]
-            if ours and len(ours) + len(others) > 1:
-                a, b = (ours + others)[:2]
-                names = f"{type(a.config.scheduler).__name__} (lr_scheduler_configs[{a.index}])"
-                names += f" and {type(b.config.scheduler).__name__} (lr_scheduler_configs[{b.index}])"
-                raise ValueError(
-                    f"{names} drive the same optimizer ({type(a.optimizer).__name__}). A lit_optim schedule sets "
-                    "every learning rate from its curve at each step, so the other's changes (e.g. each plateau "
-                    "reduction) would be overwritten at the next step. Use one scheduler per optimizer: "
-                    "`Plateau(monitor=..., warmup=...)` reduces on a plateau after a warmup."
-                )
-
-    def _check_manual_lengths(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if pl_module.automatic_optimization or len(trainer.optimizers) < 2 or trainer.max_steps == -1:
-            return
-        for claim in self._claims:
-            scheduler = claim.config.scheduler
-            if isinstance(scheduler, ScheduleLR) and scheduler.resolved_from_trainer:
-                raise ValueError(
-                    f"lr_scheduler_configs[{claim.index}]'s schedule spans {scheduler.total_steps} steps, resolved "
-                    f"from `max_steps={trainer.max_steps}`, but under manual optimization with "
-                    f"{len(trainer.optimizers)} optimizers `global_step` (which `max_steps` bounds) counts every "
-                    "optimizer's steps, so no optimizer's own step count is known and each schedule would stop "
-                    "part-way. Give each schedule its optimizer's own length: `lightning_scheduler_config(opt, "
-                    "schedule, self.trainer, total_steps=...)` (or `ScheduleLR(opt, schedule, total_steps=...)`), "
-                    "or bound the run with `max_epochs` only (each schedule then spans one step per batch)."
-                )
 
     def _active(self, claim: Claim) -> bool:
         """Whether the claimed config is in the Trainer's list now (SWA and the LR finder replace it)."""
