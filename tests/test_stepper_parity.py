@@ -357,3 +357,31 @@ class EveryOtherEpoch(TinyModule):
 def test_epoch_frequency(make_trainer: Callable[..., Trainer], stepper: bool) -> None:
     recorder = _fit(make_trainer, EveryOtherEpoch(), SchedulerStepper() if stepper else None, max_epochs=5)
     assert recorder.lrs == [0.1 * 0.5 ** (e // 2) for e in range(5) for _ in range(2)]
+
+
+class GlobalStepHook(TinyModule):
+    """A per-step scheduler whose `lr_scheduler_step` override reads `self.global_step`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        sched = tl.LambdaLR(opt, lambda s: 1 / (1 + s))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        self.seen.append(self.global_step)
+        if self.global_step % 3 != 0:  # custom logic on the step count
+            scheduler.step()
+
+
+@STEPPER
+def test_a_per_step_lr_scheduler_step_override_sees_lightnings_global_step(
+    make_trainer: Callable[..., Trainer], stepper: bool
+) -> None:
+    model = GlobalStepHook()
+    recorder = _fit(make_trainer, model, SchedulerStepper() if stepper else None, max_epochs=3)
+    assert model.seen == [1, 2, 3, 4, 5, 6]
+    assert recorder.lrs == [0.1 * (1 / (1 + s)) for s in (0, 1, 2, 2, 3, 4)]

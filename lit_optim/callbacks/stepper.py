@@ -121,6 +121,7 @@ class SchedulerStepper(Callback):
         self._skipped: dict[int, int] = {}  # optimizer steps without gradients in this fit, by id(optimizer)
         self._validated = False
         self._trainer: Trainer | None = None  # during a fit
+        self._pending: list[Claim] = []  # per-step claims whose `lr_scheduler_step` override runs at batch end
 
     @property
     def reductions(self) -> dict[int, int]:
@@ -138,7 +139,12 @@ class SchedulerStepper(Callback):
         self._step_epochs(trainer, trainer.current_epoch, at_start=True)  # epoch ends a checkpoint was taken before
 
     @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self._flush()
+
+    @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._flush()
         self._step_epochs(trainer, trainer.current_epoch + 1, at_start=False)
         self._step_plateaus(trainer, "train_epoch", self._epoch_metrics_before)
 
@@ -165,7 +171,7 @@ class SchedulerStepper(Callback):
     # ---------------------------------------------------------------- claiming
     def _claim(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._release()
-        self._claims, self._step_counts, self._skipped, self._validated = [], {}, {}, False
+        self._claims, self._step_counts, self._skipped, self._validated, self._pending = [], {}, {}, False, []
         self._trainer = trainer
         overridden = type(pl_module).lr_scheduler_step is not LightningModule.lr_scheduler_step
         hook = pl_module.lr_scheduler_step if overridden else None
@@ -245,6 +251,8 @@ class SchedulerStepper(Callback):
             if claim.interval != "step" or claim.optimizer is not optimizer or not self._active(claim):
                 continue
             scheduler = claim.config.scheduler
+            if claim in self._pending:  # stepped twice in one batch (manual optimization): no batch end between
+                self._flush()
             if claim.expected is not None and progress_of(scheduler) != claim.expected:
                 raise RuntimeError(
                     f"{type(scheduler).__name__} (lr_scheduler_configs[{claim.index}]) was stepped outside "
@@ -258,8 +266,19 @@ class SchedulerStepper(Callback):
             if claim.frequency > 1:  # saved with the scheduler: a resumed run keeps the same N-step window
                 scheduler.__dict__[_STEP_COUNT] = count
             if count % claim.frequency == 0:
-                claim.step()
-                claim.expected = progress_of(scheduler)
+                if claim.hook is not None:
+                    # Lightning calls the hook after the optimizer step is counted in `global_step`, which happens
+                    # only once this post-hook has returned: an override reading `self.global_step` sees its value.
+                    self._pending.append(claim)
+                else:
+                    claim.step()
+                    claim.expected = progress_of(scheduler)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for claim in pending:
+            claim.step()
+            claim.expected = progress_of(claim.config.scheduler)
 
     def _step_epochs(self, trainer: Trainer, through: int, at_start: bool) -> None:
         """Bring every epoch scheduler to ``through`` epoch ends: bounded by epochs, never by its own counter."""
