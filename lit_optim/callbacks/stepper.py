@@ -172,6 +172,7 @@ class SchedulerStepper(Callback):
     def _claim(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._release()
         self._claims, self._step_counts, self._skipped, self._validated, self._pending = [], {}, {}, False, []
+        self._epoch_metrics_before = {}  # a run resumed mid-epoch has no `on_train_epoch_start`: all values are new
         self._trainer = trainer
         overridden = type(pl_module).lr_scheduler_step is not LightningModule.lr_scheduler_step
         hook = pl_module.lr_scheduler_step if overridden else None
