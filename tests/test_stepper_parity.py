@@ -268,12 +268,13 @@ class ScriptedTrainMetric(TinyModule):
 
     VALUES = (1.0, 2.0, 0.5, 3.0, 4.0, 0.1)
 
-    def __init__(self, monitor: str = "train_metric") -> None:
+    def __init__(self, monitor: str = "train_metric", on_step: bool = False, on_epoch: bool = True) -> None:
         super().__init__()
-        self.monitor = monitor
+        self.monitor, self.on_step, self.on_epoch = monitor, on_step, on_epoch
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
-        self.log("train_metric", self.VALUES[self.current_epoch], on_step=False, on_epoch=True)
+        value = self.VALUES[self.current_epoch]
+        self.log("train_metric", value, on_step=self.on_step, on_epoch=self.on_epoch)
         return super().training_step(batch, batch_idx)
 
     def configure_optimizers(self) -> Any:
@@ -293,12 +294,15 @@ def _rop_reference(values: tuple[float, ...]) -> list[float]:
     return lrs
 
 
+@pytest.mark.parametrize(
+    ("on_step", "on_epoch"), [(False, True), (True, True), (True, False)], ids=["epoch", "step+epoch", "step"]
+)
 @pytest.mark.parametrize("validation", [0, 1], ids=["no-validation", "with-validation"])
 @STEPPER
 def test_plateau_on_an_epoch_level_training_metric(
-    make_trainer: Callable[..., Trainer], stepper: bool, validation: int
+    make_trainer: Callable[..., Trainer], stepper: bool, validation: int, on_step: bool, on_epoch: bool
 ) -> None:
-    model = ScriptedTrainMetric()
+    model = ScriptedTrainMetric(on_step=on_step, on_epoch=on_epoch)  # "step": the last step's value, as Lightning
     epochs = len(model.VALUES)
     recorder = _fit(
         make_trainer, model, SchedulerStepper() if stepper else None, max_epochs=epochs, limit_val_batches=validation
