@@ -1,6 +1,8 @@
-"""Combinations ``SchedulerStepper`` refuses when fitting starts, rather than let one scheduler undo another."""
+"""What ``SchedulerStepper`` refuses when fitting starts, and the shortfalls it reports when fitting ends."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from lightning.pytorch import LightningModule, Trainer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -9,7 +11,10 @@ from lit_optim.callbacks._intervals import Claim
 from lit_optim.schedules.plateau import PlateauLR
 from lit_optim.schedules.scheduler import ScheduleLR
 
-__all__ = ["check_manual_lengths", "check_shared_optimizers"]
+__all__ = ["check_manual_lengths", "check_shared_optimizers", "warn_unfinished"]
+
+Warn = Callable[[str, str], None]
+"""``warn(key, message)``: warn once per key."""
 
 
 def check_shared_optimizers(claims: list[Claim]) -> None:
@@ -47,4 +52,39 @@ def check_manual_lengths(claims: list[Claim], trainer: Trainer, pl_module: Light
                 "part-way. Give each schedule its optimizer's own length: `lightning_scheduler_config(opt, "
                 "schedule, self.trainer, total_steps=...)` (or `ScheduleLR(opt, schedule, total_steps=...)`), "
                 "or bound the run with `max_epochs` only (each schedule then spans one step per batch)."
+            )
+
+
+def warn_unfinished(
+    claims: list[Claim], trainer: Trainer, pl_module: LightningModule, skipped: dict[int, int], warn: Warn
+) -> None:
+    """At the end of a fit, say when a lit_optim schedule did not reach its end for a reason the user can fix."""
+    max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
+    planned_end = (max_steps != -1 and trainer.global_step >= max_steps) or (
+        max_epochs is not None and max_epochs > 0 and trainer.current_epoch >= max_epochs
+    )
+    for claim in claims:
+        scheduler = claim.config.scheduler
+        if not isinstance(scheduler, ScheduleLR) or scheduler.last_epoch >= scheduler.total_steps:
+            continue
+        if planned_end and not pl_module.automatic_optimization and scheduler.resolved_from_trainer:
+            warn(
+                f"unfinished-{claim.index}",
+                f"The run ended with lr_scheduler_configs[{claim.index}] at step {scheduler.last_epoch} of its "
+                f"{scheduler.total_steps} (resolved from the run): under manual optimization its optimizer "
+                "stepped less often than once per batch, so the end of its curve was not reached. Give it its "
+                "optimizer's own length: `lightning_scheduler_config(opt, schedule, self.trainer, "
+                "total_steps=...)`.",
+            )
+        without = skipped.get(id(scheduler.optimizer), 0)
+        if without and scheduler.last_epoch + without >= scheduler.total_steps:  # they kept it from its end
+            warn(
+                f"unfinished-{claim.index}",
+                f"{without} optimizer step(s) had no gradients (`training_step` returned None, or "
+                "`GradientClipping` skipped a non-finite step) and did not advance "
+                f"lr_scheduler_configs[{claim.index}]: its schedule ended at step "
+                f"{scheduler.last_epoch} of {scheduler.total_steps}, so the last "
+                f"{scheduler.total_steps - scheduler.last_epoch} steps of its curve (`preview_schedule`) were "
+                "not reached. Pass `SchedulerStepper(skipped_steps='advance')` to advance schedules on such "
+                "steps as `global_step` does, so the run ends where the preview ends.",
             )

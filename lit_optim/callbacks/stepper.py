@@ -15,10 +15,9 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lit_optim._validation import check_choice
-from lit_optim.callbacks._checks import check_manual_lengths, check_shared_optimizers
+from lit_optim.callbacks._checks import check_manual_lengths, check_shared_optimizers, warn_unfinished
 from lit_optim.callbacks._intervals import Claim, Interval, infer_interval, progress_of
 from lit_optim.callbacks._plateau import Moment, check_plateau, reduction_count, step_plateaus
-from lit_optim.schedules.scheduler import ScheduleLR
 
 __all__ = ["SchedulerStepper", "ensure_stepper"]
 
@@ -161,7 +160,7 @@ class SchedulerStepper(Callback):
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._warn_unfinished()
+        warn_unfinished(self._claims, trainer, pl_module, self._skipped, self._warn_once)
         self._release()
 
     @override
@@ -324,24 +323,6 @@ class SchedulerStepper(Callback):
         plateaus = [c for c in self._claims if c.is_plateau and self._active(c)]
         if plateaus and not trainer.sanity_checking:
             step_plateaus(trainer, plateaus, moment, metrics_before, self._validated, self._warn_once)
-
-    def _warn_unfinished(self) -> None:
-        for claim in self._claims:
-            scheduler = claim.config.scheduler
-            if not isinstance(scheduler, ScheduleLR) or scheduler.last_epoch >= scheduler.total_steps:
-                continue
-            skipped = self._skipped.get(id(scheduler.optimizer), 0)
-            if skipped and scheduler.last_epoch + skipped >= scheduler.total_steps:  # they kept it from its end
-                self._warn_once(
-                    f"unfinished-{claim.index}",
-                    f"{skipped} optimizer step(s) had no gradients (`training_step` returned None, or "
-                    "`GradientClipping` skipped a non-finite step) and did not advance "
-                    f"lr_scheduler_configs[{claim.index}]: its schedule ended at step "
-                    f"{scheduler.last_epoch} of {scheduler.total_steps}, so the last "
-                    f"{scheduler.total_steps - scheduler.last_epoch} steps of its curve (`preview_schedule`) were "
-                    "not reached. Pass `SchedulerStepper(skipped_steps='advance')` to advance schedules on such "
-                    "steps as `global_step` does, so the run ends where the preview ends.",
-                )
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
