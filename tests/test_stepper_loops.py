@@ -139,10 +139,11 @@ def test_manual_optimization_bounded_by_epochs_spans_one_step_per_batch(make_tra
     assert len(recorder.lrs[1]) == 8
 
 
-def test_total_steps_is_checked(make_trainer: Callable[..., Trainer]) -> None:
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "10"])
+def test_total_steps_is_checked(make_trainer: Callable[..., Trainer], bad: Any) -> None:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    with pytest.raises(ValueError, match=r"`total_steps` must be an int >= 1 or None, got 0"):
-        lightning_scheduler_config(opt, SCHEDULE, make_trainer(), total_steps=0)
+    with pytest.raises(ValueError, match=rf"`total_steps` must be an int >= 1 or None, got {bad!r}"):
+        lightning_scheduler_config(opt, SCHEDULE, make_trainer(), total_steps=bad)
 
 
 # ----------------------------------------------------------------------------- GradientAccumulationScheduler
