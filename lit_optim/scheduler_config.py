@@ -79,7 +79,8 @@ def lightning_scheduler_config(
             "`lit_optim.configure_optimizers(self, scheduler=...)`) inside `LightningModule.configure_optimizers` "
             "during `trainer.fit`, or build `ScheduleLR(optimizer, schedule, total_steps=...)` yourself."
         )
-    if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1):
+    bad_total = isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1
+    if total_steps is not None and bad_total:
         raise ValueError(f"`total_steps` must be an int >= 1 or None, got {total_steps!r}.")
     total, steps_per_epoch = _length_or_none(trainer)
     from_trainer = total_steps is None
