@@ -293,7 +293,9 @@ def test_skip_leaves_weights_state_and_schedule_untouched(make_trainer: Callable
     monitor = OptimizerMonitor(log_every_n_steps=1000, spike_warmup_steps=3, action="skip")
     model = Scheduled(at=(6,), factor=1e4, real=True)
     trainer = make_trainer(max_steps=8, logger=logger, callbacks=[monitor])
-    trainer.fit(model)
+    # the skipped step does not advance the schedule, which the stepper reports at the end of the fit
+    with pytest.warns(RuntimeWarning, match=r"1 optimizer step\(s\) had no gradients.*OptimizerMonitor"):
+        trainer.fit(model)
     (w0, s0, lr0), (w1, s1, lr1) = model.before, model.after
     assert all(torch.equal(a, b) for a, b in zip(w0, w1, strict=True))
     assert all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(s0, s1, strict=True))
