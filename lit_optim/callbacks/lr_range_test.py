@@ -15,6 +15,7 @@ from typing_extensions import override
 
 from lit_optim._validation import check_choice, check_positive, check_positive_int
 from lit_optim.callbacks._snapshot import TrainingSnapshot, swap_back, swap_in
+from lit_optim.optim.schedule_free import has_train_eval_modes, set_mode
 from lit_optim.schedules.lr_range import (
     SUGGESTION_RULES,
     LossTracker,
@@ -52,7 +53,9 @@ class LRRangeTest(Callback):
     During the sweep no other callback runs and nothing is logged (the Trainer's own ``gradient_clip_val``
     applies; a :class:`~lit_optim.callbacks.GradientClipping` callback does not), validation is off, and the
     sweep runs over as many epochs as it needs. The module's ``on_train_start``/``on_train_end`` hooks run
-    for the sweep too. ``training_step`` must return the loss. Each step reads the loss on the host (one sync
+    for the sweep too. A schedule-free optimizer (one with ``train()``/``eval()``) sweeps in train mode with its own
+    ``warmup_steps`` suspended, so each step runs at the swept lr; its mode and warmup come back with its state.
+    ``training_step`` must return the loss. Each step reads the loss on the host (one sync
     per optimizer step, during the test only). The test is skipped with a warning under ``fast_dev_run`` and
     when resuming from a checkpoint (the checkpoint's lr wins).
 
@@ -247,6 +250,11 @@ class _SweepRecorder(Callback):
         self._seen = 0
         self._max_batches = 2 * test.num_steps * trainer.accumulate_grad_batches + 50  # a sweep that never steps
         self._handles = [opt.register_step_post_hook(self._on_step) for opt in trainer.optimizers]
+        for opt in trainer.optimizers:  # a schedule-free optimizer's own warmup would scale the swept lr
+            if has_train_eval_modes(opt):
+                for group in opt.param_groups:
+                    if "warmup_steps" in group:
+                        group["warmup_steps"] = 0
 
     def _on_step(self, *_: Any) -> None:
         self._stepped = True
@@ -261,6 +269,7 @@ class _SweepRecorder(Callback):
         lr = sweep_lr(len(self.lrs), test.num_steps, test.min_lr, test.max_lr, test.mode,  # type: ignore[arg-type]
                       lightning=test.match_lightning)
         self._lr = lr
+        set_mode(trainer.optimizers, train=True)  # no ScheduleFreeMode runs during the sweep
         for group, ratio in zip(self.groups, self.ratios, strict=True):
             if isinstance(group["lr"], torch.Tensor):
                 group["lr"].fill_(lr * ratio)

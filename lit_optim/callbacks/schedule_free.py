@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lit_optim.optim.schedule_free import has_train_eval_modes, train_mode
+from lit_optim.optim.schedule_free import has_train_eval_modes, set_mode, train_mode
 
 __all__ = ["ScheduleFreeMode", "ensure_schedule_free_mode"]
 
@@ -125,9 +125,7 @@ class ScheduleFreeMode(Callback):
 
     # --------------------------------------------------------------- plumbing
     def _set_mode(self, trainer: Trainer, train: bool) -> None:
-        for _, optimizer in _schedule_free(trainer):
-            if train_mode(optimizer) is not train:
-                getattr(optimizer, "train" if train else "eval")()
+        set_mode(trainer.optimizers, train)
 
 
 def ensure_schedule_free_mode(trainer: Trainer) -> ScheduleFreeMode:

@@ -27,6 +27,7 @@ __all__ = [
     "schedule_free_class",
     "schedule_free_lr",
     "schedule_warning",
+    "set_mode",
     "train_mode",
 ]
 
@@ -112,6 +113,20 @@ def train_mode(optimizer: Optimizer) -> bool | None:
         return bool(groups[0]["train_mode"])
     mode = getattr(optimizer, "train_mode", None)
     return mode if isinstance(mode, bool) else None
+
+
+def set_mode(optimizers: Iterable[Optimizer], train: bool) -> None:
+    """Put every optimizer with ``train()``/``eval()`` modes in train (``True``) or eval mode; leave the others.
+
+    A mode the optimizer already reports is not entered again (the switch moves the parameters).
+
+    Example:
+        >>> import torch
+        >>> set_mode([torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)], train=True)  # no modes: no-op
+    """
+    for optimizer in optimizers:
+        if has_train_eval_modes(optimizer) and train_mode(optimizer) is not train:
+            getattr(optimizer, "train" if train else "eval")()
 
 
 def schedule_free_lr(group: Mapping[str, Any]) -> float | None:

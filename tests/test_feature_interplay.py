@@ -1,0 +1,65 @@
+"""Where schedule-free optimizers, the LR range test, batch-size scaling and param schedules meet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lit_optim import LRRangeTest, configure_optimizers
+from tests.models import TinyModule
+from tests.test_lr_range_test import _assert_bit_equal
+from tests.trainers import cpu_trainer
+
+
+class _SF(TinyModule):
+    """A schedule-free TinyModule recording the lr each optimizer step really used (``scheduled_lr``)."""
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.used: list[list[float]] = []
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.used.append([float(g["scheduled_lr"]) for g in self.trainer.optimizers[0].param_groups])
+
+    def configure_optimizers(self) -> Any:
+        return configure_optimizers(self, "adamw_schedulefree", **self.config)
+
+
+class _Before(Callback):
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.state = _copy(trainer, pl_module)
+
+
+def _copy(trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+    import copy
+
+    return copy.deepcopy({"weights": module.state_dict(), "optimizer": trainer.optimizers[0].state_dict()})
+
+
+def test_lr_range_test_sweeps_a_schedule_free_optimizer_in_train_mode_and_restores_it(tmp_path: Path) -> None:
+    pytest.importorskip("schedulefree")
+
+    def run(callbacks: list[Callback]) -> tuple[_SF, L.Trainer]:
+        torch.manual_seed(3)
+        model = _SF(lr=1e-3, overrides={"net.2.*": {"lr_scale": 3.0}}, warmup_steps=4)
+        trainer = cpu_trainer(tmp_path, max_steps=5, callbacks=callbacks)
+        trainer.fit(model)
+        return model, trainer
+
+    plain, plain_trainer = run([])
+    before, after = _Before(), _Before()
+    test = LRRangeTest(min_lr=1e-4, max_lr=1e-2, num_steps=8, early_stop_threshold=None, apply=False)
+    tested, tested_trainer = run([before, test, after])
+    assert test.result is not None and len(test.result.lrs) == 8
+    scales = [g["applied_lr_scale"] for g in tested_trainer.optimizers[0].param_groups]
+    # the sweep's lr is the lr each step used: the optimizer's own warmup is suspended during the test
+    assert tested.used[:8] == [[lr * s for s in scales] for lr in test.result.lrs]
+    _assert_bit_equal(before.state, after.state)  # eval mode, no `z` yet: as the optimizer was built
+    assert tested.used[8:] == plain.used  # then the run is the run without the test, warmup included
+    _assert_bit_equal(_copy(tested_trainer, tested), _copy(plain_trainer, plain))
