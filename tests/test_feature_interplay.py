@@ -56,10 +56,47 @@ def test_lr_range_test_sweeps_a_schedule_free_optimizer_in_train_mode_and_restor
     before, after = _Before(), _Before()
     test = LRRangeTest(min_lr=1e-4, max_lr=1e-2, num_steps=8, early_stop_threshold=None, apply=False)
     tested, tested_trainer = run([before, test, after])
-    assert test.result is not None and len(test.result.lrs) == 8
+    assert test.result is not None
+    assert len(test.result.lrs) == 8
     scales = [g["applied_lr_scale"] for g in tested_trainer.optimizers[0].param_groups]
     # the sweep's lr is the lr each step used: the optimizer's own warmup is suspended during the test
     assert tested.used[:8] == [[lr * s for s in scales] for lr in test.result.lrs]
     _assert_bit_equal(before.state, after.state)  # eval mode, no `z` yet: as the optimizer was built
     assert tested.used[8:] == plain.used  # then the run is the run without the test, warmup included
     _assert_bit_equal(_copy(tested_trainer, tested), _copy(plain_trainer, plain))
+
+
+def test_a_schedule_free_point_depends_on_beta1_so_a_betas0_schedule_is_refused() -> None:
+    schedulefree = pytest.importorskip("schedulefree")
+    from lit_optim import ParamSchedule, ScheduleLR
+    from lit_optim.schedules import OneCycle
+
+    # why: eval() recovers x from y and z with the *current* betas[0]; change it and x is another point
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(4))
+    opt = schedulefree.AdamWScheduleFree([p], lr=0.1)
+    opt.train()
+    for _ in range(3):
+        p.grad = torch.randn(4)
+        opt.step()
+    y = p.detach().clone()
+    opt.eval()
+    x = p.detach().clone()
+    opt.train()
+    p.data.copy_(y)
+    opt.param_groups[0]["betas"] = (0.5, 0.999)
+    opt.eval()
+    assert not torch.equal(p.detach(), x)
+
+    model = torch.nn.Linear(2, 1)
+    built = configure_optimizers(model, "adamw_schedulefree", lr=0.1)["optimizer"]
+    with pytest.raises(ValueError, match=r"AdamWScheduleFree is schedule-free.*'betas\[0\]'.*weight_decay"):
+        ScheduleLR(built, "constant", 10, params={"betas[0]": ParamSchedule(start=0.9, end=0.95)})
+    with pytest.raises(ValueError, match=r"AdamWScheduleFree is schedule-free.*cycles momentum.*cycle_momentum=False"):
+        ScheduleLR(built, OneCycle(cycle_momentum=True), 10)
+    sgd = configure_optimizers(model, "sgd_schedulefree", lr=0.1)["optimizer"]
+    with pytest.raises(ValueError, match=r"SGDScheduleFree is schedule-free.*'momentum'"):
+        ScheduleLR(sgd, "constant", 10, params={"momentum": ParamSchedule(start=0.9, end=0.95)})
+    # weight decay (and betas[1]) do not enter the switch: allowed
+    ScheduleLR(built, "constant", 10, params={"weight_decay": ParamSchedule(start=0.0, end=0.1),
+                                              "betas[1]": ParamSchedule(start=0.99, end=0.999)})
