@@ -100,3 +100,35 @@ def test_a_schedule_free_point_depends_on_beta1_so_a_betas0_schedule_is_refused(
     # weight decay (and betas[1]) do not enter the switch: allowed
     ScheduleLR(built, "constant", 10, params={"weight_decay": ParamSchedule(start=0.0, end=0.1),
                                               "betas[1]": ParamSchedule(start=0.99, end=0.999)})
+
+
+class _Everything(TinyModule):
+    """Schedule-free AdamW, batch-size scaling, a weight-decay schedule and three named groups."""
+
+    def configure_optimizers(self) -> Any:
+        from lit_optim import ParamSchedule
+
+        return configure_optimizers(
+            self, "adamw_schedulefree", lr=1e-3, overrides={"net.2.*": {"lr_scale": 3.0}}, warmup_steps=2,
+            lr_scaling="sqrt", reference_batch_size=8,
+            param_schedules={"weight_decay": ParamSchedule(start=0.01, end=0.1, shape="linear")},
+        )
+
+
+def test_no_logged_key_is_a_path_prefix_of_another(tmp_path: Path) -> None:
+    """A key that is a folder of another (``a/b`` and ``a/b/c``) breaks file-backed loggers (MLflow's file store
+    writes each key to a file: ``NotADirectoryError``)."""
+    pytest.importorskip("schedulefree")
+    from lit_optim import GradientClipping, LearningRateLogger
+    from tests.loggers import MemoryLogger
+
+    logger = MemoryLogger()
+    trainer = cpu_trainer(tmp_path, max_steps=4, logger=logger, log_every_n_steps=1,
+                          callbacks=[GradientClipping(1.0), LearningRateLogger()])
+    trainer.fit(_Everything())
+    keys = sorted({key for _, metrics in logger.logged for key in metrics})
+    assert "grad_clip/norm" in keys
+    assert any(k.startswith("effective_lr/") for k in keys)
+    assert any(k.startswith("lr_scaling/") for k in keys)
+    clashes = [(a, b) for a in keys for b in keys if b.startswith(a + "/")]
+    assert clashes == []
