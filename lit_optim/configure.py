@@ -174,6 +174,11 @@ def scheduler_config(
     scheduler = spec_from_config(scheduler)  # LightningCLI's / a checkpoint's {"class_path": ..., "init_args": ...}
     # `LightningModule.trainer` raises outside a fit; plain modules have none.
     trainer = module._trainer if isinstance(module, LightningModule) else None
+    if params is not None and not isinstance(params, Mapping):
+        raise TypeError(
+            f"`param_schedules` must map a field name to a ParamSchedule (or its mapping), got {params!r}. "
+            "HINT: `param_schedules={'weight_decay': ParamSchedule(start=0.04, end=0.4)}`."
+        )
     params = {k: spec_from_config(v) for k, v in (params or {}).items()}
     if isinstance(scheduler, Plateau):
         if params:

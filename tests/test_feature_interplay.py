@@ -132,3 +132,35 @@ def test_no_logged_key_is_a_path_prefix_of_another(tmp_path: Path) -> None:
     assert any(k.startswith("lr_scaling/") for k in keys)
     clashes = [(a, b) for a in keys for b in keys if b.startswith(a + "/")]
     assert clashes == []
+
+
+class _Scheduled(TinyModule):
+    def __init__(self, param_schedules: Any) -> None:
+        super().__init__()
+        self.param_schedules = param_schedules
+
+    def configure_optimizers(self) -> Any:
+        return configure_optimizers(self, "adamw", param_schedules=self.param_schedules)
+
+
+@pytest.mark.parametrize(
+    ("param_schedules", "error", "match"),
+    [
+        (["weight_decay"], TypeError, r"`param_schedules` must map a field name to a ParamSchedule.*\['weight_dec"),
+        ({"weight_decay": {"ed": 0.1}}, ValueError,
+         r"Unknown ParamSchedule setting 'ed'. Valid: \['end', 'exclude', .*Did you mean 'end'\? \(in the 'weight_"),
+        ({"weight_decay": {"end": 0.1, "shap": "linear"}}, ValueError, r"setting 'shap'.*Did you mean 'shape'\?"),
+    ],
+)
+def test_bad_param_schedules_as_a_yaml_would_write_them(
+    param_schedules: Any, error: type[Exception], match: str, tmp_path: Path
+) -> None:
+    with pytest.raises(error, match=match):
+        cpu_trainer(tmp_path, max_steps=1).fit(_Scheduled(param_schedules))
+
+
+@pytest.mark.parametrize("threshold", [0.5, 1.0, 1])
+def test_an_early_stop_threshold_that_stops_at_once_is_refused(threshold: float) -> None:
+    # the smoothed loss is compared with `threshold` x its best: at <= 1 the test stops at its second point
+    with pytest.raises(ValueError, match=rf"`early_stop_threshold` must be > 1.*got {threshold!r}.*HINT: 4.0"):
+        LRRangeTest(early_stop_threshold=threshold)

@@ -67,7 +67,8 @@ class LRRangeTest(Callback):
         rule: the suggestion rule: ``"valley"`` (fastai's default, robust on smooth and noisy curves),
             ``"steepest"`` (Lightning's: steepest slope over a linear lr axis, which favours small lrs on smooth
             curves) or ``"minimum"`` (fastai's: a tenth of the lr at the lowest loss).
-        early_stop_threshold: stop when the smoothed loss exceeds this multiple of its best; ``None`` never stops.
+        early_stop_threshold: stop when the smoothed loss exceeds this multiple (> 1) of its best; ``None`` never
+            stops.
         beta: smoothing of the loss, in [0, 1).
         skip_begin, skip_end: points the rule ignores at each end; ``None`` takes the rule's defaults
             (:func:`~lit_optim.schedules.lr_range.default_skips`).
@@ -124,6 +125,12 @@ class LRRangeTest(Callback):
         self.early_stop_threshold = None if early_stop_threshold is None else check_positive(
             "early_stop_threshold", early_stop_threshold
         )
+        if self.early_stop_threshold is not None and self.early_stop_threshold <= 1:
+            raise ValueError(
+                f"`early_stop_threshold` must be > 1 (the test stops once the smoothed loss exceeds that multiple of "
+                f"its best, so at <= 1 it stops at its second point), got {early_stop_threshold!r}. HINT: 4.0 "
+                "(Lightning's and the default), or `None` never to stop early."
+            )
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
             raise ValueError(f"`beta` must be a number in [0, 1), got {beta!r}.")
         self.beta = float(beta)
