@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch.optim import Optimizer
@@ -19,6 +19,7 @@ from typing_extensions import override
 from lit_optim._distributed import is_distributed
 from lit_optim._logging import log_metrics
 from lit_optim._validation import check_choice, unknown_key_error
+from lit_optim.callbacks._attach import ensure_callback
 from lit_optim.callbacks._intervals import Claim, Interval, infer_interval, progress_of
 from lit_optim.schedules.plateau import PlateauLR
 
@@ -360,11 +361,4 @@ def ensure_stepper(trainer: Trainer) -> SchedulerStepper:
         >>> ensure_stepper(trainer) is stepper
         True
     """
-    callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
-    for callback in callbacks:
-        if isinstance(callback, SchedulerStepper):
-            return callback
-    stepper = SchedulerStepper()
-    position = next((i for i, c in enumerate(callbacks) if isinstance(c, Checkpoint)), len(callbacks))
-    callbacks.insert(position, stepper)
-    return stepper
+    return ensure_callback(trainer, SchedulerStepper)

@@ -6,7 +6,6 @@ is a pure function of its arguments, so a curve can be re-read with another rule
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Literal
 import torch
 
 from lit_optim._validation import check_choice, check_positive, check_positive_int
+from lit_optim.schedules._output import new_figure, save_png, write_csv
 
 __all__ = [
     "SUGGESTION_RULES",
@@ -268,14 +268,8 @@ class LRRangeResult:
 
     def to_csv(self, path: str | Path) -> Path:
         """Write ``step,lr,loss,smoothed_loss`` rows (full precision) to ``path`` and return it."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["step", "lr", "loss", "smoothed_loss"])
-            for k, (lr, raw, smooth) in enumerate(zip(self.lrs, self.raw_losses, self.losses, strict=True)):
-                writer.writerow([k, repr(lr), repr(raw), repr(smooth)])
-        return path
+        rows = zip(self.lrs, self.raw_losses, self.losses, strict=True)
+        return write_csv(path, ["lr", "loss", "smoothed_loss"], rows)
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
         """Save smoothed loss vs base lr as a PNG, the suggestion marked, and return ``path``. Needs the ``plot`` extra.
@@ -283,13 +277,7 @@ class LRRangeResult:
         Raises:
             ImportError: matplotlib is not installed.
         """
-        try:
-            from matplotlib.figure import Figure
-        except ImportError as err:
-            raise ImportError(
-                "LRRangeResult.plot needs matplotlib: `pip install 'lit_optim[plot]'` (or `pip install matplotlib`)."
-            ) from err
-        fig = Figure(figsize=(7, 3.6), dpi=110, layout="constrained")
+        fig = new_figure("LRRangeResult.plot", figsize=(7, 3.6))
         ax = fig.add_subplot()
         ax.plot(self.lrs, self.raw_losses, color="0.75", linewidth=0.8, label="loss")
         ax.plot(self.lrs, self.losses, linewidth=1.6, label="smoothed loss")
@@ -305,7 +293,4 @@ class LRRangeResult:
         ax.set_title(title or "LR range test")
         ax.legend(loc="best", frameon=False)
         ax.grid(alpha=0.3)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-        return path
+        return save_png(fig, path)
