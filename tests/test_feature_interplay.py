@@ -164,3 +164,46 @@ def test_an_early_stop_threshold_that_stops_at_once_is_refused(threshold: float)
     # the smoothed loss is compared with `threshold` x its best: at <= 1 the test stops at its second point
     with pytest.raises(ValueError, match=rf"`early_stop_threshold` must be > 1.*got {threshold!r}.*HINT: 4.0"):
         LRRangeTest(early_stop_threshold=threshold)
+
+
+class _WeightDecayScheduled(TinyModule):
+    """AdamW, a warmup-cosine lr, DINO's weight-decay cosine and batch-size scaling; records every step's values."""
+
+    def __init__(self) -> None:
+        super().__init__(n=32, batch_size=4)
+        self.seen: list[list[tuple[float, float]]] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        self.seen.append([(g["lr"], g["weight_decay"]) for g in self.trainer.optimizers[0].param_groups])
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self) -> Any:
+        from lit_optim import Cosine, ParamSchedule
+
+        return configure_optimizers(
+            self, "adamw", lr=1e-3, scheduler=Cosine(warmup=2), lr_scaling="sqrt", reference_batch_size=16,
+            overrides={"net.2.*": {"lr_scale": 3.0}},
+            param_schedules={"weight_decay": ParamSchedule(start=0.04, end=0.4, shape="cosine")},
+        )
+
+
+def test_lr_range_test_with_param_schedules_and_scaling_leaves_the_run_unchanged(tmp_path: Path) -> None:
+    def run(callbacks: list[Callback]) -> tuple[_WeightDecayScheduled, L.Trainer]:
+        torch.manual_seed(5)
+        model = _WeightDecayScheduled()
+        trainer = cpu_trainer(tmp_path, max_epochs=1, accumulate_grad_batches=2, callbacks=callbacks)
+        trainer.fit(model)
+        return model, trainer
+
+    plain, plain_trainer = run([])
+    test = LRRangeTest(min_lr=1e-5, max_lr=1e-1, num_steps=6, early_stop_threshold=None, apply=False)
+    tested, tested_trainer = run([test])
+    assert test.result is not None
+    assert test.result.base_lr == pytest.approx(1e-3 * (4 * 2 / 16) ** 0.5, rel=1e-12)  # the scaled lr
+    sweep = [{wd for _, wd in row} for row in tested.seen[:12]]
+    assert all(s == sweep[0] for s in sweep)  # weight decay is not stepped during the sweep
+    assert tested.seen[12:] == plain.seen  # lr and weight decay at every batch after it
+    assert len({wd for row in plain.seen for _, wd in row}) > 3  # the weight decay did move
+    _assert_bit_equal(tested.state_dict(), plain.state_dict())
+    _assert_bit_equal(tested_trainer.lr_scheduler_configs[0].scheduler.state_dict(),
+                      plain_trainer.lr_scheduler_configs[0].scheduler.state_dict())
