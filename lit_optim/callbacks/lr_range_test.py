@@ -15,6 +15,7 @@ from typing_extensions import override
 
 from lit_optim._validation import check_choice, check_positive, check_positive_int
 from lit_optim.callbacks._snapshot import TrainingSnapshot, swap_back, swap_in
+from lit_optim.optim.lr_scaling import GROUP_KEY, scale_lr
 from lit_optim.optim.schedule_free import has_train_eval_modes, set_mode
 from lit_optim.schedules.lr_range import (
     SUGGESTION_RULES,
@@ -74,9 +75,9 @@ class LRRangeTest(Callback):
             (:func:`~lit_optim.schedules.lr_range.default_skips`).
         apply: set the suggested base lr (every group at its ratio, ``ScheduleLR`` base lrs included) before
             training. Needs no scheduler or lit_optim's ``ScheduleLR``; with another scheduler, set ``apply=False``
-            and use ``result.suggestion`` yourself. When ``hparams["lr"]`` is the base lr the groups were built from
-            (:class:`~lit_optim.OptimizerMixin` without ``lr_scaling``), it is set to the suggestion too, so the
-            checkpoint's hparams match the run.
+            and use ``result.suggestion`` yourself. When ``hparams["lr"]`` is the lr the groups were built from
+            (:class:`~lit_optim.OptimizerMixin`), it is set to ``result.lr_to_configure`` (the suggestion, divided
+            by the ``lr_scaling`` factor when there is one), so the checkpoint's hparams rebuild the run's lr.
         plot_path: save the curve as a PNG there (``plot`` extra), on rank 0.
         match_lightning: place the sweep points and correct the smoothing as ``Tuner.lr_find`` does, so that on a
             single group the curve and, with ``rule="steepest"``, the suggestion equal Lightning's exactly.
@@ -178,6 +179,7 @@ class LRRangeTest(Callback):
             _check_appliable(trainer)
         groups, names = _groups(trainer.optimizers)
         base_lr, ratios = _base_and_ratios(groups)
+        configured, scale = _batch_scaling(groups, base_lr)
         snapshot = TrainingSnapshot.take(trainer)
         recorder = _SweepRecorder(self, groups, ratios, trainer)
         saved = swap_in(trainer, recorder)
@@ -202,6 +204,7 @@ class LRRangeTest(Callback):
             suggestion_index=None if answer is None else answer[0],
             stopped_early=recorder.stopped_early,
             mode=self.mode,
+            batch_scale=scale,
         )
         self.result = result = trainer.strategy.broadcast(result)  # one answer, rank 0's, everywhere
         rank_zero_info(f"LRRangeTest ({len(result.lrs)} steps{', diverged' if result.stopped_early else ''}):\n"
@@ -215,9 +218,9 @@ class LRRangeTest(Callback):
                 _apply(trainer, [result.suggestion * r for r in ratios])
                 hparams = getattr(trainer.lightning_module, "hparams", None)
                 noted = ""
-                if isinstance(hparams, dict) and hparams.get("lr") == base_lr:  # the lr the groups were built from
-                    hparams["lr"] = result.suggestion  # so the checkpoint's hparams say what the run used
-                    noted = "; hparams['lr'] updated"
+                if isinstance(hparams, dict) and hparams.get("lr") == configured:  # the lr the groups were built from
+                    hparams["lr"] = result.lr_to_configure  # so the checkpoint's hparams say what the run used
+                    noted = f"; hparams['lr'] set to {result.lr_to_configure!r}"
                 rank_zero_info(f"LRRangeTest: base lr set to {result.suggestion!r} (was {base_lr!r}){noted}.")
 
     @override
@@ -359,6 +362,16 @@ def _base_and_ratios(groups: list[dict[str, Any]]) -> tuple[float, list[float]]:
             return bases[0], scales
     top = max(lrs)
     return top, [lr / top for lr in lrs]
+
+
+def _batch_scaling(groups: list[dict[str, Any]], base_lr: float) -> tuple[float, float]:
+    """The configured lr and the ``lr_scaling`` factor that made ``base_lr`` of it (``base_lr`` and 1.0 unscaled)."""
+    records = [g.get(GROUP_KEY) for g in groups]
+    first = records[0]
+    if not (isinstance(first, dict) and all(r == first for r in records)):
+        return base_lr, 1.0
+    factor = scale_lr(1.0, first["rule"], int(first["global_batch_size"]), int(first["reference_batch_size"]))
+    return float(first["base_lr"]), factor
 
 
 def _check_appliable(trainer: Trainer) -> None:

@@ -206,6 +206,7 @@ class LRRangeResult:
         rule: the suggestion rule; ``suggestion``/``suggestion_index``: its answer (``None`` without one).
         stopped_early: the loss diverged before the last step.
         mode: ``"exponential"`` or ``"linear"`` (the plot's x scale).
+        batch_scale: the run's ``lr_scaling`` factor (its base lr over the configured ``lr``; 1.0 without scaling).
 
     Example:
         >>> result = LRRangeResult((1e-3, 1e-2), (1.0, 0.5), (1.0, 0.5), {"decay": 1.0}, 1e-3, "minimum", 1e-3, 1)
@@ -223,6 +224,16 @@ class LRRangeResult:
     suggestion_index: int | None
     stopped_early: bool = False
     mode: str = "exponential"
+    batch_scale: float = 1.0
+
+    @property
+    def lr_to_configure(self) -> float | None:
+        """The ``lr`` to give ``configure_optimizers`` (``hparams["lr"]``) for the suggestion.
+
+        It is the suggestion divided by :attr:`batch_scale`, since ``lr_scaling`` multiplies the configured lr
+        again; the suggestion itself without ``lr_scaling``. ``None`` without a suggestion.
+        """
+        return None if self.suggestion is None else self.suggestion / self.batch_scale
 
     def group_lrs(self, base_lr: float | None = None) -> dict[str, float]:
         """Each group's lr for a base lr (default: the suggestion).
