@@ -19,7 +19,7 @@ from lit_optim.optim._plain import plain_settings, resolve_settings
 from lit_optim.optim.lr_scaling import LRScalingRule, resolve_batch_scaling
 from lit_optim.optim.optimizers import build_optimizer, hyperparameter_names, resolve_optimizer
 from lit_optim.optim.param_groups import NoDecayRule, param_groups
-from lit_optim.optim.schedule_free import has_train_eval_modes, schedule_warning
+from lit_optim.optim.schedule_free import check_schedule_free_groups, has_train_eval_modes, schedule_warning
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules._config import plain_config, spec_from_config
 from lit_optim.schedules.params import ParamSchedule
@@ -130,6 +130,7 @@ def configure_optimizers(
     )
     built = build_optimizer(cls, groups, **optimizer_kwargs)
     if has_train_eval_modes(built):  # schedule-free: the mode callback switches train/eval (raises on half a pair)
+        check_schedule_free_groups(built)
         _attach_schedule_free_mode(module, built, scheduler)
     if param_schedules:
         scheduler = "constant" if scheduler is None else scheduler

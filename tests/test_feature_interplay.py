@@ -207,3 +207,22 @@ def test_lr_range_test_with_param_schedules_and_scaling_leaves_the_run_unchanged
     _assert_bit_equal(tested.state_dict(), plain.state_dict())
     _assert_bit_equal(tested_trainer.lr_scheduler_configs[0].scheduler.state_dict(),
                       plain_trainer.lr_scheduler_configs[0].scheduler.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("name", "settings", "match"),
+    [
+        ("adamw_schedulefree", {"betas": (0.0, 0.9)}, r"`betas\[0\]` of AdamWScheduleFree must be in \(0, 1\], got 0"),
+        ("radam_schedulefree", {"betas": (-0.1, 0.999)}, r"`betas\[0\]` of RAdamScheduleFree .* got -0\.1"),
+        ("adamw_schedulefree", {"warmup_steps": -3}, r"`warmup_steps` must be an int >= 0, got -3"),
+        ("sgd_schedulefree", {"warmup_steps": 2.5}, r"`warmup_steps` must be an int >= 0, got 2\.5"),
+    ],
+)
+def test_schedule_free_settings_that_break_eval_are_refused_when_built(
+    name: str, settings: dict[str, Any], match: str
+) -> None:
+    # betas[0] = 0 made the first validation divide by zero (eval() recovers x with 1 - 1/beta1); a negative
+    # warmup was silently no warmup
+    pytest.importorskip("schedulefree")
+    with pytest.raises(ValueError, match=match):
+        configure_optimizers(torch.nn.Linear(2, 1), name, **settings)
