@@ -226,3 +226,30 @@ def test_schedule_free_settings_that_break_eval_are_refused_when_built(
     pytest.importorskip("schedulefree")
     with pytest.raises(ValueError, match=match):
         configure_optimizers(torch.nn.Linear(2, 1), name, **settings)
+
+
+class _EpsScheduled(TinyModule):
+    def configure_optimizers(self) -> Any:
+        from lit_optim import ParamSchedule
+
+        return configure_optimizers(self, "adamw", param_schedules={
+            "eps": ParamSchedule(start=1e-8, end=1e-6, shape="linear"),
+            "betas[1]": ParamSchedule(start=0.99, end=0.999, shape="linear"),
+        })
+
+
+def test_learning_rate_logger_logs_every_scheduled_field(tmp_path: Path) -> None:
+    """Issue 17: the logger logs every scheduled hyper-parameter per named group, not only its built-in four."""
+    from lit_optim import LearningRateLogger
+    from tests.loggers import MemoryLogger
+
+    logger = MemoryLogger()
+    trainer = cpu_trainer(tmp_path, max_steps=4, logger=logger, log_every_n_steps=1, callbacks=[LearningRateLogger()])
+    trainer.fit(_EpsScheduled())
+    for group in ("decay", "no_decay"):
+        # linear from start to end over the 4 steps: v(s) = end + (start - end) * (1 - s / 4)
+        eps = [1e-6 + (1e-8 - 1e-6) * (1 - s / 4) for s in range(4)]
+        beta2 = [0.999 + (0.99 - 0.999) * (1 - s / 4) for s in range(4)]
+        assert logger.series(f"eps/{group}") == pytest.approx(eps, rel=1e-12)
+        assert logger.series(f"beta2/{group}") == pytest.approx(beta2, rel=1e-12)
+    assert not any(k.startswith("betas[1]/") for _, m in logger.logged for k in m)  # logged once, as beta2
