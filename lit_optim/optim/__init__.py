@@ -8,12 +8,14 @@ from lit_optim.optim.schedule_free import SCHEDULE_FREE_OPTIMIZERS, has_train_ev
 
 __all__ = [
     "SCHEDULE_FREE_OPTIMIZERS",
+    "BatchScaling",
     "NoDecayRule",
     "build_optimizer",
     "format_groups",
+    "format_layer_ids",
     "has_train_eval_modes",
+    "layer_ids",
     "param_groups",
     "recompute_batchnorm",
+    "scale_lr",
 ]
-__all__ = ["BatchScaling", "NoDecayRule", "build_optimizer", "format_groups", "param_groups", "scale_lr"]
-__all__ = ["NoDecayRule", "build_optimizer", "format_groups", "format_layer_ids", "layer_ids", "param_groups"]
