@@ -253,3 +253,36 @@ def test_learning_rate_logger_logs_every_scheduled_field(tmp_path: Path) -> None
         assert logger.series(f"eps/{group}") == pytest.approx(eps, rel=1e-12)
         assert logger.series(f"beta2/{group}") == pytest.approx(beta2, rel=1e-12)
     assert not any(k.startswith("betas[1]/") for _, m in logger.logged for k in m)  # logged once, as beta2
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed:UserWarning")
+def test_schedule_free_with_a_weight_decay_schedule_resumes_bit_for_bit(tmp_path: Path) -> None:
+    pytest.importorskip("schedulefree")
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_optim import ParamSchedule
+    from tests.schedule_free_reference import SFModule, assert_same_weights, initial_state
+
+    def module() -> SFModule:
+        return SFModule(warmup_steps=6, param_schedules={"weight_decay": ParamSchedule(start=0.0, end=0.1)})
+
+    def trainer(folder: str) -> L.Trainer:
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / folder, filename="{step}", every_n_train_steps=8, save_top_k=-1)
+        return cpu_trainer(tmp_path, max_epochs=2, val_check_interval=5, callbacks=[checkpoint])
+
+    straight = module()
+    initial = initial_state(straight)
+    first = trainer("a")
+    first.fit(straight)
+    resumed = module()
+    resumed.load_state_dict(initial)
+    again = trainer("b")
+    # a step checkpoint (train mode at the save), with validations every 5 batches: 16 is not one of them. (A
+    # mid-epoch step checkpoint resumes inexactly with any optimizer: Lightning restarts a plain DataLoader.)
+    again.fit(resumed, ckpt_path=tmp_path / "a" / "step=16.ckpt")
+    assert again.global_step == first.global_step == 32
+    assert_same_weights(resumed, straight)
+    wds = [[g["weight_decay"] for g in t.optimizers[0].param_groups] for t in (first, again)]
+    assert wds[0] == wds[1]
+    assert wds[0][0] > 0.09  # the schedule ran: near its end value on the decayed group
+    assert all(torch.equal(a, b) for a, b in zip(straight.val_losses[-4:], resumed.val_losses[-4:], strict=True))
