@@ -20,7 +20,7 @@ from lit_optim.optim.lr_scaling import LRScalingRule, resolve_batch_scaling
 from lit_optim.optim.optimizers import build_optimizer, hyperparameter_names, resolve_optimizer
 from lit_optim.optim.param_groups import NoDecayRule, param_groups
 from lit_optim.optim.routing import build_hybrid, wants_hybrid
-from lit_optim.optim.schedule_free import has_train_eval_modes, schedule_warning
+from lit_optim.optim.schedule_free import check_schedule_free_groups, has_train_eval_modes, schedule_warning
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules._config import plain_config, spec_from_config
 from lit_optim.schedules.params import ParamSchedule
@@ -151,6 +151,7 @@ def configure_optimizers(
         )
         built = build_optimizer(cls, groups, **optimizer_kwargs)
     if has_train_eval_modes(built):  # schedule-free: the mode callback switches train/eval (raises on half a pair)
+        check_schedule_free_groups(built)
         _attach_schedule_free_mode(module, built, scheduler)
     if param_schedules:
         scheduler = "constant" if scheduler is None else scheduler
@@ -195,6 +196,11 @@ def scheduler_config(
     scheduler = spec_from_config(scheduler)  # LightningCLI's / a checkpoint's {"class_path": ..., "init_args": ...}
     # `LightningModule.trainer` raises outside a fit; plain modules have none.
     trainer = module._trainer if isinstance(module, LightningModule) else None
+    if params is not None and not isinstance(params, Mapping):
+        raise TypeError(
+            f"`param_schedules` must map a field name to a ParamSchedule (or its mapping), got {params!r}. "
+            "HINT: `param_schedules={'weight_decay': ParamSchedule(start=0.04, end=0.4)}`."
+        )
     params = {k: spec_from_config(v) for k, v in (params or {}).items()}
     if isinstance(scheduler, Plateau):
         if params:

@@ -112,10 +112,11 @@ def test_schedule_lr_logger_and_clipping_see_both_halves(make_trainer: Callable[
     assert logger.series("grad_clip/norm") == pytest.approx(before.norms, rel=1e-5)
     assert all(norm > 0.05 for norm in before.norms)
     assert after.norms == pytest.approx([0.05] * 6, rel=1e-4)
-    assert sorted(k for k in logger.logged[0][1] if k.startswith("grad_clip/norm/")) == [
-        "grad_clip/norm/adamw/decay", "grad_clip/norm/adamw/no_decay", "grad_clip/norm/muon/decay",
+    assert sorted(k for k in logger.logged[0][1] if k.startswith("grad_clip/group_norm/")) == [
+        "grad_clip/group_norm/adamw/decay", "grad_clip/group_norm/adamw/no_decay", "grad_clip/group_norm/muon/decay",
     ]  # fmt: skip
-    squares = sum(logger.series(f"grad_clip/norm/{g}")[0] ** 2 for g in ("muon/decay", "adamw/decay", "adamw/no_decay"))
+    groups = ("muon/decay", "adamw/decay", "adamw/no_decay")
+    squares = sum(logger.series(f"grad_clip/group_norm/{g}")[0] ** 2 for g in groups)
     assert math.sqrt(squares) == pytest.approx(before.norms[0], rel=1e-5)
 
 

@@ -260,5 +260,27 @@ def test_applied_suggestion_updates_the_hparams_lr_it_replaces(scaled: bool, tmp
     assert test.result is not None
     assert test.result.suggestion is not None
     assert model.seen[-1] == [test.result.suggestion] * 2
-    # unscaled: hparams' lr is the base lr, now the suggestion; scaled: hparams' lr is the reference-batch lr, kept
-    assert model.hparams["lr"] == (0.01 if scaled else test.result.suggestion)
+    # hparams' lr is what configure_optimizers scales: the suggestion divided by the run's factor (4 x 1 / 2), so
+    # the checkpoint's hparams rebuild the lr the run used
+    assert test.result.batch_scale == (2.0 if scaled else 1.0)
+    assert model.hparams["lr"] == test.result.lr_to_configure == test.result.suggestion / test.result.batch_scale
+    rebuilt = CliModel(**{**model.hparams, "lr": model.hparams["lr"]})
+    cpu_trainer(tmp_path, max_steps=1).fit(rebuilt)
+    assert rebuilt.seen[-1] == pytest.approx([test.result.suggestion] * 2, rel=1e-15)
+
+
+@pytest.mark.parametrize("rule", ["linear", "sqrt"])
+def test_find_lr_on_a_scaled_run_says_which_lr_to_configure(rule: str, tmp_path: Path) -> None:
+    from lit_optim import find_lr
+
+    model = CliModel(lr=0.01, lr_scaling=rule, reference_batch_size=16)  # 4 per device: factor 1/4 or 1/2
+    result = find_lr(cpu_trainer(tmp_path), model, min_lr=1e-4, max_lr=0.1, num_steps=14, rule="minimum",
+                     skip_end=1)
+    assert result is not None
+    assert result.suggestion is not None
+    factor = 4 / 16 if rule == "linear" else (4 / 16) ** 0.5
+    assert result.base_lr == pytest.approx(0.01 * factor, rel=1e-15)
+    assert result.batch_scale == pytest.approx(factor, rel=1e-15)
+    model.hparams.lr = result.lr_to_configure  # as the README says: the next fit scales it back to the suggestion
+    cpu_trainer(tmp_path, max_steps=1).fit(model)
+    assert model.seen[-1] == pytest.approx([result.suggestion] * 2, rel=1e-12)

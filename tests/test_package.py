@@ -93,3 +93,19 @@ def test_public_subpackages_reexport_their_names() -> None:
     assert lit_optim.GradientClipping is callbacks.GradientClipping
     assert lit_optim.SpikeDetector is monitoring.SpikeDetector
     assert lit_optim.OptimizerMonitor is callbacks.OptimizerMonitor
+
+
+def test_each_package_init_has_one_all_listing_every_name_it_imports() -> None:
+    """A merge that appends a second ``__all__`` silently drops the first one's names from ``import *``."""
+    import ast
+
+    root = pathlib.Path(lit_optim.__file__).parent
+    for init in [root / "__init__.py", *sorted(root.glob("*/__init__.py"))]:
+        tree = ast.parse(init.read_text())
+        assigned = [n for n in tree.body if isinstance(n, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)]
+        assert len(assigned) == 1, f"{init}: {len(assigned)} `__all__` assignments"
+        names = ast.literal_eval(assigned[0].value)
+        imported = {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom)
+                    and (n.module or "").startswith("lit_optim") for a in n.names}
+        assert imported <= set(names), f"{init}: imported but not in `__all__`: {sorted(imported - set(names))}"

@@ -155,3 +155,36 @@ def test_stack_is_sync_free_on_cuda(make_trainer: Any, tmp_path: Any) -> None:
 def test_stack_is_sync_free_on_cuda_bf16(make_trainer: Any, tmp_path: Any) -> None:
     on, _ = _fit_guarded("cuda", make_trainer, root=tmp_path, precision="bf16-mixed")
     assert on.guarded_steps == 7
+
+
+class QuietScheduleFree(QuietModule):
+    """A schedule-free optimizer with a weight-decay schedule and batch-size scaling, validated every 3 steps (so
+    ``ScheduleFreeMode`` switches back to train mode inside the guarded window)."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        return None
+
+    def configure_optimizers(self) -> Any:
+        return configure_optimizers(
+            self, "adamw_schedulefree", lr=1e-2, warmup_steps=2, lr_scaling="linear", reference_batch_size=8,
+            param_schedules={"weight_decay": lit_optim.ParamSchedule(start=0.0, end=0.1, shape="linear")},
+        )
+
+
+def test_schedule_free_stack_is_sync_free_on_cpu(make_trainer: Any, tmp_path: Any) -> None:
+    pytest.importorskip("schedulefree")
+    on = _GuardOn("cpu")
+    switches: list[bool] = []
+
+    class _Modes(Callback):  # after ScheduleFreeMode: the mode each guarded batch trains in
+        def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+            switches.append(bool(trainer.optimizers[0].param_groups[0]["train_mode"]))
+
+    callbacks = [on, GradientClipping(max_norm=0.5, log_every_n_steps=1000),
+                 LearningRateLogger(log_every_n_steps=1000), _Modes(), _GuardOff(on)]
+    trainer = make_trainer(max_steps=8, callbacks=callbacks, val_check_interval=3, limit_val_batches=1,
+                           logger=L.pytorch.loggers.CSVLogger(tmp_path))
+    trainer.fit(QuietScheduleFree())
+    assert on.guarded_steps == 7
+    assert switches == [True] * 8
+    assert not trainer.optimizers[0].param_groups[0]["train_mode"]  # eval at the end of fit

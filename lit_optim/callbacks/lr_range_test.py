@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_optim._validation import check_choice, check_positive, check_positive_int
+from lit_optim.callbacks._range_groups import (
+    apply_base_lr,
+    base_and_ratios,
+    batch_scaling,
+    check_appliable,
+    sweep_groups,
+)
 from lit_optim.callbacks._snapshot import TrainingSnapshot, swap_back, swap_in
+from lit_optim.optim.schedule_free import has_train_eval_modes, set_mode
 from lit_optim.schedules.lr_range import (
     SUGGESTION_RULES,
     LossTracker,
@@ -25,7 +31,6 @@ from lit_optim.schedules.lr_range import (
     suggest_lr,
     sweep_lr,
 )
-from lit_optim.schedules.scheduler import ScheduleLR
 
 __all__ = ["LRRangeTest"]
 
@@ -52,7 +57,9 @@ class LRRangeTest(Callback):
     During the sweep no other callback runs and nothing is logged (the Trainer's own ``gradient_clip_val``
     applies; a :class:`~lit_optim.callbacks.GradientClipping` callback does not), validation is off, and the
     sweep runs over as many epochs as it needs. The module's ``on_train_start``/``on_train_end`` hooks run
-    for the sweep too. ``training_step`` must return the loss. Each step reads the loss on the host (one sync
+    for the sweep too. A schedule-free optimizer (one with ``train()``/``eval()``) sweeps in train mode with its own
+    ``warmup_steps`` suspended, so each step runs at the swept lr; its mode and warmup come back with its state.
+    ``training_step`` must return the loss. Each step reads the loss on the host (one sync
     per optimizer step, during the test only). The test is skipped with a warning under ``fast_dev_run`` and
     when resuming from a checkpoint (the checkpoint's lr wins).
 
@@ -64,15 +71,16 @@ class LRRangeTest(Callback):
         rule: the suggestion rule: ``"valley"`` (fastai's default, robust on smooth and noisy curves),
             ``"steepest"`` (Lightning's: steepest slope over a linear lr axis, which favours small lrs on smooth
             curves) or ``"minimum"`` (fastai's: a tenth of the lr at the lowest loss).
-        early_stop_threshold: stop when the smoothed loss exceeds this multiple of its best; ``None`` never stops.
+        early_stop_threshold: stop when the smoothed loss exceeds this multiple (> 1) of its best; ``None`` never
+            stops.
         beta: smoothing of the loss, in [0, 1).
         skip_begin, skip_end: points the rule ignores at each end; ``None`` takes the rule's defaults
             (:func:`~lit_optim.schedules.lr_range.default_skips`).
         apply: set the suggested base lr (every group at its ratio, ``ScheduleLR`` base lrs included) before
             training. Needs no scheduler or lit_optim's ``ScheduleLR``; with another scheduler, set ``apply=False``
-            and use ``result.suggestion`` yourself. When ``hparams["lr"]`` is the base lr the groups were built from
-            (:class:`~lit_optim.OptimizerMixin` without ``lr_scaling``), it is set to the suggestion too, so the
-            checkpoint's hparams match the run.
+            and use ``result.suggestion`` yourself. When ``hparams["lr"]`` is the lr the groups were built from
+            (:class:`~lit_optim.OptimizerMixin`), it is set to ``result.lr_to_configure`` (the suggestion, divided
+            by the ``lr_scaling`` factor when there is one), so the checkpoint's hparams rebuild the run's lr.
         plot_path: save the curve as a PNG there (``plot`` extra), on rank 0.
         match_lightning: place the sweep points and correct the smoothing as ``Tuner.lr_find`` does, so that on a
             single group the curve and, with ``rule="steepest"``, the suggestion equal Lightning's exactly.
@@ -121,6 +129,12 @@ class LRRangeTest(Callback):
         self.early_stop_threshold = None if early_stop_threshold is None else check_positive(
             "early_stop_threshold", early_stop_threshold
         )
+        if self.early_stop_threshold is not None and self.early_stop_threshold <= 1:
+            raise ValueError(
+                f"`early_stop_threshold` must be > 1 (the test stops once the smoothed loss exceeds that multiple of "
+                f"its best, so at <= 1 it stops at its second point), got {early_stop_threshold!r}. HINT: 4.0 "
+                "(Lightning's and the default), or `None` never to stop early."
+            )
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
             raise ValueError(f"`beta` must be a number in [0, 1), got {beta!r}.")
         self.beta = float(beta)
@@ -165,9 +179,10 @@ class LRRangeTest(Callback):
 
     def _run(self, trainer: Trainer) -> None:
         if self.apply:
-            _check_appliable(trainer)
-        groups, names = _groups(trainer.optimizers)
-        base_lr, ratios = _base_and_ratios(groups)
+            check_appliable(trainer)
+        groups, names = sweep_groups(trainer.optimizers)
+        base_lr, ratios = base_and_ratios(groups)
+        configured, scale = batch_scaling(groups, base_lr)
         snapshot = TrainingSnapshot.take(trainer)
         recorder = _SweepRecorder(self, groups, ratios, trainer)
         saved = swap_in(trainer, recorder)
@@ -192,6 +207,7 @@ class LRRangeTest(Callback):
             suggestion_index=None if answer is None else answer[0],
             stopped_early=recorder.stopped_early,
             mode=self.mode,
+            batch_scale=scale,
         )
         self.result = result = trainer.strategy.broadcast(result)  # one answer, rank 0's, everywhere
         rank_zero_info(f"LRRangeTest ({len(result.lrs)} steps{', diverged' if result.stopped_early else ''}):\n"
@@ -202,12 +218,12 @@ class LRRangeTest(Callback):
             if result.suggestion is None:
                 rank_zero_warn(f"LRRangeTest: no suggestion (too few finite points); the base lr stays {base_lr!r}.")
             else:
-                _apply(trainer, [result.suggestion * r for r in ratios])
+                apply_base_lr(trainer, [result.suggestion * r for r in ratios])
                 hparams = getattr(trainer.lightning_module, "hparams", None)
                 noted = ""
-                if isinstance(hparams, dict) and hparams.get("lr") == base_lr:  # the lr the groups were built from
-                    hparams["lr"] = result.suggestion  # so the checkpoint's hparams say what the run used
-                    noted = "; hparams['lr'] updated"
+                if isinstance(hparams, dict) and hparams.get("lr") == configured:  # the lr the groups were built from
+                    hparams["lr"] = result.lr_to_configure  # so the checkpoint's hparams say what the run used
+                    noted = f"; hparams['lr'] set to {result.lr_to_configure!r}"
                 rank_zero_info(f"LRRangeTest: base lr set to {result.suggestion!r} (was {base_lr!r}){noted}.")
 
     @override
@@ -247,6 +263,11 @@ class _SweepRecorder(Callback):
         self._seen = 0
         self._max_batches = 2 * test.num_steps * trainer.accumulate_grad_batches + 50  # a sweep that never steps
         self._handles = [opt.register_step_post_hook(self._on_step) for opt in trainer.optimizers]
+        for opt in trainer.optimizers:  # a schedule-free optimizer's own warmup would scale the swept lr
+            if has_train_eval_modes(opt):
+                for group in opt.param_groups:
+                    if "warmup_steps" in group:
+                        group["warmup_steps"] = 0
 
     def _on_step(self, *_: Any) -> None:
         self._stepped = True
@@ -261,6 +282,7 @@ class _SweepRecorder(Callback):
         lr = sweep_lr(len(self.lrs), test.num_steps, test.min_lr, test.max_lr, test.mode,  # type: ignore[arg-type]
                       lightning=test.match_lightning)
         self._lr = lr
+        set_mode(trainer.optimizers, train=True)  # no ScheduleFreeMode runs during the sweep
         for group, ratio in zip(self.groups, self.ratios, strict=True):
             if isinstance(group["lr"], torch.Tensor):
                 group["lr"].fill_(lr * ratio)
@@ -308,62 +330,3 @@ def _check_count(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"`{name}` must be an int >= 0, got {value!r}.")
     return value
-
-
-def _groups(optimizers: list[Optimizer]) -> tuple[list[dict[str, Any]], list[str]]:
-    if not optimizers:
-        raise ValueError("LRRangeTest found no optimizer: `configure_optimizers` must return at least one.")
-    groups, names = [], []
-    for i, opt in enumerate(optimizers):
-        for j, group in enumerate(opt.param_groups):
-            name = str(group.get("name", f"group_{j}"))
-            groups.append(group)
-            names.append(f"optimizer_{i}/{name}" if len(optimizers) > 1 else name)
-    if not groups:  # Lightning's stand-in when `configure_optimizers` returned None
-        raise ValueError("LRRangeTest found no optimizer: `configure_optimizers` must return at least one.")
-    return groups, names
-
-
-def _base_and_ratios(groups: list[dict[str, Any]]) -> tuple[float, list[float]]:
-    """The base lr and each group's ratio to it (lit_optim's ``applied_lr_scale`` when consistent, else lr / max lr)."""
-    lrs = [float(g.get("initial_lr", g["lr"])) for g in groups]
-    for lr in lrs:
-        if not (math.isfinite(lr) and lr >= 0):
-            raise ValueError(f"LRRangeTest needs finite group lrs >= 0, got {lrs!r}.")
-    if max(lrs) == 0:
-        raise ValueError(
-            f"Every param group has lr 0 ({len(lrs)} groups), so there is no ratio to keep. HINT: give the optimizer "
-            "a non-zero lr (it sets the groups' ratios; the test sweeps the value)."
-        )
-    raw = [g.get("applied_lr_scale") for g in groups]
-    if all(isinstance(s, (int, float)) and not isinstance(s, bool) and s >= 0 for s in raw):
-        scales = [float(s) for s in raw if s is not None]  # lit_optim's groups: lr = base lr * applied_lr_scale
-        bases = [lr / s for lr, s in zip(lrs, scales, strict=True) if s > 0]
-        if bases and all(math.isclose(b, bases[0], rel_tol=1e-9) for b in bases):
-            return bases[0], scales
-    top = max(lrs)
-    return top, [lr / top for lr in lrs]
-
-
-def _check_appliable(trainer: Trainer) -> None:
-    others = sorted({type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs
-                     if not isinstance(c.scheduler, ScheduleLR)})
-    if others:
-        raise ValueError(
-            f"LRRangeTest(apply=True) can set the lr under lit_optim's ScheduleLR (or no scheduler), not under "
-            f"{others}: their lrs are not all proportional to a base lr. HINT: use `apply=False` and rebuild the "
-            "optimizer with `test.result.suggestion`."
-        )
-
-
-def _apply(trainer: Trainer, lrs: list[float]) -> None:
-    groups, _ = _groups(trainer.optimizers)  # the restored groups: new dicts, same order
-    for group, lr in zip(groups, lrs, strict=True):
-        if "initial_lr" in group:
-            group["initial_lr"] = lr
-        group["lr"] = lr
-    for config in trainer.lr_scheduler_configs:
-        scheduler = config.scheduler
-        state = scheduler.state_dict()
-        state["base_lrs"] = [g["initial_lr"] for g in scheduler.optimizer.param_groups]
-        scheduler.load_state_dict(state)  # recomputes every group's lr at the current step, as a resume does

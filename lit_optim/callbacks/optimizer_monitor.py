@@ -53,7 +53,7 @@ class OptimizerMonitor(Callback):
     **Shared gradient norm.** When a callback with a ``pre_clip_norm(optimizer)`` accessor (``GradientClipping``
     with the default 2-norm) comes *before* this one in ``Trainer(callbacks=[...])``, its pre-clip global norm is
     reused (computed once) and the per-group ``grad_norm/{group}`` keys are left out (the gradients this callback
-    sees may already be clipped; the clipper logs the pre-clip per-group norms as ``grad_clip/norm/{group}`` on
+    sees may already be clipped; the clipper logs the pre-clip per-group norms as ``grad_clip/group_norm/{group}`` on
     the same rows); a step it has no norm for has no ``grad_norm``. A ``GradientClipping`` placed first that cannot
     share a 2-norm is refused when training starts. Placed after this callback, the clipper clips what this
     callback has measured.

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lit_optim.optim.schedule_free import has_train_eval_modes, train_mode
+from lit_optim.callbacks._attach import ensure_callback
+from lit_optim.optim.schedule_free import has_train_eval_modes, set_mode, train_mode
 
 __all__ = ["ScheduleFreeMode", "ensure_schedule_free_mode"]
 
@@ -125,9 +126,7 @@ class ScheduleFreeMode(Callback):
 
     # --------------------------------------------------------------- plumbing
     def _set_mode(self, trainer: Trainer, train: bool) -> None:
-        for _, optimizer in _schedule_free(trainer):
-            if train_mode(optimizer) is not train:
-                getattr(optimizer, "train" if train else "eval")()
+        set_mode(trainer.optimizers, train)
 
 
 def ensure_schedule_free_mode(trainer: Trainer) -> ScheduleFreeMode:
@@ -142,11 +141,4 @@ def ensure_schedule_free_mode(trainer: Trainer) -> ScheduleFreeMode:
         >>> [type(c).__name__ for c in trainer.callbacks][-2:]
         ['ScheduleFreeMode', 'ModelCheckpoint']
     """
-    callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
-    for callback in callbacks:
-        if isinstance(callback, ScheduleFreeMode):
-            return callback
-    mode = ScheduleFreeMode()
-    position = next((i for i, c in enumerate(callbacks) if isinstance(c, Checkpoint)), len(callbacks))
-    callbacks.insert(position, mode)
-    return mode
+    return ensure_callback(trainer, ScheduleFreeMode)

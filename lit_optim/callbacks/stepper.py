@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -15,6 +15,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lit_optim._validation import check_choice
+from lit_optim.callbacks._attach import ensure_callback
 from lit_optim.callbacks._checks import check_manual_lengths, check_shared_optimizers, warn_unfinished
 from lit_optim.callbacks._intervals import Claim, Interval, infer_interval, progress_of
 from lit_optim.callbacks._plateau import Moment, check_plateau, reduction_count, step_plateaus
@@ -346,11 +347,4 @@ def ensure_stepper(trainer: Trainer) -> SchedulerStepper:
         >>> ensure_stepper(trainer) is stepper
         True
     """
-    callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
-    for callback in callbacks:
-        if isinstance(callback, SchedulerStepper):
-            return callback
-    stepper = SchedulerStepper()
-    position = next((i for i, c in enumerate(callbacks) if isinstance(c, Checkpoint)), len(callbacks))
-    callbacks.insert(position, stepper)
-    return stepper
+    return ensure_callback(trainer, SchedulerStepper)

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.parsing import lightning_getattr, lightning_has
 from torch import nn
 from torch.optim import Optimizer
 
+from lit_optim._logging import log_metrics
 from lit_optim._validation import check_choice, check_positive, check_positive_int
 
 __all__ = ["GROUP_KEY", "LR_SCALING_RULES", "BatchScaling", "LRScalingRule", "resolve_batch_scaling", "scale_lr"]
@@ -113,11 +114,8 @@ class BatchScaling:
         resuming = trainer is not None and trainer.ckpt_path is not None
         rank_zero_info(f"lit_optim: {self.describe()}" + (" (a checkpoint is being restored)" if resuming else ""))
         if trainer is not None and not resuming:
-            for logger in trainer.loggers:
-                logger.log_metrics(
-                    {"lr_scaling/lr": self.lr, "lr_scaling/global_batch_size": float(self.global_batch_size)},
-                    step=trainer.global_step,
-                )
+            metrics = {"lr_scaling/lr": self.lr, "lr_scaling/global_batch_size": float(self.global_batch_size)}
+            log_metrics(trainer, metrics)
         optimizer.register_load_state_dict_post_hook(self._check_loaded)
 
     def _check_loaded(self, optimizer: Optimizer) -> None:

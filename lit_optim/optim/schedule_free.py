@@ -22,11 +22,13 @@ from lit_optim.schedules.specs import Constant
 
 __all__ = [
     "SCHEDULE_FREE_OPTIMIZERS",
+    "check_schedule_free_groups",
     "has_train_eval_modes",
     "recompute_batchnorm",
     "schedule_free_class",
     "schedule_free_lr",
     "schedule_warning",
+    "set_mode",
     "train_mode",
 ]
 
@@ -112,6 +114,48 @@ def train_mode(optimizer: Optimizer) -> bool | None:
         return bool(groups[0]["train_mode"])
     mode = getattr(optimizer, "train_mode", None)
     return mode if isinstance(mode, bool) else None
+
+
+def check_schedule_free_groups(optimizer: Optimizer) -> None:
+    """Refuse settings a ``schedulefree`` optimizer accepts but its ``eval()`` or warmup cannot use.
+
+    Raises:
+        ValueError: ``betas[0]`` outside (0, 1] (``eval()`` recovers the averaged weights as
+            ``y + (1 - 1/beta1)(z - y)``, so 0 divides by zero at the first validation), or ``warmup_steps``
+            not an int >= 0 (a negative one was silently no warmup).
+
+    Example:
+        >>> import torch
+        >>> check_schedule_free_groups(torch.optim.AdamW([torch.zeros(1, requires_grad=True)], betas=(0.0, 0.9)))
+        Traceback (most recent call last):
+        ...
+        ValueError: `betas[0]` of AdamW must be in (0, 1], got 0.0: ... HINT: the default 0.9.
+    """
+    name = type(optimizer).__name__
+    for group in optimizer.param_groups:
+        betas = group.get("betas")
+        if isinstance(betas, (tuple, list)) and betas and not 0 < float(betas[0]) <= 1:
+            raise ValueError(
+                f"`betas[0]` of {name} must be in (0, 1], got {betas[0]!r}: `eval()` recovers the averaged weights "
+                "as y + (1 - 1/beta1)(z - y), dividing by it. HINT: the default 0.9."
+            )
+        warmup = group.get("warmup_steps", 0)
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"`warmup_steps` must be an int >= 0, got {warmup!r}. HINT: 0 for no warmup.")
+
+
+def set_mode(optimizers: Iterable[Optimizer], train: bool) -> None:
+    """Put every optimizer with ``train()``/``eval()`` modes in train (``True``) or eval mode; leave the others.
+
+    A mode the optimizer already reports is not entered again (the switch moves the parameters).
+
+    Example:
+        >>> import torch
+        >>> set_mode([torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)], train=True)  # no modes: no-op
+    """
+    for optimizer in optimizers:
+        if has_train_eval_modes(optimizer) and train_mode(optimizer) is not train:
+            getattr(optimizer, "train" if train else "eval")()
 
 
 def schedule_free_lr(group: Mapping[str, Any]) -> float | None:

@@ -6,7 +6,6 @@ is a pure function of its arguments, so a curve can be re-read with another rule
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Literal
 import torch
 
 from lit_optim._validation import check_choice, check_positive, check_positive_int
+from lit_optim.schedules._output import new_figure, save_png, write_csv
 
 __all__ = [
     "SUGGESTION_RULES",
@@ -206,6 +206,7 @@ class LRRangeResult:
         rule: the suggestion rule; ``suggestion``/``suggestion_index``: its answer (``None`` without one).
         stopped_early: the loss diverged before the last step.
         mode: ``"exponential"`` or ``"linear"`` (the plot's x scale).
+        batch_scale: the run's ``lr_scaling`` factor (its base lr over the configured ``lr``; 1.0 without scaling).
 
     Example:
         >>> result = LRRangeResult((1e-3, 1e-2), (1.0, 0.5), (1.0, 0.5), {"decay": 1.0}, 1e-3, "minimum", 1e-3, 1)
@@ -223,6 +224,16 @@ class LRRangeResult:
     suggestion_index: int | None
     stopped_early: bool = False
     mode: str = "exponential"
+    batch_scale: float = 1.0
+
+    @property
+    def lr_to_configure(self) -> float | None:
+        """The ``lr`` to give ``configure_optimizers`` (``hparams["lr"]``) for the suggestion.
+
+        It is the suggestion divided by :attr:`batch_scale`, since ``lr_scaling`` multiplies the configured lr
+        again; the suggestion itself without ``lr_scaling``. ``None`` without a suggestion.
+        """
+        return None if self.suggestion is None else self.suggestion / self.batch_scale
 
     def group_lrs(self, base_lr: float | None = None) -> dict[str, float]:
         """Each group's lr for a base lr (default: the suggestion).
@@ -268,14 +279,8 @@ class LRRangeResult:
 
     def to_csv(self, path: str | Path) -> Path:
         """Write ``step,lr,loss,smoothed_loss`` rows (full precision) to ``path`` and return it."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["step", "lr", "loss", "smoothed_loss"])
-            for k, (lr, raw, smooth) in enumerate(zip(self.lrs, self.raw_losses, self.losses, strict=True)):
-                writer.writerow([k, repr(lr), repr(raw), repr(smooth)])
-        return path
+        rows = zip(self.lrs, self.raw_losses, self.losses, strict=True)
+        return write_csv(path, ["lr", "loss", "smoothed_loss"], rows)
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
         """Save smoothed loss vs base lr as a PNG, the suggestion marked, and return ``path``. Needs the ``plot`` extra.
@@ -283,13 +288,7 @@ class LRRangeResult:
         Raises:
             ImportError: matplotlib is not installed.
         """
-        try:
-            from matplotlib.figure import Figure
-        except ImportError as err:
-            raise ImportError(
-                "LRRangeResult.plot needs matplotlib: `pip install 'lit_optim[plot]'` (or `pip install matplotlib`)."
-            ) from err
-        fig = Figure(figsize=(7, 3.6), dpi=110, layout="constrained")
+        fig = new_figure("LRRangeResult.plot", figsize=(7, 3.6))
         ax = fig.add_subplot()
         ax.plot(self.lrs, self.raw_losses, color="0.75", linewidth=0.8, label="loss")
         ax.plot(self.lrs, self.losses, linewidth=1.6, label="smoothed loss")
@@ -305,7 +304,4 @@ class LRRangeResult:
         ax.set_title(title or "LR range test")
         ax.legend(loc="best", frameon=False)
         ax.grid(alpha=0.3)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-        return path
+        return save_png(fig, path)

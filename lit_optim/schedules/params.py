@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lit_optim._validation import closest_match
+from lit_optim._validation import closest_match, unknown_key_error
 from lit_optim.schedules.base import Schedule
 from lit_optim.schedules.durations import TrainingLength
 
@@ -178,6 +178,10 @@ class ParamScheduler:
             if label in self.fields:
                 raise ValueError(f"Two schedules for {label!r} ({name!r} and another spelling): give one.")
             if isinstance(spec, Mapping):
+                settings = [f.name for f in dataclasses.fields(ParamSchedule)]
+                unknown = next((str(k) for k in spec if k not in settings), None)
+                if unknown is not None:
+                    raise unknown_key_error("ParamSchedule setting", unknown, settings, f"(in the {label!r} schedule)")
                 spec = ParamSchedule(**spec)
             if not isinstance(spec, ParamSchedule):
                 raise TypeError(f"The schedule for {label!r} must be a ParamSchedule (or its mapping), got {spec!r}.")

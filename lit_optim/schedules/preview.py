@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ import torch
 from torch.optim import Optimizer
 
 from lit_optim._validation import unknown_key_error
+from lit_optim.schedules._output import new_figure, save_png, write_csv
 from lit_optim.schedules.base import Schedule
 from lit_optim.schedules.durations import TrainingLength, resolve_training_length
 from lit_optim.schedules.params import ParamSchedule
@@ -114,15 +114,8 @@ class LRCurve:
 
     def to_csv(self, path: str | Path) -> Path:
         """Write ``step,<group names>[,momentum][,<param>/<group>...]`` rows (full precision) and return ``path``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         names, values = self._columns()
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["step", *names])
-            for s, row in enumerate(values):
-                writer.writerow([s, *(repr(v) for v in row)])
-        return path
+        return write_csv(path, names, values)
 
     def plot(self, path: str | Path, title: str | None = None, log_scale: bool = False) -> Path:
         """Save the curve as a PNG (one line per group) and return ``path``. Needs the ``plot`` extra.
@@ -130,13 +123,7 @@ class LRCurve:
         Raises:
             ImportError: matplotlib is not installed.
         """
-        try:
-            from matplotlib.figure import Figure
-        except ImportError as err:
-            raise ImportError(
-                "LRCurve.plot needs matplotlib: `pip install 'lit_optim[plot]'` (or `pip install matplotlib`)."
-            ) from err
-        fig = Figure(figsize=(7, 3.6 + 2.4 * len(self.params)), dpi=110, layout="constrained")
+        fig = new_figure("LRCurve.plot", figsize=(7, 3.6 + 2.4 * len(self.params)))
         axes = fig.subplots(1 + len(self.params), 1, sharex=True, squeeze=False)[:, 0]
         ax = axes[0]
         steps = range(len(self.lrs))
@@ -158,10 +145,7 @@ class LRCurve:
             ax.set_title(title)
         ax.legend(loc="best", frameon=False)
         ax.grid(alpha=0.3)
-        path = Path(path)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-        return path
+        return save_png(fig, path)
 
 
 def preview_schedule(

@@ -117,6 +117,7 @@ class ScheduleLR(LRScheduler):
                     f"{self.schedule!r} cycles momentum and `params` also schedules {clash[0]!r}: two schedules on "
                     "one field. Use `cycle_momentum=False` or drop that entry of `params`."
                 )
+        _check_schedule_free_momentum(optimizer, self._cycles_momentum, self.params)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float | Tensor]:
@@ -214,3 +215,27 @@ def as_schedule(schedule: Schedule | str | Mapping[str, Any]) -> Schedule:
             f"mapping, got {schedule!r}."
         )
     return schedule
+
+
+def _check_schedule_free_momentum(optimizer: Optimizer, cycles: bool, params: ParamScheduler | None) -> None:
+    """Refuse to move the momentum of an optimizer with ``train()``/``eval()`` modes (schedule-free).
+
+    Its ``eval()`` and ``train()`` recover one point from the other and ``z`` with the current momentum
+    (``betas[0]``, SGD's ``momentum``): change it between two switches and the evaluation weights are another point.
+    """
+    if not (callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))):
+        return
+    name = type(optimizer).__name__
+    why = (
+        f"{name} is schedule-free: its `eval()`/`train()` move the weights between the averaged point and the "
+        "gradient point with the current momentum, so moving it during training makes the evaluation weights and "
+        "checkpoints wrong"
+    )
+    moved = sorted({"betas[0]", "momentum"} & set(params.fields)) if params is not None else []
+    if moved:
+        raise ValueError(
+            f"{why}; {moved[0]!r} cannot be scheduled. HINT: drop that entry of `param_schedules` (`weight_decay`, "
+            "`betas[1]`, `eps` may be scheduled), or use an optimizer that is not schedule-free."
+        )
+    if cycles:
+        raise ValueError(f"{why}, and the lr schedule cycles momentum. HINT: use `cycle_momentum=False`.")
