@@ -29,7 +29,7 @@ def group_names(groups: Sequence[Mapping[str, Any]], known: Sequence[str] = ()) 
     """A stable, unique name per param group, for logged keys.
 
     ``name`` when set and unused, else ``group{i}``, and ``{name}-{i}`` for a repeated name. Every callback names
-    groups this way, so ``lr/<group>`` and ``grad_clip/norm/<group>`` agree.
+    groups this way, so ``lr/<group>`` and ``grad_clip/group_norm/<group>`` agree.
 
     ``known`` are the names already given to the first groups (groups added later keep the earlier names).
 

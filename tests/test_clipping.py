@@ -52,8 +52,8 @@ def test_trainer_logs_exact_keys_and_torch_norms(make_trainer: Callable[..., Tra
     assert [s for s, _ in logged] == [1, 3]
     expected_keys = {
         "grad_clip/norm",
-        "grad_clip/norm/decay",
-        "grad_clip/norm/group1",
+        "grad_clip/group_norm/decay",
+        "grad_clip/group_norm/group1",
         "grad_clip/threshold",
         "grad_clip/clip_coef",
         "grad_clip/clipped",
@@ -64,7 +64,8 @@ def test_trainer_logs_exact_keys_and_torch_norms(make_trainer: Callable[..., Tra
         norm = torch.nn.utils.get_total_norm(grads).item()
         assert metrics["grad_clip/norm"] == pytest.approx(norm, rel=1e-6)
         weights = [g for g in grads if g.ndim == 2]
-        assert metrics["grad_clip/norm/decay"] == pytest.approx(torch.nn.utils.get_total_norm(weights).item(), rel=1e-6)
+        decay_norm = torch.nn.utils.get_total_norm(weights).item()
+        assert metrics["grad_clip/group_norm/decay"] == pytest.approx(decay_norm, rel=1e-6)
         assert metrics["grad_clip/threshold"] == pytest.approx(0.05)
         assert metrics["grad_clip/clip_coef"] == pytest.approx(min(1.0, 0.05 / (norm + 1e-6)), rel=1e-6)
         assert metrics["grad_clip/clipped"] == 1.0
@@ -347,7 +348,7 @@ def test_manual_optimization_two_optimizers_prefixes(make_trainer: Callable[...,
     assert opt1 == pytest.approx(before.norms[1::2], rel=1e-6)
     assert {k for _, m in logger.logged for k in m if k.startswith("grad_clip/opt1/")} == {
         "grad_clip/opt1/norm",
-        "grad_clip/opt1/norm/group0",
+        "grad_clip/opt1/group_norm/group0",
         "grad_clip/opt1/threshold",
         "grad_clip/opt1/clip_coef",
         "grad_clip/opt1/clipped",
@@ -373,8 +374,8 @@ def test_step_without_gradients_leaves_history_alone(make_trainer: Callable[...,
 @pytest.mark.parametrize(
     ("mode", "keys"),
     [
-        ("value", {"grad_clip/norm", "grad_clip/norm/group0", "grad_clip/clipped"}),
-        ("agc", {"grad_clip/norm", "grad_clip/norm/group0", "grad_clip/clipped_units", "grad_clip/clipped"}),
+        ("value", {"grad_clip/norm", "grad_clip/group_norm/group0", "grad_clip/clipped"}),
+        ("agc", {"grad_clip/norm", "grad_clip/group_norm/group0", "grad_clip/clipped_units", "grad_clip/clipped"}),
     ],
 )
 def test_value_and_agc_modes_log_their_keys(

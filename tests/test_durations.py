@@ -67,10 +67,21 @@ def test_unknown_unit_in_dataclass() -> None:
     [
         ("500steps", TrainingLength(1000), 500),
         ("5%", TrainingLength(1000), 50),
-        ("5%", TrainingLength(30), 2),  # 1.5 rounds to the nearest even step (Python's round)
+        ("5%", TrainingLength(30), 2),  # 1.5 rounds up
+        ("10%", TrainingLength(25), 3),  # 2.5 rounds up (Hugging Face's warmup_ratio: ceil), not half-to-even (2)
+        ("7%", TrainingLength(100), 7),  # exactly 7: the float product 100 * 0.07 is 7.000000000000001
+        (0.07, TrainingLength(100), 7),
+        ("55%", TrainingLength(100), 55),  # 100 * 0.55 is 55.00000000000001 in floats
         (0.1, TrainingLength(95), 10),  # 9.5 -> 10
+        ("10%", TrainingLength(91), 10),  # 9.1 -> 10: up, not to the nearest
+        (1 / 3, TrainingLength(30), 10),  # the float 0.333...3 * 30 is just under 10
+        ("1%", TrainingLength(20), 1),  # a non-zero fraction never resolves to 0 steps
+        ("0.001%", TrainingLength(5), 1),
         ("2ep", TrainingLength(1000, 33), 66),
         ("0.5ep", TrainingLength(1000, 7), 4),  # 3.5 -> 4
+        ("1.5ep", TrainingLength(1000, 3), 5),  # 4.5 -> 5: epochs follow the same rule
+        ("0.01ep", TrainingLength(1000, 4), 1),
+        ("0.1ep", TrainingLength(1000, 30), 3),
         ("100%", TrainingLength(17), 17),
     ],
 )
@@ -81,10 +92,6 @@ def test_to_steps(duration: str, length: TrainingLength, steps: int) -> None:
 def test_to_steps_errors() -> None:
     with pytest.raises(ValueError, match=r"Cannot resolve 2ep to optimizer steps: the number of steps per epoch"):
         parse_duration("2ep").to_steps(TrainingLength(100))
-    with pytest.raises(ValueError, match=r"Duration 1% resolves to 0 optimizer steps in a run of 20 steps"):
-        parse_duration("1%").to_steps(TrainingLength(20))
-    with pytest.raises(ValueError, match=r"resolves to 0 optimizer steps"):
-        parse_duration("0.1ep").to_steps(TrainingLength(100, 4))
 
 
 def test_training_length_errors() -> None:

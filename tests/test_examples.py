@@ -17,8 +17,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lit_optim import Cosine, GradientClipping, LearningRateLogger, Linear, ScheduleLR
+from lit_optim import (
+    Cosine,
+    GradientClipping,
+    LearningRateLogger,
+    Linear,
+    Schedule,
+    ScheduleLR,
+    TrainingLength,
+    WarmupStableDecay,
+)
 from lit_optim.schedules._config import spec_from_config
+from lit_optim.schedules.scheduler import as_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -164,6 +174,28 @@ def test_train_char_gpt_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert all(math.isfinite(v) and v > 0 for _, v in norms)
 
 
+def test_train_char_gpt_with_muon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = load_example("train_char_gpt")
+    result = example.main(["--fast", "--optimizer", "muon", "--max-steps", "20", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert result["metrics_csv"].parent.parent == tmp_path / "char_gpt_muon"
+    table = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("muon/", "adamw/"))}
+    # 2 blocks x (qkv, proj, mlp.0, mlp.2) go to Muon; the tied embedding/head, pos_emb, norms, biases to AdamW
+    assert {name: row[1] for name, row in table.items()} == {
+        "muon/decay": "8", "adamw/head/decay": "1", "adamw/decay": "1", "adamw/no_decay": "18",
+    }  # fmt: skip
+    series = read_csv(result["metrics_csv"])
+    for step, value in series["lr/muon/decay"]:  # one base lr for both halves, the head's at half of it
+        expected = 3e-3 * warmup_cosine(step, total=20, warmup=2, min_lr=0.1)
+        assert value == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert dict(series["lr/adamw/decay"])[step] == value
+        assert dict(series["lr/adamw/head/decay"])[step] == pytest.approx(0.5 * value, rel=1e-12)
+    assert {v for _, v in series["momentum/muon/decay"]} == {0.95}
+    assert {v for _, v in series["beta2/adamw/decay"]} == {0.95}
+    val = [v for _, v in series["val_loss"]]
+    assert val[-1] < math.log(76) - 0.8  # it learns: ~4.33 at initialisation, ~3.35 after these 20 steps
+
+
 def test_finetune_fast(tmp_path: Path) -> None:
     example = load_example("finetune")
     result = example.main(["--fast", "--out", str(tmp_path)])
@@ -177,14 +209,14 @@ def test_finetune_fast(tmp_path: Path) -> None:
     for i in range(5):
         for kind in ("decay", "no_decay"):
             group = groups[f"backbone/layer_{i:02d}/{kind}"]
-            assert group["lr_scale"] == pytest.approx(0.7 ** (5 - i))
+            assert group["applied_lr_scale"] == pytest.approx(0.7 ** (5 - i))
             assert group["lr"] == pytest.approx(top * 0.7 ** (5 - i))
 
     # The backbone joined the schedule at step k (the start of epoch 1) with lr 1e-3, then followed it.
     k = trainer.num_training_batches
     total = 2 * k
     assert trainer.global_step == total
-    f = [warmup_cosine(s, total, warmup=max(1, round(0.1 * total)), min_lr=0.05) for s in range(total + 1)]
+    f = [warmup_cosine(s, total, warmup=math.ceil(total / 10), min_lr=0.05) for s in range(total + 1)]  # 10%: up
     assert top == pytest.approx(1e-3 * f[total] / f[k])
     assert groups["head/decay"]["lr"] == pytest.approx(3e-3 * f[total])
 
@@ -310,7 +342,8 @@ def test_cli_config_runs_fit_with_optimizer_schedule_and_callbacks(tmp_path: Pat
         run=False,
     )
     trainer, model = cli.trainer, cli.model
-    spec = {"class_path": "lit_optim.Cosine", "init_args": {"warmup": "10%", "min_lr": 0.1}}
+    spec = {"class_path": "lit_optim.Cosine", "init_args": {"warmup": "10%", "min_lr": 0.1, "min_lr_abs": None,
+                                                            "decay_end": None, "cycles": 0.5}}
     assert model.hparams["scheduler"] == spec  # LightningCLI keeps the config; OptimizerMixin builds the spec
     assert spec_from_config(spec) == Cosine(warmup="10%", min_lr=0.1)
     assert model.hparams["vocab_size"] == cli.datamodule.vocab_size == 76  # linked from the data module
@@ -365,6 +398,25 @@ def test_cli_command_line_overrides_optimizer_settings(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("no_argv")
+def test_cli_configures_muon_with_adamw_for_the_rest(tmp_path: Path) -> None:
+    cli_module = load_example("cli")
+    cli = cli_module.cli_main(
+        cli_args(tmp_path, "--model.optimizer=muon", "--model.optimizer_kwargs={momentum: 0.9}",
+                 "--model.fallback_kwargs={betas: [0.8, 0.9]}", "--model.scheduler=null", "--model.n_layer=1"),
+        run=False,
+    )
+    optimizer = cli.model.configure_optimizers()["optimizer"]
+    assert type(optimizer).__name__ == "HybridOptimizer"
+    rows = [(g["name"], g["lr"], g.get("momentum"), g.get("betas")) for g in optimizer.param_groups]
+    assert rows == [
+        ("muon/decay", 3e-3, 0.9, None),
+        ("adamw/head/decay", 1.5e-3, None, (0.8, 0.9)),
+        ("adamw/decay", 3e-3, None, (0.8, 0.9)),
+        ("adamw/no_decay", 3e-3, None, (0.8, 0.9)),
+    ]
+
+
+@pytest.mark.usefixtures("no_argv")
 def test_cli_chooses_the_schedule_by_class_path(tmp_path: Path) -> None:
     cli_module = load_example("cli")
     args = cli_args(tmp_path, "--model.scheduler=lit_optim.Linear", "--model.scheduler.min_lr=0.2", "--model.n_layer=1")
@@ -379,3 +431,45 @@ def test_cli_rejects_an_unknown_schedule_class(tmp_path: Path, capsys: pytest.Ca
     with pytest.raises(SystemExit):
         cli_module.cli_main(cli_args(tmp_path, "--model.scheduler=lit_optim.Cosinus"), run=False)
     assert "lit_optim.Cosinus" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("no_argv")
+@pytest.mark.parametrize(
+    ("yaml_value", "expected"),
+    [
+        ("cosine", Cosine()),
+        ("{name: cosine, warmup: {duration: 25%, shape: cosine}, min_lr: 0.1}",
+         Cosine(warmup={"duration": "25%", "shape": "cosine"}, min_lr=0.1)),
+        ("{class_path: lit_optim.WarmupStableDecay, init_args: {warmup: 1, stable: 1, decay: 2}}",
+         WarmupStableDecay(warmup=1, stable=1, decay=2, min_lr=0.1)),  # min_lr: kept from the base config
+    ],
+    ids=["catalogue-name", "name-mapping", "class_path"],
+)
+def test_cli_accepts_every_documented_schedule_form(tmp_path: Path, yaml_value: str, expected: Schedule) -> None:
+    # each form as a YAML config file holds it, then fitted: the schedule the Trainer runs is the one written
+    config = tmp_path / "schedule.yaml"
+    config.write_text(f"model:\n  scheduler: {yaml_value}\n")
+    cli_module = load_example("cli")
+    args = cli_args(tmp_path, "--config", str(config), "--trainer.max_steps=4", "--trainer.limit_val_batches=0",
+                    "--data.train_batches=4", "--model.n_layer=1")
+    cli = cli_module.cli_main(args, run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(scheduler, ScheduleLR)
+    assert scheduler.schedule == expected.resolve(TrainingLength(4))
+    assert scheduler.last_epoch == 4
+    path = tmp_path / "last.ckpt"  # and the checkpoint holds plain data that loads with weights_only=True
+    cli.trainer.save_checkpoint(path)
+    stored = torch.load(path, weights_only=True)["hyper_parameters"]["scheduler"]
+    restored = cli_module.CLICharGPT.load_from_checkpoint(path).hparams["scheduler"]
+    assert as_schedule(spec_from_config(restored)) == as_schedule(spec_from_config(stored)) == expected
+
+
+@pytest.mark.usefixtures("no_argv")
+def test_cli_rejects_an_unknown_schedule_name_when_parsing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_module = load_example("cli")
+    with pytest.raises(SystemExit):
+        cli_module.cli_main(cli_args(tmp_path, "--model.scheduler=cosinus"), run=False)
+    err = capsys.readouterr().err
+    assert "cosinus" in err
+    assert "'cosine', 'cosine_restarts', 'cyclic'" in err  # the catalogue names, from `ScheduleName`

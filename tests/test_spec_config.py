@@ -18,6 +18,7 @@ from lit_optim import (
     Constant,
     Cosine,
     CosineRestarts,
+    Cyclic,
     Exponential,
     InverseSqrt,
     Linear,
@@ -27,6 +28,7 @@ from lit_optim import (
     Plateau,
     Polynomial,
     Step,
+    Warmup,
     WarmupStableDecay,
 )
 from lit_optim.schedules._config import spec_from_config, spec_to_config
@@ -45,6 +47,14 @@ SPECS = [
     OneCycle(cycle_momentum=True),
     WarmupStableDecay(warmup=10, decay="20%", decay_shape="1-sqrt"),
     Plateau("val_loss", mode="max", factor=0.5, patience=2, warmup="2ep"),
+    # the peers' options (issue 13)
+    Cosine(warmup=Warmup(duration=4, start_factor=0.2), decay_end="80%", cycles=0.25, min_lr=0.1),
+    Linear(min_lr_abs=1e-5, decay_end="3ep"),
+    CosineRestarts(cycles=3, warmup=Warmup(duration=5, shape="1-sqrt", start_lr=1e-6), min_lr_abs=1e-5),
+    CosineRestarts(period=4, period_mult=1.5, cycle_decay=0.5, cycle_limit=3, warmup_prefix=False),
+    WarmupStableDecay(warmup=2, stable="50%", decay=10, decay_shape="cosine", cycles=1.0),
+    Cyclic(up="1ep", down=3, mode="exp_range", gamma=0.99, cycle_momentum=True, min_lr_abs=1e-4),
+    Constant(warmup=Warmup(duration=5, shape="constant", start_factor=1 / 3)),
 ]
 
 

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 import lit_optim
-from lit_optim import Cosine, GradientClipping, LearningRateLogger, configure_optimizers
+from lit_optim import Cosine, GradientClipping, LearningRateLogger, OptimizerMonitor, configure_optimizers
 from tests.models import TinyModule
 
 _CONVERSIONS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy")
@@ -109,11 +109,14 @@ class QuietModule(TinyModule):
 
 def _fit_guarded(device: str, make_trainer: Any, **trainer_kwargs: Any) -> tuple[_GuardOn, L.Trainer]:
     on = _GuardOn(device)
-    callbacks = [on, GradientClipping(max_norm=0.5, log_every_n_steps=1000),
+    monitor = OptimizerMonitor(log_every_n_steps=1000, spike_warmup_steps=2)  # watches the loss and grad norm
+    callbacks = [on, monitor, GradientClipping(max_norm=0.5, log_every_n_steps=1000),
                  LearningRateLogger(log_every_n_steps=1000), _GuardOff(on)]
     trainer = make_trainer(accelerator=device, max_steps=8, callbacks=callbacks,
                            logger=L.pytorch.loggers.CSVLogger(trainer_kwargs.pop("root")), **trainer_kwargs)
     trainer.fit(QuietModule())
+    assert monitor.detector("loss").stats[0] > 2  # it did run
+    assert monitor.detector("grad_norm").stats[0] > 2
     return on, trainer
 
 
@@ -132,6 +135,16 @@ def test_guard_catches_a_sync(make_trainer: Any, tmp_path: Any) -> None:
         trainer.fit(QuietModule())
 
 
+@pytest.mark.parametrize("kwargs", [{"log_every_n_steps": 1}, {"action": "skip"}], ids=["logging", "skip"])
+def test_guard_catches_the_monitors_documented_syncs(make_trainer: Any, tmp_path: Any, kwargs: dict[str, Any]) -> None:
+    # OptimizerMonitor syncs on logging steps and, with action="skip", on every step: the guard must see both
+    on = _GuardOn("cpu")
+    callbacks = [on, OptimizerMonitor(**kwargs), _GuardOff(on)]
+    trainer = make_trainer(max_steps=3, callbacks=callbacks, logger=L.pytorch.loggers.CSVLogger(tmp_path))
+    with pytest.raises(AssertionError, match="host-device sync"):
+        trainer.fit(QuietModule())
+
+
 @pytest.mark.gpu
 def test_stack_is_sync_free_on_cuda(make_trainer: Any, tmp_path: Any) -> None:
     on, _ = _fit_guarded("cuda", make_trainer, root=tmp_path)
@@ -142,3 +155,36 @@ def test_stack_is_sync_free_on_cuda(make_trainer: Any, tmp_path: Any) -> None:
 def test_stack_is_sync_free_on_cuda_bf16(make_trainer: Any, tmp_path: Any) -> None:
     on, _ = _fit_guarded("cuda", make_trainer, root=tmp_path, precision="bf16-mixed")
     assert on.guarded_steps == 7
+
+
+class QuietScheduleFree(QuietModule):
+    """A schedule-free optimizer with a weight-decay schedule and batch-size scaling, validated every 3 steps (so
+    ``ScheduleFreeMode`` switches back to train mode inside the guarded window)."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        return None
+
+    def configure_optimizers(self) -> Any:
+        return configure_optimizers(
+            self, "adamw_schedulefree", lr=1e-2, warmup_steps=2, lr_scaling="linear", reference_batch_size=8,
+            param_schedules={"weight_decay": lit_optim.ParamSchedule(start=0.0, end=0.1, shape="linear")},
+        )
+
+
+def test_schedule_free_stack_is_sync_free_on_cpu(make_trainer: Any, tmp_path: Any) -> None:
+    pytest.importorskip("schedulefree")
+    on = _GuardOn("cpu")
+    switches: list[bool] = []
+
+    class _Modes(Callback):  # after ScheduleFreeMode: the mode each guarded batch trains in
+        def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+            switches.append(bool(trainer.optimizers[0].param_groups[0]["train_mode"]))
+
+    callbacks = [on, GradientClipping(max_norm=0.5, log_every_n_steps=1000),
+                 LearningRateLogger(log_every_n_steps=1000), _Modes(), _GuardOff(on)]
+    trainer = make_trainer(max_steps=8, callbacks=callbacks, val_check_interval=3, limit_val_batches=1,
+                           logger=L.pytorch.loggers.CSVLogger(tmp_path))
+    trainer.fit(QuietScheduleFree())
+    assert on.guarded_steps == 7
+    assert switches == [True] * 8
+    assert not trainer.optimizers[0].param_groups[0]["train_mode"]  # eval at the end of fit

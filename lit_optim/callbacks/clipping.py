@@ -71,7 +71,7 @@ class GradientClipping(Callback):
     step of each optimizer, i.e. where ``(global_step + 1) % log_every_n_steps == 0`` with one optimizer; with
     several optimizers the prefix is ``grad_clip/opt{i}/``):
 
-    - ``grad_clip/norm``: pre-clip global norm; ``grad_clip/norm/{group}``: pre-clip norm of each param group,
+    - ``grad_clip/norm``: pre-clip global norm; ``grad_clip/group_norm/{group}``: pre-clip norm of each param group,
       by its ``name`` (else ``group{i}``; not under FSDP1);
     - ``grad_clip/threshold`` and ``grad_clip/clip_coef`` (norm, percentile, zscore modes);
     - ``grad_clip/clipped``: 1.0 when this step changed the gradients, else 0.0;
@@ -316,7 +316,7 @@ class GradientClipping(Callback):
         metrics: dict[str, Tensor | float] = {"norm": total}  # only read on logging steps
         if per_group is not None:
             names = group_names(optimizer.param_groups)
-            metrics.update({f"norm/{name}": v for name, v in zip(names, per_group.unbind(), strict=True)})
+            metrics.update({f"group_norm/{name}": v for name, v in zip(names, per_group.unbind(), strict=True)})
         if self.skip_nonfinite and not fp16:
             if not bool(torch.isfinite(total)):  # the documented host sync of skip_nonfinite
                 self._skip(optimizer, idx, len(trainer.optimizers))

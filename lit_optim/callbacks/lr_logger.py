@@ -16,12 +16,16 @@ from typing_extensions import override
 from lit_optim._distributed import is_distributed
 from lit_optim._logging import group_names, log_metrics
 from lit_optim._validation import check_choice, check_positive_int
+from lit_optim.optim.schedule_free import schedule_free_lr
+from lit_optim.schedules.params import ParamScheduler
 
 __all__ = ["LearningRateLogger"]
 
 _INTERVALS = ("epoch", "step")
 _ON_MISMATCH = ("raise", "warn")
 _Keys = tuple[str, str, str, str]  # lr, momentum, beta2, weight_decay keys of one group
+_Field = tuple[str, str, int | None]  # a scheduled field: its label ("eps", "betas[2]"), group key and index
+_BUILT_IN = frozenset({"momentum", "betas[0]", "betas[1]", "weight_decay"})  # logged under the keys above
 
 
 class LearningRateLogger(Callback):
@@ -48,7 +52,11 @@ class LearningRateLogger(Callback):
     - ``momentum/{group}``: ``param_group["momentum"]`` (SGD, RMSprop) or else ``param_group["betas"][0]``
       (Adam family); absent when the group has neither;
     - ``beta2/{group}``: ``param_group["betas"][1]``, when the group has ``betas``;
-    - ``weight_decay/{group}``: ``param_group["weight_decay"]``, when the group has it.
+    - ``weight_decay/{group}``: ``param_group["weight_decay"]``, when the group has it;
+    - ``effective_lr/{group}``: for a ``schedulefree`` optimizer with its own ``warmup_steps``
+      (``AdamWScheduleFree``, ``SGDScheduleFree``), the lr its next step uses, ``lr`` times its warmup factor;
+    - ``{field}/{group}``: any other hyper-parameter a :class:`~lit_optim.ParamSchedule` of the run moves
+      (``eps/{group}``, a custom key), by its label.
 
     ``{group}`` is ``param_group["name"]`` (as set by :func:`lit_optim.param_groups`, e.g. ``decay``,
     ``no_decay``, ``head/decay``), or ``group{i}`` with ``i`` the group's index in ``optimizer.param_groups``
@@ -133,6 +141,7 @@ class LearningRateLogger(Callback):
         self._optimizer_prefix: list[str] = []  # "" with one optimizer, "SGD/" with several
         self._group_names: dict[int, list[str]] = {}  # per optimizer: the name of each group, kept for the run
         self._group_keys: dict[int, list[_Keys]] = {}  # per optimizer: the keys of each group
+        self._scheduled: dict[int, list[_Field]] = {}  # per optimizer id: the other fields its ParamSchedules move
         self._step_every = 0  # resolved logging period; 0 = no step logging
         self._has_logger = False
         self._mismatch_warned = False
@@ -170,6 +179,7 @@ class LearningRateLogger(Callback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._index_optimizers(trainer.optimizers)
+        self._scheduled = _scheduled_fields(trainer)
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -234,6 +244,7 @@ class LearningRateLogger(Callback):
         index = self._optimizer_index.get(id(optimizer))
         if index is None:
             self._index_optimizers(trainer.optimizers)
+            self._scheduled = _scheduled_fields(trainer)
             index = self._optimizer_index.get(id(optimizer))
             if index is None:  # not one of the Trainer's optimizers
                 return
@@ -258,7 +269,15 @@ class LearningRateLogger(Callback):
             names = group_names(groups, known=self._group_names.get(index, ()))
             keys = [_keys(prefix, name) for name in names]
             self._group_names[index], self._group_keys[index] = names, keys
-        return _read(groups, keys, self._flags)
+        metrics = _read(groups, keys, self._flags)
+        prefix = self._optimizer_prefix[index] if index < len(self._optimizer_prefix) else ""
+        for label, key, item in self._scheduled.get(id(_unwrap(optimizer)), ()):
+            for group, name in zip(groups, self._group_names[index], strict=False):
+                value = group.get(key)
+                value = value[item] if item is not None and isinstance(value, (tuple, list)) else value
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    metrics[f"{label}/{prefix}{name}"] = float(value)
+        return metrics
 
     def _check_consistency(self, trainer: Trainer, metrics: Mapping[str, float]) -> None:
         device = trainer.strategy.root_device
@@ -282,6 +301,17 @@ class LearningRateLogger(Callback):
         if not self._mismatch_warned:
             self._mismatch_warned = True
             rank_zero_warn(message + " Later mismatches are not reported.", category=UserWarning)
+
+
+def _scheduled_fields(trainer: Trainer) -> dict[int, list[_Field]]:
+    """Per optimizer (by id): the fields its schedulers' ``ParamSchedule`` entries move beyond the built-in four."""
+    fields: dict[int, list[_Field]] = {}
+    for config in trainer.lr_scheduler_configs:
+        params = getattr(config.scheduler, "params", None)
+        if isinstance(params, ParamScheduler):
+            extra = [(label, key, item) for label, (key, item, _) in params.fields.items() if label not in _BUILT_IN]
+            fields.setdefault(id(_unwrap(config.scheduler.optimizer)), []).extend(extra)
+    return fields
 
 
 def _unwrap(optimizer: Any) -> Any:
@@ -312,6 +342,9 @@ def _read(groups: Sequence[Mapping[str, Any]], keys: Sequence[_Keys], flags: tup
     metrics: dict[str, float] = {}
     for group, (lr_key, momentum_key, beta2_key, weight_decay_key) in zip(groups, keys, strict=False):
         metrics[lr_key] = float(group["lr"])
+        effective = schedule_free_lr(group)  # a schedulefree group scales lr by its own warmup inside step()
+        if effective is not None:
+            metrics[f"effective_{lr_key}"] = effective
         if log_momentum:
             betas = group.get("betas")
             if "momentum" in group:

@@ -11,17 +11,19 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from lit_optim.schedules.base import Schedule, WarmedSchedule
+from lit_optim.schedules._anneal import AnnealedSchedule, DecaySchedule
+from lit_optim.schedules.base import Schedule, WarmedSchedule, shown_fields
 from lit_optim.schedules.durations import Duration, parse_duration
+from lit_optim.schedules.params import ParamSchedule
 from lit_optim.schedules.plateau import Plateau
 
 __all__ = ["plain_config", "spec_from_config", "spec_to_config"]
 
-_SPEC_TYPES = (Schedule, Plateau)
-_BASES = (Schedule, WarmedSchedule)  # abstract: never built from a config
+_SPEC_TYPES = (Schedule, Plateau, ParamSchedule)
+_BASES = (Schedule, WarmedSchedule, AnnealedSchedule, DecaySchedule)  # abstract: never built from a config
 
 
-def spec_to_config(spec: Schedule | Plateau) -> dict[str, Any]:
+def spec_to_config(spec: Schedule | Plateau | ParamSchedule) -> dict[str, Any]:
     """``{"class_path": ..., "init_args": {...}}`` of a spec, with plain values only (durations as strings).
 
     Example:
@@ -30,7 +32,7 @@ def spec_to_config(spec: Schedule | Plateau) -> dict[str, Any]:
         {'warmup': {'duration': '5%', 'shape': 'linear', 'start_factor': 0.0}, 'min_lr': 0.1}
     """
     cls = type(spec)
-    init_args = {f.name: _plain(getattr(spec, f.name)) for f in dataclasses.fields(spec) if f.init}
+    init_args = {f.name: _plain(getattr(spec, f.name)) for f in shown_fields(spec)}
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
 
@@ -85,13 +87,15 @@ def plain_config(value: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, _SPEC_TYPES):  # a spec inside a spec (a ParamSchedule's shape): keep its class
+        return spec_to_config(value)
     if isinstance(value, Duration):
         text = str(value)  # '5%', '2ep', '500steps': readable, and exact when it parses back to the same
         if parse_duration(text) == value:
             return text
         return value.value if value.unit == "fraction" else f"{value.value!r}ep"  # e.g. 1/3 of the run
     if dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. a Warmup: its arguments
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        return {f.name: _plain(getattr(value, f.name)) for f in shown_fields(value)}
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

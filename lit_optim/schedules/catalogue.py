@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any
+from typing import Any, Literal
 
 from lit_optim._validation import unknown_key_error
 from lit_optim.schedules.base import Schedule
+from lit_optim.schedules.cyclic import Cyclic
 from lit_optim.schedules.one_cycle import OneCycle
+from lit_optim.schedules.restarts import CosineRestarts
 from lit_optim.schedules.specs import (
     Constant,
     Cosine,
-    CosineRestarts,
     Exponential,
     InverseSqrt,
     Linear,
@@ -21,13 +22,32 @@ from lit_optim.schedules.specs import (
 )
 from lit_optim.schedules.wsd import WarmupStableDecay
 
-__all__ = ["SCHEDULES", "build_schedule"]
+__all__ = ["SCHEDULES", "ScheduleName", "build_schedule"]
+
+ScheduleName = Literal[
+    "constant",
+    "cosine",
+    "cosine_restarts",
+    "cyclic",
+    "exponential",
+    "inverse_sqrt",
+    "linear",
+    "multistep",
+    "one_cycle",
+    "polynomial",
+    "step",
+    "wsd",
+]
+"""A catalogue name, as a type: annotate a LightningCLI argument ``scheduler: Schedule | ScheduleName | dict[str, Any]
+| None`` and the parser accepts ``scheduler: cosine`` (checked against these names), a ``{name: ..., ...}`` mapping
+and a ``class_path`` spec."""
 
 
 SCHEDULES: dict[str, type[Schedule]] = {
     "constant": Constant,
     "cosine": Cosine,
     "cosine_restarts": CosineRestarts,
+    "cyclic": Cyclic,
     "exponential": Exponential,
     "inverse_sqrt": InverseSqrt,
     "linear": Linear,

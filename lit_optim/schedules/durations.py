@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Literal
 
 from lit_optim._validation import check_positive_int, unknown_key_error
@@ -100,7 +101,9 @@ class Duration:
 
     Build one with :func:`parse_duration` (or pass an ``int``/``float``/string wherever a duration is
     accepted). Steps are whole numbers; epochs may be fractional (``"0.5ep"``); a fraction lies in ``(0, 1]``.
-    Epochs and fractions are rounded to the nearest step when resolved.
+    Epochs and fractions that do not land on a whole step **round up** to the next step (as Hugging Face's
+    ``warmup_ratio`` does), computed on the decimal written (``"7%"`` of 100 steps is exactly 7, where the float
+    product ``100 * 0.07`` would round up to 8), so a non-zero duration never resolves to 0 steps.
 
     Args:
         value: the amount, > 0.
@@ -112,6 +115,10 @@ class Duration:
         Duration('2ep')
         >>> d.to_steps(TrainingLength(total_steps=1000, steps_per_epoch=30))
         60
+        >>> [Duration(0.1, "fraction").to_steps(TrainingLength(total_steps=n)) for n in (25, 30, 5)]
+        [3, 3, 1]
+        >>> Duration(0.07, "fraction").to_steps(TrainingLength(total_steps=100))
+        7
     """
 
     value: float
@@ -150,7 +157,7 @@ class Duration:
         if self.unit == "step":
             steps = int(self.value)
         elif self.unit == "fraction":
-            steps = round(self.value * length.total_steps)
+            steps = _ceil_product(self.value, length.total_steps)
         else:
             if length.steps_per_epoch is None:
                 raise ValueError(
@@ -158,13 +165,18 @@ class Duration:
                     "Give the duration in steps or as a fraction of the run (e.g. '5%'), or pass "
                     "`steps_per_epoch`."
                 )
-            steps = round(self.value * length.steps_per_epoch)
+            steps = _ceil_product(self.value, length.steps_per_epoch)
         if steps < 1:
             raise ValueError(
                 f"Duration {self} resolves to 0 optimizer steps in a run of {length.total_steps} steps "
                 f"({length.steps_per_epoch} per epoch). Use a longer duration."
             )
         return steps
+
+
+def _ceil_product(value: float, count: int) -> int:
+    """``ceil(value * count)`` on the shortest decimal of ``value`` (what the user wrote), free of float error."""
+    return math.ceil(Fraction(repr(float(value))) * count)
 
 
 DurationLike = Duration | int | float | str
@@ -252,7 +264,23 @@ def _length_or_none(trainer: Any) -> tuple[int | None, int | None]:
     estimated = trainer.estimated_stepping_batches
     batches = trainer.num_training_batches
     steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if 0 < batches < math.inf else None
-    return (int(estimated) if 0 < estimated < math.inf else None), steps_per_epoch
+    total = int(estimated) if 0 < estimated < math.inf else None
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler  # lightning's, not lit_optim's callbacks
+
+    accumulation = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, GradientAccumulationScheduler)]
+    if accumulation and steps_per_epoch is not None:
+        # It changes `accumulate_grad_batches` per epoch, which `estimated_stepping_batches` does not know.
+        max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
+        epochs = max_epochs if max_epochs is not None and max_epochs > 0 else None
+        if epochs is None and max_steps in (None, -1):
+            return None, None
+        n_epochs = epochs if epochs is not None else max_steps  # at least one step per epoch: enough epochs
+        per_epoch = [math.ceil(batches / accumulation[0].get_accumulate_grad_batches(e)) for e in range(n_epochs)]
+        total = sum(per_epoch) if epochs is not None else max_steps
+        if max_steps not in (None, -1):
+            total = min(total, max_steps)
+        steps_per_epoch = per_epoch[0] if len(set(per_epoch)) == 1 else None  # "1ep" has no single length then
+    return total, steps_per_epoch
 
 
 def _unknown_total_error(trainer: Any, detail: str = "") -> ValueError:

@@ -124,6 +124,10 @@ class Plateau:
         check_choice("min_lr_mode", self.min_lr_mode, ["absolute", "ratio"])
         check_non_negative("eps", self.eps)
         object.__setattr__(self, "warmup", as_warmup(self.warmup))
+        if isinstance(self.warmup, Warmup) and self.warmup.start_lr is not None:
+            raise ValueError(
+                "A Plateau warmup scales each group's lr: use `start_factor`, not the absolute `start_lr`."
+            )
         check_choice("on_missing_monitor", self.on_missing_monitor, ["raise", "warn"])
 
     def warmup_factor(self, step: int, warmup_steps: int) -> float:

@@ -13,6 +13,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from lit_optim.schedules.base import Schedule
 from lit_optim.schedules.catalogue import build_schedule
 from lit_optim.schedules.durations import TrainingLength
+from lit_optim.schedules.params import ParamSchedule, ParamScheduler
 
 if TYPE_CHECKING:
     pass
@@ -24,7 +25,9 @@ OPEN_ENDED_STEPS = 2**53
 
 
 class ScheduleLR(LRScheduler):
-    """Set each param group's lr to ``initial_lr * schedule.factor(step, total_steps)`` after every step.
+    """Set each param group's lr to ``initial_lr * factor + offset`` (``schedule.lr_terms``) after every step.
+
+    ``offset`` is 0 unless the spec has an absolute floor or warmup start (``min_lr_abs``, ``Warmup(start_lr=)``).
 
     ``last_epoch`` counts optimizer steps done (torch's name, kept so that the Lightning checkpoint and
     ``LearningRateMonitor`` work unchanged): after construction the optimizer holds the lr of step 0, and each
@@ -41,8 +44,15 @@ class ScheduleLR(LRScheduler):
     resumed with a larger ``max_steps`` continues its decay over the longer run) and a warning names both; the
     lrs are recomputed from the schedule, never taken from the old run.
 
-    If the spec cycles momentum (``OneCycle(cycle_momentum=True)``), each step also sets ``momentum`` (SGD,
-    RMSprop) or ``betas[0]`` (Adam family).
+    Attributes whose names start with ``lit_optim_`` (counts that ``SchedulerStepper`` keeps on the scheduler so
+    that it can be attached late and still resume exactly) travel in the ``state_dict`` too.
+
+    If the spec cycles momentum (``OneCycle``/``Cyclic`` with ``cycle_momentum=True``), each step also sets
+    ``momentum`` (SGD, RMSprop) or ``betas[0]`` (Adam family).
+
+    **Other hyper-parameters** (``params={"weight_decay": ParamSchedule(start=0.04, end=0.4)}``) are set at
+    every step next to the lr, from the same step count: see :class:`~lit_optim.schedules.ParamSchedule`. The
+    groups' own values they start from are saved in :meth:`state_dict`, so resume is exact.
 
     Args:
         optimizer: the optimizer whose groups to drive.
@@ -51,6 +61,8 @@ class ScheduleLR(LRScheduler):
         total_steps: optimizer steps in the run (per rank).
         steps_per_epoch: optimizer steps per epoch, needed only when a duration is given in epochs.
         last_epoch: optimizer steps already done; ``-1`` starts fresh (torch's convention).
+        params: ``{field: ParamSchedule}`` for other param-group hyper-parameters (``"weight_decay"``,
+            ``"momentum"``, ``"betas[0]"``, ``"betas[1]"``, ``"eps"`` or a custom key).
 
     Raises:
         TypeError: ``schedule`` is not a schedule, a name or a mapping.
@@ -71,6 +83,9 @@ class ScheduleLR(LRScheduler):
         [0.0, 0.05, 0.1, 0.0854, 0.05, 0.0146]
     """
 
+    resolved_from_trainer: bool = False
+    """Whether ``total_steps`` was resolved from the Trainer's run (``lightning_scheduler_config``), not given."""
+
     def __init__(
         self,
         optimizer: Optimizer,
@@ -78,6 +93,7 @@ class ScheduleLR(LRScheduler):
         total_steps: int,
         steps_per_epoch: int | None = None,
         last_epoch: int = -1,
+        params: Mapping[str, ParamSchedule | Mapping[str, Any]] | None = None,
     ) -> None:
         schedule = as_schedule(schedule)
         length = TrainingLength(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
@@ -92,15 +108,26 @@ class ScheduleLR(LRScheduler):
                         f"{self.schedule!r} cycles momentum, but param group {i} of {type(optimizer).__name__} "
                         "has neither `momentum` nor `betas`. Use `cycle_momentum=False`."
                     )
+        groups, name = optimizer.param_groups, type(optimizer).__name__
+        self.params = ParamScheduler(groups, params, length, name) if params else None
+        if self.params is not None and self._cycles_momentum:
+            clash = sorted({"momentum", "betas[0]"} & set(self.params.fields))
+            if clash:
+                raise ValueError(
+                    f"{self.schedule!r} cycles momentum and `params` also schedules {clash[0]!r}: two schedules on "
+                    "one field. Use `cycle_momentum=False` or drop that entry of `params`."
+                )
+        _check_schedule_free_momentum(optimizer, self._cycles_momentum, self.params)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float | Tensor]:
         """The lr of every param group at step ``last_epoch``."""
-        f = self.schedule.factor(self.last_epoch, self.total_steps)
+        f, offset = self.schedule.lr_terms(self.last_epoch, self.total_steps)
         groups = self.optimizer.param_groups
         if len(groups) > len(self.base_lrs):
             self._adopt_new_groups(groups)
-        return [base * f for base, _ in zip(self.base_lrs, groups, strict=False)]  # saved groups not yet re-added
+        # zip stops at the shorter: saved groups not yet re-added
+        return [base * f + offset for base, _ in zip(self.base_lrs, groups, strict=False)]
 
     _get_closed_form_lr = get_lr
 
@@ -109,6 +136,8 @@ class ScheduleLR(LRScheduler):
         super().step(epoch)
         if self._cycles_momentum:
             self._set_momentum()
+        if self.params is not None:
+            self.params.apply(self.optimizer.param_groups, self.last_epoch)
 
     def state_dict(self) -> dict[str, Any]:
         """Progress, base lrs and the schedule's identity, as plain values."""
@@ -120,6 +149,8 @@ class ScheduleLR(LRScheduler):
             "schedule": repr(self.schedule),
             "total_steps": self.total_steps,
             "steps_per_epoch": self.steps_per_epoch,
+            **({"params": self.params.state_dict()} if self.params is not None else {}),
+            **{key: value for key, value in self.__dict__.items() if key.startswith("lit_optim_")},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -134,6 +165,7 @@ class ScheduleLR(LRScheduler):
         self.last_epoch = int(state_dict["last_epoch"])
         self._step_count = int(state_dict.get("_step_count", self.last_epoch + 1))
         self.base_lrs = list(state_dict.get("base_lrs", self.base_lrs))
+        self.__dict__.update({key: value for key, value in state_dict.items() if key.startswith("lit_optim_")})
         values = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, values, strict=True):
             if isinstance(group["lr"], Tensor):
@@ -144,13 +176,16 @@ class ScheduleLR(LRScheduler):
         self._last_lr = [lr.clone() if isinstance(lr, Tensor) else lr for lr in lrs]
         if self._cycles_momentum:
             self._set_momentum()
+        if self.params is not None:
+            self.params.load_state_dict(state_dict.get("params", {}))
+            self.params.apply(self.optimizer.param_groups, self.last_epoch)
 
     def _adopt_new_groups(self, groups: list[dict[str, Any]]) -> None:
-        previous = self.schedule.factor(max(self.last_epoch - 1, 0), self.total_steps)
+        previous, offset = self.schedule.lr_terms(max(self.last_epoch - 1, 0), self.total_steps)
         for group in groups[len(self.base_lrs) :]:
             if "initial_lr" not in group:
                 lr = group["lr"]
-                group["initial_lr"] = lr / previous if previous > 0 else lr
+                group["initial_lr"] = (lr - offset) / previous if previous > 0 else lr
             self.base_lrs.append(group["initial_lr"])
 
     def _set_momentum(self) -> None:
@@ -180,3 +215,27 @@ def as_schedule(schedule: Schedule | str | Mapping[str, Any]) -> Schedule:
             f"mapping, got {schedule!r}."
         )
     return schedule
+
+
+def _check_schedule_free_momentum(optimizer: Optimizer, cycles: bool, params: ParamScheduler | None) -> None:
+    """Refuse to move the momentum of an optimizer with ``train()``/``eval()`` modes (schedule-free).
+
+    Its ``eval()`` and ``train()`` recover one point from the other and ``z`` with the current momentum
+    (``betas[0]``, SGD's ``momentum``): change it between two switches and the evaluation weights are another point.
+    """
+    if not (callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))):
+        return
+    name = type(optimizer).__name__
+    why = (
+        f"{name} is schedule-free: its `eval()`/`train()` move the weights between the averaged point and the "
+        "gradient point with the current momentum, so moving it during training makes the evaluation weights and "
+        "checkpoints wrong"
+    )
+    moved = sorted({"betas[0]", "momentum"} & set(params.fields)) if params is not None else []
+    if moved:
+        raise ValueError(
+            f"{why}; {moved[0]!r} cannot be scheduled. HINT: drop that entry of `param_schedules` (`weight_decay`, "
+            "`betas[1]`, `eps` may be scheduled), or use an optimizer that is not schedule-free."
+        )
+    if cycles:
+        raise ValueError(f"{why}, and the lr schedule cycles momentum. HINT: use `cycle_momentum=False`.")

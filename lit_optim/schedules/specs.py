@@ -13,14 +13,14 @@ import math
 from dataclasses import dataclass
 from typing import cast
 
-from lit_optim._validation import check_positive, check_positive_int, check_ratio
-from lit_optim.schedules.base import Schedule, WarmedSchedule, Warmup, WarmupShape, steps_of
+from lit_optim._validation import check_positive, check_ratio
+from lit_optim.schedules._anneal import DecaySchedule
+from lit_optim.schedules.base import Schedule, WarmedSchedule, Warmup, WarmupShape, optional_field, steps_of
 from lit_optim.schedules.durations import Duration, DurationLike
 
 __all__ = [
     "Constant",
     "Cosine",
-    "CosineRestarts",
     "Exponential",
     "InverseSqrt",
     "Linear",
@@ -56,8 +56,8 @@ class Constant(WarmedSchedule):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Linear(WarmedSchedule):
-    r"""Linear decay from the base lr to the floor at the end of the run.
+class Linear(DecaySchedule):
+    r"""Linear decay from the base lr to the floor at the end of the run (or at ``decay_end``, then held).
 
     .. math::
         f(s) = m + (1 - m)\,(1 - p)
@@ -65,87 +65,61 @@ class Linear(WarmedSchedule):
     Args:
         warmup: a :class:`Warmup` or its duration (linear from 0).
         min_lr: the final lr as a ratio of each group's initial lr, in ``[0, 1]``.
+        min_lr_abs: the final lr as one absolute lr for every group, instead of ``min_lr``.
+        decay_end: where the decay ends, counted from the run's start (a duration); the floor holds after it.
 
     Example:
         >>> [round(Linear(min_lr=0.2).factor(i, 4), 4) for i in range(5)]
         [1.0, 0.8, 0.6, 0.4, 0.2]
     """
 
-    def _main(self, step: int, steps: int, run_steps: int) -> float:
+    def _shape(self, step: int, steps: int, run_steps: int) -> tuple[float, float]:
         p = step / steps if step < steps else 1.0
-        m = self.min_lr
-        return m + (1.0 - m) * (1.0 - p)
+        return 1.0, 1.0 - p
 
 
 @dataclass(frozen=True, kw_only=True)
-class Cosine(WarmedSchedule):
-    r"""Half-cosine decay from the base lr to the floor at the end of the run.
+class Cosine(DecaySchedule):
+    r"""Cosine from the base lr to the floor at the end of the run (or at ``decay_end``, then held).
+
+    With :math:`k` ``cycles`` (Hugging Face's ``num_cycles``; the default 0.5 is the half-cosine down to the floor,
+    1.0 goes down and back up, 0.25 ends halfway down):
 
     .. math::
-        f(s) = m + (1 - m)\,\frac{1 + \cos(\pi p)}{2}
+        f(s) = m + (1 - m)\,\frac{1 + \cos(2\pi k p)}{2}
 
     Args:
         warmup: a :class:`Warmup` or its duration (linear from 0), e.g. ``"5%"``.
-        min_lr: the final lr as a ratio of each group's initial lr, in ``[0, 1]``.
+        min_lr: the floor as a ratio of each group's initial lr, in ``[0, 1]``.
+        min_lr_abs: the floor as one absolute lr for every group, instead of ``min_lr``.
+        decay_end: where the curve ends, counted from the run's start (a duration, nanoGPT's
+            ``lr_decay_iters``); its final value holds after it.
+        cycles: the number of cosine waves :math:`k` over the decay, > 0.
 
     Example:
         >>> s = Cosine(warmup=2, min_lr=0.1)
         >>> [round(s.factor(i, 6), 4) for i in range(7)]
         [0.0, 0.5, 1.0, 0.8682, 0.55, 0.2318, 0.1]
+        >>> [round(Cosine(cycles=1.0).factor(i, 4), 4) for i in range(5)]
+        [1.0, 0.5, 0.0, 0.5, 1.0]
     """
 
-    def _main(self, step: int, steps: int, run_steps: int) -> float:
-        p = step / steps if step < steps else 1.0
-        m = self.min_lr
-        return m + (1.0 - m) * (1.0 + math.cos(math.pi * p)) / 2.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class CosineRestarts(WarmedSchedule):
-    r"""Cosine decay to the floor over cycles that restart at the base lr (SGDR), each ``period_mult`` longer.
-
-    With cycle :math:`i` of length :math:`P_i = P\,k^i` and :math:`t` steps into it:
-
-    .. math::
-        f(s) = m + (1 - m)\,\frac{1 + \cos(\pi t / P_i)}{2}
-
-    Args:
-        period: length :math:`P` of the first cycle (a duration).
-        period_mult: integer factor :math:`k \ge 1` by which each cycle is longer than the previous one.
-        warmup: a :class:`Warmup` or its duration; cycles start after it.
-        min_lr: the lr at the end of each cycle, as a ratio of each group's initial lr.
-
-    Example:
-        >>> s = CosineRestarts(period=2, period_mult=2)
-        >>> [round(s.factor(i, 10), 4) for i in range(7)]
-        [1.0, 0.5, 1.0, 0.8536, 0.5, 0.1464, 1.0]
-    """
-
-    _durations = ("period",)
-    _needs_total = False
-    period: DurationLike
-    period_mult: int = 1
+    cycles: float = optional_field(0.5)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("period_mult", self.period_mult)
+        check_positive("cycles", self.cycles)
 
-    def _main(self, step: int, steps: int, run_steps: int) -> float:
-        length = steps_of(cast(Duration, self.period), run_steps)
-        if self.period_mult == 1:
-            t = step % length
-        else:
-            t = step
-            while t >= length:
-                t -= length
-                length *= self.period_mult
-        m = self.min_lr
-        return m + (1.0 - m) * (1.0 + math.cos(math.pi * t / length)) / 2.0
+    def _shape(self, step: int, steps: int, run_steps: int) -> tuple[float, float]:
+        p = step / steps if step < steps else 1.0
+        return 1.0, (1.0 + math.cos(math.pi * (2.0 * self.cycles) * p)) / 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
-class Polynomial(WarmedSchedule):
+class Polynomial(DecaySchedule):
     r"""Polynomial decay from the base lr to the floor at the end of the run (``power=1`` is linear).
+
+    The decay ends with the run, or at ``decay_end`` (a run position) after which the floor holds.
 
     .. math::
         f(s) = m + (1 - m)\,(1 - p)^{\text{power}}
@@ -154,6 +128,8 @@ class Polynomial(WarmedSchedule):
         power: exponent, > 0.
         warmup: a :class:`Warmup` or its duration.
         min_lr: the final lr as a ratio of each group's initial lr.
+        min_lr_abs: the final lr as one absolute lr for every group, instead of ``min_lr``.
+        decay_end: where the decay ends, counted from the run's start.
 
     Example:
         >>> [Polynomial(power=2.0).factor(i, 4) for i in range(5)]
@@ -166,10 +142,9 @@ class Polynomial(WarmedSchedule):
         super().__post_init__()
         check_positive("power", self.power)
 
-    def _main(self, step: int, steps: int, run_steps: int) -> float:
+    def _shape(self, step: int, steps: int, run_steps: int) -> tuple[float, float]:
         p = step / steps if step < steps else 1.0
-        m = self.min_lr
-        return m + (1.0 - m) * (1.0 - p) ** self.power
+        return 1.0, (1.0 - p) ** self.power
 
 
 @dataclass(frozen=True, kw_only=True)

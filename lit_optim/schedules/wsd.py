@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from lit_optim._validation import check_choice
-from lit_optim.schedules.base import WarmedSchedule, steps_of
+from lit_optim._validation import check_choice, check_positive
+from lit_optim.schedules._anneal import AnnealedSchedule
+from lit_optim.schedules.base import optional_field, steps_of
 from lit_optim.schedules.durations import Duration, DurationLike
 
 __all__ = ["DecayShape", "WarmupStableDecay"]
@@ -16,56 +17,80 @@ DecayShape = Literal["linear", "cosine", "1-sqrt"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class WarmupStableDecay(WarmedSchedule):
-    r"""Warmup, then the base lr, then a final decay to the floor over the last ``decay`` steps (WSD).
+class WarmupStableDecay(AnnealedSchedule):
+    r"""Warmup, then the base lr, then a decay to the floor over ``decay`` steps (WSD).
 
-    With :math:`D` decay steps and :math:`q = (s - (T - D)) / D` for :math:`s \ge T - D` (else :math:`f = 1`):
+    The decay takes the last ``decay`` steps of the run, or, with ``stable`` (Hugging Face's
+    ``num_stable_steps``), starts ``stable`` steps after the warmup, after which the floor holds to the end.
+    With :math:`D` decay steps starting at :math:`S` and :math:`q = (s - S) / D` for :math:`s \ge S` (else
+    :math:`f = 1`), :math:`k` ``cycles`` (cosine only):
 
     .. math::
         f_\text{linear} = m + (1 - m)(1 - q), \quad
-        f_\text{cosine} = m + (1 - m)\frac{1 + \cos(\pi q)}{2}, \quad
+        f_\text{cosine} = m + (1 - m)\frac{1 + \cos(2\pi k q)}{2}, \quad
         f_\text{1-sqrt} = m + (1 - m)(1 - \sqrt{q})
 
     Args:
-        decay: length :math:`D` of the final decay (a duration), default ``"20%"`` of the run.
+        decay: length :math:`D` of the decay (a duration), default ``"20%"`` of the run.
         decay_shape: ``"linear"``, ``"cosine"`` or ``"1-sqrt"``.
-        warmup: a :class:`Warmup` or its duration.
+        stable: length of the stable phase after the warmup (a duration); ``None`` puts the decay at the end.
+        cycles: cosine waves :math:`k` in the decay (Hugging Face's ``num_cycles``; 0.5 is the half-cosine).
+        warmup: a :class:`Warmup` or its duration (Hugging Face's WSD warms up from ``min_lr_ratio``:
+            ``Warmup(duration=..., start_factor=min_lr)``).
         min_lr: the final lr, as a ratio of each group's initial lr.
+        min_lr_abs: the final lr as one absolute lr for every group, instead of ``min_lr``.
 
     Raises:
-        ValueError: warmup and decay together longer than the run (when resolved).
+        ValueError: ``cycles`` with a decay shape other than cosine; (when resolved) warmup, stable phase and
+            decay together longer than the run.
 
     Example:
         >>> s = WarmupStableDecay(warmup=2, decay=4, decay_shape="1-sqrt")
         >>> [round(s.factor(i, 10), 4) for i in range(11)]
         [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.2929, 0.134, 0.0]
+        >>> [WarmupStableDecay(stable=1, decay=2, min_lr=0.1).factor(i, 6) for i in range(6)]
+        [1.0, 1.0, 0.55, 0.1, 0.1, 0.1]
     """
 
-    _durations = ("decay",)
+    _durations = ("decay", "stable")
     decay: DurationLike = "20%"
     decay_shape: DecayShape = "linear"
+    stable: DurationLike | None = optional_field(None)  # noqa: RUF009 (a field spec, not a value)
+    cycles: float = optional_field(0.5)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("decay_shape", self.decay_shape, ["1-sqrt", "cosine", "linear"])
+        check_positive("cycles", self.cycles)
+        if self.cycles != 0.5 and self.decay_shape != "cosine":
+            raise ValueError(
+                f"`cycles` shapes a cosine decay; with decay_shape={self.decay_shape!r} it would be ignored. "
+                f"Use decay_shape='cosine' or leave `cycles` at 0.5 (got {self.cycles!r})."
+            )
 
-    def _main(self, step: int, steps: int, run_steps: int) -> float:
+    def needs_total_steps(self) -> bool:
+        """Whether the run's total is needed: without ``stable``, or with durations in ``%`` of the run."""
+        return self.stable is None or any(d.unit == "fraction" for d in self._all_durations())
+
+    def _shape(self, step: int, steps: int, run_steps: int) -> tuple[float, float]:
         length = steps_of(cast(Duration, self.decay), run_steps)
-        start = steps - length
+        stable = cast("Duration | None", self.stable)
+        start = steps - length if stable is None else steps_of(stable, run_steps)
         if step < start:
-            return 1.0
-        q = (step - start) / length if step < steps else 1.0
-        m = self.min_lr
+            return 1.0, 1.0
+        q = (step - start) / length if step < start + length else 1.0
         if self.decay_shape == "linear":
-            return m + (1.0 - m) * (1.0 - q)
+            return 1.0, 1.0 - q
         if self.decay_shape == "cosine":
-            return m + (1.0 - m) * (1.0 + math.cos(math.pi * q)) / 2.0
-        return m + (1.0 - m) * (1.0 - math.sqrt(q))
+            return 1.0, (1.0 + math.cos(math.pi * (2.0 * self.cycles) * q)) / 2.0 if q < 1.0 else 0.0
+        return 1.0, 1.0 - math.sqrt(q)
 
     def _check_fits(self, total_steps: int) -> None:
         warmup, decay = self._warmup_steps(), int(cast(Duration, self.decay).value)
-        if warmup + decay > total_steps:
+        stable = 0 if self.stable is None else int(cast(Duration, self.stable).value)
+        if warmup + stable + decay > total_steps:
+            parts = f"warmup ({warmup} steps)" + (f", stable phase ({stable} steps)" if self.stable else "")
             raise ValueError(
-                f"WarmupStableDecay: warmup ({warmup} steps) and decay ({decay} steps) together are longer than "
-                f"the run of {total_steps} optimizer steps. Shorten them or lengthen the run."
+                f"WarmupStableDecay: {parts} and decay ({decay} steps) together are longer than the run of "
+                f"{total_steps} optimizer steps. Shorten them or lengthen the run."
             )
