@@ -243,3 +243,33 @@ def test_group_matcher_without_coarse_raises_naming_the_convention() -> None:
 
     with pytest.raises(TypeError, match=r"Net\.group_matcher\(coarse=False\) failed: .* timm's convention"):
         layer_ids(Net())
+
+
+class _NeoXLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.Linear(4, 4)
+        self.input_layernorm = nn.LayerNorm(4)
+
+
+def test_an_output_head_named_embed_after_the_blocks_is_on_top() -> None:
+    # GPT-NeoX/Pythia's untied LM head is `embed_out` (after the blocks), TransformerLens' is `unembed`: a name
+    # containing "embed" must not pull the output head down to the embeddings' id 0 (the smallest scale).
+    model = nn.Module()
+    model.gpt_neox = nn.Module()
+    model.gpt_neox.embed_in = nn.Embedding(10, 4)
+    model.gpt_neox.layers = nn.ModuleList([_NeoXLayer(), _NeoXLayer()])
+    model.gpt_neox.final_layer_norm = nn.LayerNorm(4)
+    model.embed_out = nn.Linear(4, 10, bias=False)
+    model.unembed = nn.Module()
+    model.unembed.W_U = nn.Parameter(torch.ones(4, 10))
+    expected = expand(model, {"gpt_neox.embed_in.*": 0, "gpt_neox.layers.0.*": 1, "gpt_neox.layers.1.*": 2,
+                              "gpt_neox.final_layer_norm.*": 3, "embed_out.*": 3, "unembed.*": 3})  # fmt: skip
+    assert layer_ids(model) == expected
+
+
+def test_an_embed_named_parameter_after_the_towers_is_on_top() -> None:
+    model = CLIPLike()
+    model.embed_out = nn.Linear(4, 4)  # registered after both towers
+    ids = layer_ids(model)
+    assert ids["embed_out.weight"] == max(ids.values())

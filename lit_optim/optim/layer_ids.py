@@ -14,9 +14,9 @@ scale 1). Ids come from, in this order of precedence:
    Several block lists: numbered siblings (``layer1``, ``layer2``, ...) stack in that order; an ``encoder`` and
    a ``decoder`` stack encoder first; towers named after a modality (``vision_model``, ``text_model``) each
    count their own depth, aligned at the top; any other combination raises. Outside the blocks: embeddings
-   (``nn.Embedding``, a name part containing ``embed`` or ending in ``_token``) and parameters registered
-   before the first block get 0, parameters between blocks the id of the block before them, and parameters
-   after the last block, or held directly by a module around the blocks (a model's own ``logit_scale``),
+   (``nn.Embedding``, or before the last block a name part containing ``embed`` or ending in ``_token``: after
+   it, GPT-NeoX's ``embed_out`` is an output head) and parameters registered before the first block get 0,
+   parameters between blocks the id of the block before them, and parameters after the last block, or held directly by a module around the blocks (a model's own ``logit_scale``),
    ``N + 1``.
 
 Ids are computed over every parameter, frozen ones included, so freezing never shifts them.
@@ -120,8 +120,8 @@ def _chain_ids(
         key = id(param)
         if key in block_of:
             previous = ids[index] = block_of[key]
-        elif key in embeddings or _is_embedding_name(names[index]):
-            ids[index] = 0
+        elif key in embeddings or (index < last and _is_embedding_name(names[index])):
+            ids[index] = 0  # by name only before the last block: `embed_out`/`unembed` after it are output heads
         elif names[index].rpartition(".")[0] in holders:  # held by a module around the blocks: order unknown
             ids[index] = top
         elif index < first:
@@ -145,13 +145,15 @@ def _from_structure(
     for chain_ids, chain_top in results:
         for index, layer_id in chain_ids.items():
             ids[index] = layer_id + top - chain_top  # towers: each by its own depth, aligned at the top
-    first_in_scope = min((i for i, v in enumerate(ids) if v is not None), default=len(params))
+    in_scope = [i for i, v in enumerate(ids) if v is not None]
+    first_in_scope, last_in_scope = (in_scope[0], in_scope[-1]) if in_scope else (len(params), -1)
     final = []
     for index, (param, found) in enumerate(zip(params, ids, strict=True)):
         if found is None:  # outside every tower
             held = names[index].rpartition(".")[0] in holders
             before = index < first_in_scope and not held
-            found = 0 if id(param) in embeddings or _is_embedding_name(names[index]) or before else top
+            named = index < last_in_scope and _is_embedding_name(names[index])
+            found = 0 if id(param) in embeddings or named or before else top
         final.append(found)
     return final, top
 
