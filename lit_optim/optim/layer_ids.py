@@ -16,8 +16,8 @@ scale 1). Ids come from, in this order of precedence:
    count their own depth, aligned at the top; any other combination raises. Outside the blocks: embeddings
    (``nn.Embedding``, or before the last block a name part containing ``embed`` or ending in ``_token``: after
    it, GPT-NeoX's ``embed_out`` is an output head) and parameters registered before the first block get 0,
-   parameters between blocks the id of the block before them, and parameters after the last block, or held directly by a module around the blocks (a model's own ``logit_scale``),
-   ``N + 1``.
+   parameters between blocks the id of the block before them, and parameters after the last block, or held
+   directly by a module around the blocks (a model's own ``logit_scale``), ``N + 1``.
 
 Ids are computed over every parameter, frozen ones included, so freezing never shifts them.
 """

@@ -15,7 +15,7 @@ from torch import nn
 
 from lit_optim._validation import check_non_negative, check_ratio
 from lit_optim.optim._no_decay import NoDecayRule, Walk, check_rules_matched, split_rules
-from lit_optim.optim._optimizer_checks import check_params_fit
+from lit_optim.optim._optimizer_checks import check_params_fit, check_rate
 from lit_optim.optim._overrides import Override, combine_overrides, parse_overrides
 from lit_optim.optim.layer_ids import assign_layer_ids
 from lit_optim.optim.optimizers import resolve_optimizer
@@ -38,15 +38,6 @@ def _check_flag(name: str, value: object) -> bool:
             "is truthy; pass the bool."
         )
     return value
-
-
-def _check_lr(value: object) -> None:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or not value.is_floating_point():
-            raise TypeError(f"A tensor `lr` must hold one float, got {value!r}.")
-        check_non_negative("lr", float(value.detach().reshape(()).item()))  # once, when grouping
-    else:
-        check_non_negative("lr", value)
 
 
 def _freeze(value: Any) -> Any:
@@ -147,7 +138,7 @@ def param_groups(
             f"`module` must be an nn.Module (the model), got {type(module).__name__}. HINT: pass the model itself, "
             "param_groups(model), not model.parameters(): the rules need the module tree and parameter names."
         )
-    _check_lr(lr)
+    check_rate("lr", lr)
     check_non_negative("weight_decay", weight_decay)
     _check_flag("decay_embeddings", decay_embeddings)
     _check_flag("include_frozen", include_frozen)
