@@ -679,3 +679,21 @@ def test_a_no_decay_rule_excluding_an_already_excluded_parameter_is_not_matching
     model = OneRuleEach()
     groups = param_groups(model, no_decay=["gamma"])  # already no-decay by the 1-D rule; the rule did match
     assert [g["name"] for g in groups] == ["no_decay", "decay"]
+
+
+def test_an_override_that_only_names_keeps_its_own_groups() -> None:
+    # `{"head": {"name": ...}}` asks for the head's own groups (to log its lr apart); merging them back into
+    # "decay"/"no_decay" because the settings are equal would silently drop the request.
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    groups = param_groups(model, lr=0.1, overrides={"1.*": {"name": "head"}})
+    assert named(model, groups) == {
+        "decay": ["0.weight"],
+        "no_decay": ["0.bias"],
+        "head/decay": ["1.weight"],
+        "head/no_decay": ["1.bias"],
+    }
+    assert {g["lr"] for g in groups} == {0.1}
+    # two overrides with the same name and settings still share one group
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 1))
+    groups = param_groups(model, overrides={"1.weight": {"name": "mid"}, "2.weight": {"name": "mid"}})
+    assert named(model, groups)["mid/decay"] == ["1.weight", "2.weight"]

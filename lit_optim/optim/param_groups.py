@@ -71,7 +71,8 @@ def param_groups(
     product, for inspection only: nothing reads it, and it is deliberately not named ``lr_scale``, which timm's
     schedulers would multiply in a second time), ``weight_decay`` and the overrides' other hyper-parameters.
     Groups with identical hyper-parameters are merged (the merged group takes the name of its part with the fewest
-    override labels, the first of those); groups come in module order.
+    override labels, the first of those), except that an override's explicit ``name`` always keeps its own groups;
+    groups come in module order.
 
     **No weight decay** for: every bias (leaf name ending in ``bias`` or starting with ``bias_``, as attention's
     ``bias_k``); every parameter of a normalization layer
@@ -188,9 +189,12 @@ def param_groups(
     for (layer_id, combo, no_dec), params in buckets.items():
         settings: dict[str, Any] = {}
         labels = []
+        named = []  # labels the user gave explicitly: their groups never merge into differently named ones
         for k in combo:
             settings.update(parsed[k].settings)
             labels.append(parsed[k].label)
+            if "name" in parsed[k].settings:
+                named.append(parsed[k].label)
         settings.pop("name", None)
         scale = float(settings.pop("lr_scale", 1.0))
         if layer_decay is not None:
@@ -207,7 +211,7 @@ def param_groups(
         parts = [f"layer_{layer_id:0{width}d}"] if layer_decay is not None else []
         parts += ["+".join(labels)] if labels else []
         group["name"] = "/".join([*parts, "no_decay" if no_dec else "decay"])
-        identity = tuple(sorted((k, _freeze(v)) for k, v in group.items() if k not in ("params", "name")))
+        identity = (*sorted((k, _freeze(v)) for k, v in group.items() if k not in ("params", "name")), tuple(named))
         existing = merged.get(identity)
         if existing is None:
             merged[identity] = group
