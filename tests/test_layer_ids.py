@@ -273,3 +273,18 @@ def test_an_embed_named_parameter_after_the_towers_is_on_top() -> None:
     model.embed_out = nn.Linear(4, 4)  # registered after both towers
     ids = layer_ids(model)
     assert ids["embed_out.weight"] == max(ids.values())
+
+
+def test_the_first_stages_downsample_joins_its_first_block_as_in_timm() -> None:
+    # Every stage's downsample shares its first block's id (timm's ConvNeXt/Swin rule), the first stage's too:
+    # the stage rule, not "registered before the first block", decides parameters inside a stage.
+    model = ConvNeXtLike()
+    model.stages[0].downsample = nn.Linear(4, 4)  # type: ignore[index]
+    expected = expand(model, {"stem.*": 0, "stages.0.downsample.*": 1, "stages.0.blocks.0.*": 1,
+                              "stages.0.blocks.1.*": 2, "stages.1.downsample.*": 3, "stages.1.blocks.0.*": 3,
+                              "stages.1.blocks.1.*": 4, "norm_pre.*": 5, "head.*": 5})  # fmt: skip
+    assert layer_ids(model) == expected
+    timm = TimmConvNeXt()
+    timm.stages[0].downsample = nn.Linear(4, 4)  # type: ignore[index]
+    ids = layer_ids(timm)
+    assert ids["stages.0.downsample.weight"] == ids["stages.0.blocks.0.fc.weight"] == 1

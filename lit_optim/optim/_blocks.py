@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["Chain", "find_chains"]
+__all__ = ["Chain", "find_chains", "iter_modules", "iter_params"]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
@@ -26,8 +26,35 @@ class Chain:
     paths: list[str] = field(default_factory=list)
 
 
+def iter_modules(module: nn.Module) -> Iterator[nn.Module]:
+    """``module.modules()`` (each once, pre-order) without a generator per level: linear in deep trees."""
+    seen: set[int] = set()
+    stack = [module]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack.extend(child for child in reversed(current._modules.values()) if child is not None)
+
+
+def iter_params(module: nn.Module) -> Iterator[nn.Parameter]:
+    """``module.parameters()`` (each once, in module order), linear in deep trees like :func:`iter_modules`."""
+    if not module._modules:  # a leaf layer (most calls): no traversal
+        yield from (param for param in module._parameters.values() if param is not None)
+        return
+    seen: set[int] = set()
+    for current in iter_modules(module):
+        for param in current._parameters.values():
+            if param is not None and id(param) not in seen:
+                seen.add(id(param))
+                yield param
+
+
 def _has_params(module: nn.Module) -> bool:
-    return next(module.parameters(), None) is not None
+    own = any(param is not None for param in module._parameters.values())
+    return own or next(iter_params(module), None) is not None
 
 
 def _param_children(module: nn.Module) -> list[nn.Module]:

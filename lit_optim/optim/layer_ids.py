@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from lit_optim._validation import check_ratio
-from lit_optim.optim._blocks import Chain, find_chains
+from lit_optim.optim._blocks import Chain, find_chains, iter_modules, iter_params
 from lit_optim.optim._group_matcher import defines_group_matcher, matcher_layer_ids
 
 __all__ = ["format_layer_ids", "layer_ids"]
@@ -72,27 +72,35 @@ def _from_fn(names: Sequence[str], layer_id_fn: Callable[[str], int]) -> tuple[l
     return ids, max(ids)
 
 
-def _matcher_owners(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    if defines_group_matcher(module):
-        return [(prefix, module)]
-    found = []
-    for name, child in module.named_children():
-        found += _matcher_owners(child, prefix + name + ".")
+def _matcher_owners(module: nn.Module) -> list[nn.Module]:
+    """The outermost modules whose class defines ``group_matcher``, in module order."""
+    found, seen, stack = [], set(), [module]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if defines_group_matcher(current):
+            found.append(current)
+        else:
+            stack.extend(child for child in reversed(current._modules.values()) if child is not None)
     return found
 
 
-def _from_matchers(owners: list[tuple[str, nn.Module]], params: Sequence[nn.Parameter]) -> tuple[list[int], int]:
-    per_owner: list[dict[int, int]] = []
-    for _, owner in owners:
+def _from_matchers(owners: list[nn.Module], params: Sequence[nn.Parameter]) -> tuple[list[int], int]:
+    relative: dict[int, tuple[int, int]] = {}  # id(param) -> (its id in its owner, the owner's index)
+    tops = []
+    for index, owner in enumerate(owners):
         named = dict(owner.named_parameters())
         by_name = matcher_layer_ids(owner, named)
-        per_owner.append({id(p): by_name[n] for n, p in named.items()})
-    tops = [max(ids.values()) for ids in per_owner]
+        tops.append(max(by_name.values()))
+        for name, param in named.items():
+            relative.setdefault(id(param), (by_name[name], index))
     top = max(tops)
     ids = []
     for param in params:
-        found = next(((d, t) for d, t in zip(per_owner, tops, strict=True) if id(param) in d), None)
-        ids.append(top if found is None else found[0][id(param)] + top - found[1])
+        found = relative.get(id(param))
+        ids.append(top if found is None else found[0] + top - tops[found[1]])
     return ids, top
 
 
@@ -102,13 +110,15 @@ def _chain_ids(
     """Ids (by parameter index) of the parameters in the chain's scope, and the chain's top id (N + 1)."""
     block_of: dict[int, int] = {}
     stage_first: dict[int, int] = {}  # a stage's parameter outside its blocks -> the stage's first block id
+    stages: set[int] = set()
     for number, (block, stage) in enumerate(chain.blocks, start=1):
-        for param in block.parameters():
+        for param in iter_params(block):
             block_of.setdefault(id(param), number)
-        if stage is not None:
-            for param in stage.parameters():
+        if stage is not None and id(stage) not in stages:  # once per stage, at its first block
+            stages.add(id(stage))
+            for param in iter_params(stage):
                 stage_first.setdefault(id(param), number)
-    scope = None if chain.scope is None else {id(p) for p in chain.scope.parameters()}
+    scope = None if chain.scope is None else {id(p) for p in iter_params(chain.scope)}
     top = len(chain.blocks) + 1
     positions = [i for i, p in enumerate(params) if id(p) in block_of]
     first, last = positions[0], positions[-1]
@@ -124,10 +134,10 @@ def _chain_ids(
             ids[index] = 0  # by name only before the last block: `embed_out`/`unembed` after it are output heads
         elif names[index].rpartition(".")[0] in holders:  # held by a module around the blocks: order unknown
             ids[index] = top
-        elif index < first:
-            ids[index] = 0
         elif key in stage_first and stage_first[key] > previous:  # e.g. a stage's downsampling before its blocks
             ids[index] = stage_first[key]
+        elif index < first:
+            ids[index] = 0
         else:
             ids[index] = top if index > last else previous
     return ids, top
@@ -137,7 +147,7 @@ def _from_structure(
     module: nn.Module, params: Sequence[nn.Parameter], names: Sequence[str]
 ) -> tuple[list[int], int]:
     chains = find_chains(module)
-    embeddings = {id(p) for m in module.modules() if isinstance(m, _EMBEDDING_TYPES) for p in m.parameters()}
+    embeddings = {id(p) for m in iter_modules(module) if isinstance(m, _EMBEDDING_TYPES) for p in iter_params(m)}
     holders = _ancestors([path for chain in chains for path in chain.paths])
     results = [_chain_ids(chain, params, names, embeddings, holders) for chain in chains]
     top = max(chain_top for _, chain_top in results)
