@@ -288,3 +288,22 @@ def test_the_first_stages_downsample_joins_its_first_block_as_in_timm() -> None:
     timm.stages[0].downsample = nn.Linear(4, 4)  # type: ignore[index]
     ids = layer_ids(timm)
     assert ids["stages.0.downsample.weight"] == ids["stages.0.blocks.0.fc.weight"] == 1
+
+
+def test_a_new_head_on_a_headless_timm_backbone_is_a_layer_above_its_last_block() -> None:
+    # timm.create_model(..., num_classes=0) has no head; timm sorts names no rule matches last, in a layer of their
+    # own. A LightningModule's own head is such a name: one layer above the last block (scale 1 vs layer_decay),
+    # exactly as when the backbone keeps timm's head, never sharing the last block's scale.
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = TimmViT()
+            self.backbone.head = nn.Identity()
+            self.extra_head = nn.Linear(4, 3)
+
+    model = Wrapper()
+    inner = {f"backbone.{k}": v for k, v in TIMM_VIT_IDS.items() if not k.startswith("head")}
+    assert layer_ids(model) == expand(model, {**inner, "extra_head.*": 4})
+    headless = TimmViT()
+    headless.head = nn.Identity()  # alone, timm's own ids: the last block and norm on top
+    assert max(layer_ids(headless).values()) == 3

@@ -6,7 +6,9 @@ scale 1). Ids come from, in this order of precedence:
 1. ``layer_id_fn(name) -> int``, when given (``top`` is its largest id);
 2. timm's ``group_matcher(coarse=False)``, when the model or a submodule's class defines it: ids exactly as
    timm's ``param_groups_layer_decay`` assigns them (see :mod:`lit_optim.optim._group_matcher`); parameters
-   outside that submodule get ``top``. Several such submodules are parallel towers, aligned at the top;
+   outside that submodule sort with the names no rule matches, as timm sorts a head: in its head's layer, or
+   one above its last block when it has none (``num_classes=0`` and a head of your own). Several such
+   submodules are parallel towers, aligned at that layer;
 3. the model's structure: its blocks, numbered ``1..N`` in depth order. Blocks are the children of an
    ``nn.ModuleList`` (or an ``nn.Sequential`` of composite modules); a child that is itself a container of
    composite modules, or a class named ``*Stage*`` holding one block list, is a stage whose blocks count one by
@@ -30,7 +32,7 @@ from torch import nn
 
 from lit_optim._validation import check_ratio
 from lit_optim.optim._blocks import Chain, find_chains, iter_modules, iter_params
-from lit_optim.optim._group_matcher import defines_group_matcher, matcher_layer_ids
+from lit_optim.optim._group_matcher import defines_group_matcher, matcher_layers
 
 __all__ = ["format_layer_ids", "layer_ids"]
 
@@ -89,11 +91,11 @@ def _matcher_owners(module: nn.Module) -> list[nn.Module]:
 
 def _from_matchers(owners: list[nn.Module], params: Sequence[nn.Parameter]) -> tuple[list[int], int]:
     relative: dict[int, tuple[int, int]] = {}  # id(param) -> (its id in its owner, the owner's index)
-    tops = []
+    tops = []  # each owner's unmatched layer (its head's; one above its last block when it has no head)
     for index, owner in enumerate(owners):
         named = dict(owner.named_parameters())
-        by_name = matcher_layer_ids(owner, named)
-        tops.append(max(by_name.values()))
+        by_name, unmatched = matcher_layers(owner, named)
+        tops.append(unmatched)
         for name, param in named.items():
             relative.setdefault(id(param), (by_name[name], index))
     top = max(tops)
@@ -101,7 +103,7 @@ def _from_matchers(owners: list[nn.Module], params: Sequence[nn.Parameter]) -> t
     for param in params:
         found = relative.get(id(param))
         ids.append(top if found is None else found[0] + top - tops[found[1]])
-    return ids, top
+    return ids, max(ids)
 
 
 def _chain_ids(
