@@ -16,8 +16,8 @@ scale 1). Ids come from, in this order of precedence:
    Several block lists: numbered siblings (``layer1``, ``layer2``, ...) stack in that order; an ``encoder`` and
    a ``decoder`` stack encoder first; towers named after a modality (``vision_model``, ``text_model``) each
    count their own depth, aligned at the top; any other combination raises. Outside the blocks: embeddings
-   (``nn.Embedding``, or before the last block a name part containing ``embed`` or ending in ``_token``: after
-   it, GPT-NeoX's ``embed_out`` is an output head) and parameters registered before the first block get 0,
+   (``nn.Embedding``, a name part containing ``embed`` but not an output layer such as GPT-NeoX's ``embed_out`` or
+   an ``unembed``, or ending in ``_token``) and parameters registered before the first block get 0,
    parameters between blocks the id of the block before them, and parameters after the last block, or held
    directly by a module around the blocks (a model's own ``logit_scale``), ``N + 1``.
 
@@ -40,8 +40,15 @@ _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 
 
 def _is_embedding_name(name: str) -> bool:
-    """``embed`` in a name part, or a learned token (``cls_token``, ``reg_token``, ``dist_token``, ``mask_token``)."""
-    return any("embed" in part.lower() or part.endswith("_token") for part in name.split("."))
+    """``embed`` in a name part, or a learned token (``cls_token``, ``reg_token``, ``dist_token``, ``mask_token``).
+
+    Not an output layer named after the embedding it inverts: GPT-NeoX's ``embed_out``, TransformerLens' ``unembed``.
+    """
+    for part in name.lower().split("."):
+        output = part.startswith("unembed") or part.endswith("_out")
+        if part.endswith("_token") or ("embed" in part and not output):
+            return True
+    return False
 
 
 def _ancestors(paths: Sequence[str]) -> set[str]:
@@ -132,8 +139,8 @@ def _chain_ids(
         key = id(param)
         if key in block_of:
             previous = ids[index] = block_of[key]
-        elif key in embeddings or (index < last and _is_embedding_name(names[index])):
-            ids[index] = 0  # by name only before the last block: `embed_out`/`unembed` after it are output heads
+        elif key in embeddings or _is_embedding_name(names[index]):
+            ids[index] = 0
         elif names[index].rpartition(".")[0] in holders:  # held by a module around the blocks: order unknown
             ids[index] = top
         elif key in stage_first and stage_first[key] > previous:  # e.g. a stage's downsampling before its blocks
@@ -157,15 +164,13 @@ def _from_structure(
     for chain_ids, chain_top in results:
         for index, layer_id in chain_ids.items():
             ids[index] = layer_id + top - chain_top  # towers: each by its own depth, aligned at the top
-    in_scope = [i for i, v in enumerate(ids) if v is not None]
-    first_in_scope, last_in_scope = (in_scope[0], in_scope[-1]) if in_scope else (len(params), -1)
+    first_in_scope = min((i for i, v in enumerate(ids) if v is not None), default=len(params))
     final = []
     for index, (param, found) in enumerate(zip(params, ids, strict=True)):
         if found is None:  # outside every tower
             held = names[index].rpartition(".")[0] in holders
             before = index < first_in_scope and not held
-            named = index < last_in_scope and _is_embedding_name(names[index])
-            found = 0 if id(param) in embeddings or named or before else top
+            found = 0 if id(param) in embeddings or _is_embedding_name(names[index]) or before else top
         final.append(found)
     return final, top
 
