@@ -33,6 +33,7 @@ from torch import nn
 from lit_optim._validation import check_ratio
 from lit_optim.optim._blocks import Chain, find_chains, iter_modules, iter_params
 from lit_optim.optim._group_matcher import defines_group_matcher, matcher_layers
+from lit_optim.optim._table import text_table
 
 __all__ = ["format_layer_ids", "layer_ids"]
 
@@ -229,8 +230,4 @@ def format_layer_ids(
     ids = layer_ids(module, layer_id_fn=layer_id_fn)
     top = max(ids.values())
     rows = [(name, str(layer), f"{layer_decay ** (top - layer):.4g}") for name, layer in ids.items()]
-    headers = ("name", "layer", "scale")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
+    return text_table(("name", "layer", "scale"), rows)

@@ -17,6 +17,7 @@ from lit_optim._validation import check_non_negative, check_ratio
 from lit_optim.optim._no_decay import NoDecayRule, Walk, check_rules_matched, split_rules
 from lit_optim.optim._optimizer_checks import check_params_fit, check_rate
 from lit_optim.optim._overrides import Override, combine_overrides, parse_overrides
+from lit_optim.optim._table import text_table
 from lit_optim.optim.layer_ids import assign_layer_ids
 from lit_optim.optim.optimizers import resolve_optimizer
 
@@ -311,10 +312,7 @@ def format_groups(groups: Iterable[Mapping[str, Any]] | torch.optim.Optimizer) -
                 others,
             ]
         )
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
+    return text_table(headers, rows)
 
 
 def _short(value: Any) -> str:
