@@ -95,6 +95,9 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
      r"`overrides\['ln_f\.\*'\]\['weight_decay'\]` must be a number, got nan\."),
     ("empty-override-name", lambda: param_groups(M, overrides={"ln_f.*": {"lr": 0.5, "name": " "}}), ValueError,
      r"`overrides\['ln_f\.\*'\]\['name'\]` must be a non-empty label, got ' '\. HINT: use a short label"),
+    ("layer_id_fn-not-callable", lambda: param_groups(M, layer_decay=0.5, layer_id_fn="tests.models.head_id"),
+     TypeError, r"`layer_id_fn` must be a function name -> int, got 'tests\.models\.head_id' \(str\)\. HINT: pass "
+     r"the function itself"),
     ("muon-with-1d-parameters", lambda: param_groups(M, optimizer="muon"), ValueError,
      r"Muon only optimizes 2-D parameters \(weight matrices\), but parameter 'blocks\.0\.ln1\.weight' has shape "
      r"\(8,\)\. HINT: give Muon the 2-D weights"),

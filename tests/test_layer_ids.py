@@ -307,3 +307,14 @@ def test_a_new_head_on_a_headless_timm_backbone_is_a_layer_above_its_last_block(
     headless = TimmViT()
     headless.head = nn.Identity()  # alone, timm's own ids: the last block and norm on top
     assert max(layer_ids(headless).values()) == 3
+
+
+def test_layer_id_fn_may_return_any_integer_type() -> None:
+    # a lookup into a numpy/torch array returns np.int64 / a 0-d int tensor: integers, accepted as such
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    table = torch.tensor([0, 0, 1, 1])
+    names = [n for n, _ in model.named_parameters()]
+    assert layer_ids(model, layer_id_fn=lambda n: table[names.index(n)]) == dict(zip(names, [0, 0, 1, 1], strict=True))
+    assert type(layer_ids(model, layer_id_fn=lambda n: table[names.index(n)])["0.weight"]) is int
+    with pytest.raises(TypeError, match=r"`layer_id_fn` must return an int >= 0, got True \(bool\)"):
+        layer_ids(model, layer_id_fn=lambda n: True)

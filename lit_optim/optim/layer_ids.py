@@ -26,6 +26,7 @@ Ids are computed over every parameter, frozen ones included, so freezing never s
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 
 from torch import nn
@@ -62,20 +63,29 @@ def _ancestors(paths: Sequence[str]) -> set[str]:
 
 
 def _from_fn(names: Sequence[str], layer_id_fn: Callable[[str], int]) -> tuple[list[int], int]:
-    ids = []
+    if not callable(layer_id_fn):
+        raise TypeError(
+            f"`layer_id_fn` must be a function name -> int, got {layer_id_fn!r} ({type(layer_id_fn).__name__}). "
+            "HINT: pass the function itself (a dotted path is read only from OptimizerMixin's hparams)."
+        )
+    ids: list[int] = []
     for name in names:
         try:
-            layer_id = layer_id_fn(name)
+            returned: object = layer_id_fn(name)
         except Exception as error:
             raise ValueError(
                 f"`layer_id_fn` raised {error!r} for parameter {name!r}; it must return an int >= 0 for every "
                 "parameter name (frozen ones included). HINT: use dict.get(name, default) or a fallback id."
             ) from error
-        if isinstance(layer_id, bool) or not isinstance(layer_id, int):
+        try:  # any integer type: numpy's, a 0-d integer tensor
+            if isinstance(returned, bool):
+                raise TypeError
+            layer_id = operator.index(returned)  # type: ignore[arg-type]
+        except TypeError:
             raise TypeError(
-                f"`layer_id_fn` must return an int >= 0, got {layer_id!r} ({type(layer_id).__name__}) "
+                f"`layer_id_fn` must return an int >= 0, got {returned!r} ({type(returned).__name__}) "
                 f"for parameter {name!r}."
-            )
+            ) from None
         if layer_id < 0:
             raise ValueError(f"`layer_id_fn` must return an int >= 0, got {layer_id!r} for parameter {name!r}.")
         ids.append(layer_id)
