@@ -98,6 +98,10 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ("layer_id_fn-not-callable", lambda: param_groups(M, layer_decay=0.5, layer_id_fn="tests.models.head_id"),
      TypeError, r"`layer_id_fn` must be a function name -> int, got 'tests\.models\.head_id' \(str\)\. HINT: pass "
      r"the function itself"),
+    ("applied_lr_scale-without-lr", lambda: build_optimizer(
+        "adamw", [{"params": [M.ln_f.weight], "applied_lr_scale": 0.5}], lr=0.1), ValueError,
+     r"The parameter group 0 has 'applied_lr_scale' \(0\.5\) but no 'lr': the key records a scale already "
+     r"multiplied into a group's lr, nothing applies it\. HINT: set the group's 'lr'"),
     ("muon-with-1d-parameters", lambda: param_groups(M, optimizer="muon"), ValueError,
      r"Muon only optimizes 2-D parameters \(weight matrices\), but parameter 'blocks\.0\.ln1\.weight' has shape "
      r"\(8,\)\. HINT: give Muon the 2-D weights"),
