@@ -102,6 +102,11 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
         "adamw", [{"params": [M.ln_f.weight], "applied_lr_scale": 0.5}], lr=0.1), ValueError,
      r"The parameter group 0 has 'applied_lr_scale' \(0\.5\) but no 'lr': the key records a scale already "
      r"multiplied into a group's lr, nothing applies it\. HINT: set the group's 'lr'"),
+    ("yaml-string-lr", lambda: param_groups(M, lr="1e-3"), TypeError,  # type: ignore[arg-type]
+     r"`lr` must be a number, got '1e-3' \(str\)\. HINT: pass the number 0\.001; YAML 1\.1 reads"),
+    ("yaml-string-lr_scale-in-an-override", lambda: param_groups(M, overrides={"ln_f.*": {"lr_scale": "5e-1"}}),
+     TypeError, r"`overrides\['ln_f\.\*'\]\['lr_scale'\]` must be a number, got '5e-1' \(str\)\. HINT: pass the "
+     r"number 0\.5"),
     ("muon-with-1d-parameters", lambda: param_groups(M, optimizer="muon"), ValueError,
      r"Muon only optimizes 2-D parameters \(weight matrices\), but parameter 'blocks\.0\.ln1\.weight' has shape "
      r"\(8,\)\. HINT: give Muon the 2-D weights"),

@@ -63,7 +63,10 @@ def check_rate(name: str, value: object) -> float:
         if value.numel() != 1 or not value.is_floating_point():
             raise TypeError(f"A tensor `{name}` must hold one float, got {value!r}.")
         value = float(value.detach().reshape(()).item())
-    return check_non_negative(name, value)
+    try:
+        return check_non_negative(name, value)
+    except TypeError as error:
+        raise TypeError(f"{error}{_hint(value)}") from None
 
 
 def _hint(value: object) -> str:
