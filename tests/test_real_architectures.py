@@ -150,6 +150,19 @@ def gpt_neox() -> nn.Module:  # GPTNeoXForCausalLM: the untied LM head is `embed
                               final_layer_norm=nn.LayerNorm(D)), embed_out=nn.Linear(D, 10, bias=False))  # fmt: skip
 
 
+class DinoV2(nn.Module):  # facebookresearch/dinov2's DinoVisionTransformer with registers, as torch.hub loads it
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, D))
+        self.register_tokens = nn.Parameter(torch.zeros(1, 4, D))
+        self.mask_token = nn.Parameter(torch.zeros(1, D))
+        self.patch_embed = node(proj=nn.Conv2d(3, D, 2))
+        self.blocks = nn.ModuleList(Layer() for _ in range(2))
+        self.norm = nn.LayerNorm(D)
+        self.head = nn.Identity()
+
+
 CASES = {
     "bert": (bert, {"bert.embeddings.*": 0, "bert.encoder.layer.0.*": 1, "bert.encoder.layer.1.*": 2,
                     "bert.encoder.layer.2.*": 3, "bert.pooler.*": 4, "classifier.*": 4}),
@@ -179,6 +192,9 @@ CASES = {
     # torchvision keeps the stem and the last conv in `features`: each is one block
     "mobilenet-v2": (mobilenet_v2, {"features.0.*": 1, "features.1.*": 2, "features.2.*": 3, "features.3.*": 4,
                                     "classifier.*": 5}),
+    # learned tokens the model holds itself are input side, `register_tokens` too
+    "dinov2-registers": (DinoV2, {"cls_token": 0, "pos_embed": 0, "register_tokens": 0, "mask_token": 0,
+                                  "patch_embed.*": 0, "blocks.0.*": 1, "blocks.1.*": 2, "norm.*": 3}),
     "gpt-neox": (gpt_neox, {"gpt_neox.embed_in.*": 0, "gpt_neox.layers.0.*": 1, "gpt_neox.layers.1.*": 2,
                             "gpt_neox.final_layer_norm.*": 3, "embed_out.*": 3}),
 }  # fmt: skip

@@ -17,7 +17,7 @@ scale 1). Ids come from, in this order of precedence:
    a ``decoder`` stack encoder first; towers named after a modality (``vision_model``, ``text_model``) each
    count their own depth, aligned at the top; any other combination raises. Outside the blocks: embeddings
    (``nn.Embedding``, a name part containing ``embed`` but not an output layer such as GPT-NeoX's ``embed_out`` or
-   an ``unembed``, or ending in ``_token``) and parameters registered before the first block get 0,
+   an ``unembed``, or ending in ``_token``/``_tokens``) and parameters registered before the first block get 0,
    parameters between blocks the id of the block before them, and parameters after the last block, or held
    directly by a module around the blocks (a model's own ``logit_scale``), ``N + 1``.
 
@@ -42,13 +42,13 @@ _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 
 
 def _is_embedding_name(name: str) -> bool:
-    """``embed`` in a name part, or a learned token (``cls_token``, ``reg_token``, ``dist_token``, ``mask_token``).
+    """``embed`` in a name part, or learned tokens (``cls_token``, ``mask_token``, DINOv2's ``register_tokens``).
 
     Not an output layer named after the embedding it inverts: GPT-NeoX's ``embed_out``, TransformerLens' ``unembed``.
     """
     for part in name.lower().split("."):
         output = part.startswith("unembed") or part.endswith("_out")
-        if part.endswith("_token") or ("embed" in part and not output):
+        if part.endswith(("_token", "_tokens")) or ("embed" in part and not output):
             return True
     return False
 
