@@ -80,7 +80,8 @@ def param_groups(
     (any class, or base class, whose name ends in ``Norm`` or ``Norm<k>d``: all torch norms and custom
     ``RMSNorm`` s); every parameter with ``ndim <= 1``; names a submodule lists in ``no_weight_decay()`` (the
     timm convention), resolved with that submodule's prefix (names that do not exist are ignored, as timm
-    does); embeddings when ``decay_embeddings=False``; and the extra ``no_decay`` rules.
+    does), and names under it containing a keyword from its ``no_weight_decay_keywords()`` (the Swin repo's);
+    embeddings when ``decay_embeddings=False``; and the extra ``no_decay`` rules.
 
     **Tied parameters** appear once, under their first name (module order); they get no decay if any of
     their occurrences would (e.g. a ``lm_head`` tied to an excluded embedding). Globs match any of their names;
