@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -26,8 +26,11 @@ class Chain:
     paths: list[str] = field(default_factory=list)
 
 
-def iter_modules(module: nn.Module) -> Iterator[nn.Module]:
-    """``module.modules()`` (each once, pre-order) without a generator per level: linear in deep trees."""
+def iter_modules(module: nn.Module, stop: Callable[[nn.Module], bool] | None = None) -> Iterator[nn.Module]:
+    """``module.modules()`` (each once, pre-order) without a generator per level: linear in deep trees.
+
+    ``stop(m)`` true: ``m`` is yielded but its submodules are not.
+    """
     seen: set[int] = set()
     stack = [module]
     while stack:
@@ -36,7 +39,8 @@ def iter_modules(module: nn.Module) -> Iterator[nn.Module]:
             continue
         seen.add(id(current))
         yield current
-        stack.extend(child for child in reversed(current._modules.values()) if child is not None)
+        if stop is None or not stop(current):
+            stack.extend(child for child in reversed(current._modules.values()) if child is not None)
 
 
 def iter_params(module: nn.Module) -> Iterator[nn.Parameter]:

@@ -94,17 +94,7 @@ def _from_fn(names: Sequence[str], layer_id_fn: Callable[[str], int]) -> tuple[l
 
 def _matcher_owners(module: nn.Module) -> list[nn.Module]:
     """The outermost modules whose class defines ``group_matcher``, in module order."""
-    found, seen, stack = [], set(), [module]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if defines_group_matcher(current):
-            found.append(current)
-        else:
-            stack.extend(child for child in reversed(current._modules.values()) if child is not None)
-    return found
+    return [m for m in iter_modules(module, stop=defines_group_matcher) if defines_group_matcher(m)]
 
 
 def _from_matchers(owners: list[nn.Module], params: Sequence[nn.Parameter]) -> tuple[list[int], int]:
