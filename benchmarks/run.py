@@ -27,7 +27,7 @@ from _timing import print_json, print_table, quiet
 
 # module name -> {ratio key: target}
 BENCHMARKS: dict[str, dict[str, float]] = {
-    "bench_groups": {"groups_vs_baseline": 1.5},
+    "bench_groups": {"groups_vs_baseline": 1.5, "layer_decay_vs_baseline": 6.0},
     "bench_schedule": {"schedule_vs_lambdalr": 1.2},
     "bench_clip": {"clip_vs_torch": 1.1},
     "bench_lr_logger": {"logger_vs_lightning": 1.0},
