@@ -23,11 +23,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import Tensor
+
 from lit_optim._validation import closest_match
 from lit_optim.schedules.base import Schedule
 from lit_optim.schedules.durations import TrainingLength
 
-__all__ = ["ParamSchedule", "ParamScheduler", "parse_field"]
+__all__ = ["ParamSchedule", "ParamScheduler", "changed_param_schedules", "parse_field"]
 
 _FIELD = re.compile(r"^\s*([A-Za-z_][A-Za-z_0-9]*)\s*(?:\[\s*(\d+)\s*\])?\s*$")
 _RESERVED = {
@@ -115,6 +117,13 @@ class ParamSchedule:
         from lit_optim.schedules.scheduler import as_schedule
 
         object.__setattr__(self, "shape", as_schedule(spec_from_config(self.shape)))
+        absolute = _absolute_lr_option(self.shape)
+        if absolute is not None:
+            raise ValueError(
+                f"The ParamSchedule shape {self.shape!r} has an absolute lr ({absolute}), which has no meaning for "
+                "another hyper-parameter. Give the values as ParamSchedule `start`/`end` and a shape without it "
+                "(e.g. `min_lr` as a ratio, `Warmup(start_factor=...)`)."
+            )
         object.__setattr__(self, "groups", None if self.groups is None else _globs("groups", self.groups))
         object.__setattr__(self, "exclude", _globs("exclude", self.exclude))
         if not isinstance(self.scale, Mapping):
@@ -138,6 +147,15 @@ class ParamSchedule:
         """A copy whose shape's durations are resolved to optimizer steps."""
         assert isinstance(self.shape, Schedule)
         return dataclasses.replace(self, shape=self.shape.resolve(length))
+
+
+def _absolute_lr_option(shape: object) -> str | None:
+    """The option of ``shape`` that adds an absolute lr (``min_lr_abs=...``, ``Warmup(start_lr=...)``), if any."""
+    min_lr_abs = getattr(shape, "min_lr_abs", None)
+    if min_lr_abs is not None:
+        return f"min_lr_abs={min_lr_abs!r}"
+    start_lr = getattr(getattr(shape, "warmup", None), "start_lr", None)
+    return None if start_lr is None else f"Warmup(start_lr={start_lr!r})"
 
 
 def _globs(name: str, value: object) -> tuple[str, ...]:
@@ -245,18 +263,18 @@ class ParamScheduler:
 
     def apply(self, groups: list[dict[str, Any]], step: int) -> None:
         """Set every scheduled field of every selected group to its value at optimizer ``step``."""
-        if len(groups) > len(next(iter(self.bases.values()))):
-            self.adopt(groups)
+        if len(groups) > len(next(iter(self.multipliers.values()))):
+            self.adopt(groups)  # groups added since (or re-added after a resume, whose own values were restored)
         for label, (key, index, spec) in self.fields.items():
             for group, own, multiplier in zip(groups, self.bases[label], self.multipliers[label], strict=False):
                 if own is None:
                     continue
                 value = spec.value(step, self.total_steps, own, multiplier)
                 if index is None:
-                    group[key] = value
+                    group[key] = _assigned(group[key], value)
                 else:
                     items = list(group[key])
-                    items[index] = value
+                    items[index] = _assigned(items[index], value)
                     group[key] = type(group[key])(items)
 
     def state_dict(self) -> dict[str, Any]:
@@ -271,6 +289,42 @@ class ParamScheduler:
         for label, values in dict(state.get("bases", {})).items():
             if label in self.bases:
                 self.bases[label] = [None if v is None else float(v) for v in values]
+
+    def changes(self, state: Mapping[str, Any], step: int) -> list[str]:
+        """How the schedules differ from those saved in ``state`` (``{}`` for a checkpoint without any), as messages."""
+        saved = dict(state.get("specs", {}))
+        now = {label: repr(spec) for label, (_, _, spec) in self.fields.items()}
+        return changed_param_schedules(saved, now, step)
+
+
+def changed_param_schedules(saved: Mapping[str, str], now: Mapping[str, str], step: int) -> list[str]:
+    """Messages for every field whose schedule (the ``repr`` of the resolved spec) differs from the saved one."""
+    messages = []
+    for label in sorted(set(saved) | set(now)):
+        if label not in now:
+            messages.append(
+                f"The checkpoint has a saved {label!r} schedule ({saved[label]}), not scheduled now: {label!r} keeps "
+                "the value restored with the optimizer state."
+            )
+        elif label not in saved:
+            messages.append(
+                f"The {label!r} schedule ({now[label]}) is not in the checkpoint: it starts from each group's own "
+                f"value as built now, at the saved progress (step {step})."
+            )
+        elif saved[label] != now[label]:
+            messages.append(
+                f"Resuming with a different {label!r} schedule: saved {saved[label]}, now {now[label]}. The new "
+                f"schedule continues from the saved progress (step {step})."
+            )
+    return messages
+
+
+def _assigned(current: Any, value: float) -> Any:
+    """``value`` in place of ``current``: a tensor (a compiled or capturable step reads it) is filled, not replaced."""
+    if isinstance(current, Tensor):
+        current.fill_(value)
+        return current
+    return value
 
 
 def _multiplier(spec: ParamSchedule, name: str) -> float:

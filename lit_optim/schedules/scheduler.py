@@ -13,7 +13,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from lit_optim.schedules.base import Schedule
 from lit_optim.schedules.catalogue import build_schedule
 from lit_optim.schedules.durations import TrainingLength
-from lit_optim.schedules.params import ParamSchedule, ParamScheduler
+from lit_optim.schedules.params import ParamSchedule, ParamScheduler, changed_param_schedules
 
 if TYPE_CHECKING:
     pass
@@ -49,7 +49,9 @@ class ScheduleLR(LRScheduler):
 
     **Other hyper-parameters** (``params={"weight_decay": ParamSchedule(start=0.04, end=0.4)}``) are set at
     every step next to the lr, from the same step count: see :class:`~lit_optim.schedules.ParamSchedule`. The
-    groups' own values they start from are saved in :meth:`state_dict`, so resume is exact.
+    groups' own values they start from are saved in :meth:`state_dict`, so resume is exact; a ``params`` schedule
+    changed, added or dropped since the checkpoint warns as a changed lr schedule does. A group added later
+    takes its own values for the step it was added with and follows the curves from the next step on.
 
     Args:
         optimizer: the optimizer whose groups to drive.
@@ -154,6 +156,14 @@ class ScheduleLR(LRScheduler):
                 f"{self.schedule!r} over {self.total_steps} steps. The new schedule continues from the saved "
                 f"progress (step {state_dict['last_epoch']})."
             )
+        params_state = state_dict.get("params", {})
+        if self.params is not None:
+            changes = self.params.changes(params_state, int(state_dict["last_epoch"]))
+        else:
+            saved_specs = dict(params_state.get("specs", {}))
+            changes = changed_param_schedules(saved_specs, {}, int(state_dict["last_epoch"]))
+        for message in changes:
+            rank_zero_warn(message)
         self.last_epoch = int(state_dict["last_epoch"])
         self._step_count = int(state_dict.get("_step_count", self.last_epoch + 1))
         self.base_lrs = list(state_dict.get("base_lrs", self.base_lrs))
@@ -168,7 +178,7 @@ class ScheduleLR(LRScheduler):
         if self._cycles_momentum:
             self._set_momentum()
         if self.params is not None:
-            self.params.load_state_dict(state_dict.get("params", {}))
+            self.params.load_state_dict(params_state)
             self.params.apply(self.optimizer.param_groups, self.last_epoch)
 
     def _adopt_new_groups(self, groups: list[dict[str, Any]]) -> None:

@@ -1,0 +1,149 @@
+"""ParamSchedule edge cases: groups added later and resumed, tensor values, changed schedules, absolute shapes."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import BaseFinetuning, ModelCheckpoint
+
+from lit_optim import Cosine, Linear, ParamSchedule, ScheduleLR, Warmup
+from tests.models import TinyModule
+
+STEPS = 8  # 4 batches per epoch, 2 epochs
+
+
+def cosine(step: int, start: float, end: float) -> float:
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * step / STEPS))
+
+
+class Unfreeze(BaseFinetuning):
+    """Freeze the first layer, add it as a new param group at epoch 1 (BaseFinetuning's recipe)."""
+
+    def freeze_before_training(self, pl_module: LightningModule) -> None:
+        self.freeze(pl_module.net[0])
+
+    def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        if epoch == 1:
+            self.unfreeze_and_add_param_group(pl_module.net[0], optimizer, lr=None, initial_denom_lr=10.0)
+
+
+class Finetuned(TinyModule):
+    """SGD over the unfrozen layers, an absolute weight-decay cosine; records the groups at every optimizer step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[tuple[float, float]]] = []
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1, weight_decay=0.05)
+        sched = ScheduleLR(opt, Cosine(), STEPS, params={"weight_decay": ParamSchedule(start=0.04, end=0.4)})
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.seen.append([(g["lr"], g["weight_decay"]) for g in optimizer.param_groups])
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`:UserWarning")  # no checkpointing on resume
+@pytest.mark.filterwarnings("ignore:.*your dataloader is not resumable")  # mid-epoch: values compared, not weights
+def test_a_group_added_later_stays_on_the_schedule_after_resume(
+    make_trainer: Callable[..., L.Trainer], tmp_path: Path
+) -> None:
+    straight = Finetuned()
+    every_step = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
+    trainer_args = {"max_epochs": 2, "limit_train_batches": 4, "limit_val_batches": 0}
+    make_trainer(callbacks=[Unfreeze(), every_step], **trainer_args).fit(straight)
+    assert [len(groups) for groups in straight.seen] == [1] * 4 + [2] * 4
+    for step in range(5, STEPS):  # the added group follows the absolute curve from the step after it joined
+        assert [wd for _, wd in straight.seen[step]] == [pytest.approx(cosine(step, 0.04, 0.4), rel=1e-12)] * 2
+
+    resumed = Finetuned()
+    make_trainer(callbacks=[Unfreeze()], **trainer_args).fit(resumed, ckpt_path=tmp_path / "epoch=1-step=6.ckpt")
+    assert resumed.seen == straight.seen[6:]
+
+
+def _adam_with_tensors() -> torch.optim.Optimizer:
+    param = torch.nn.Parameter(torch.zeros(2))
+    betas = (torch.tensor(0.9), torch.tensor(0.999))
+    return torch.optim.Adam([param], lr=torch.tensor(0.01), betas=betas, eps=torch.tensor(1e-8), weight_decay=0.1)
+
+
+def test_tensor_valued_hyper_parameters_are_filled_in_place() -> None:
+    opt = _adam_with_tensors()
+    group = opt.param_groups[0]
+    beta1, eps = group["betas"][0], group["eps"]
+    params = {"betas[0]": ParamSchedule(start=0.9, end=0.99, shape="linear"), "eps": ParamSchedule(end=1e-6)}
+    sched = ScheduleLR(opt, "constant", 4, params=params)
+    for step in range(4):
+        # the same tensors (a compiled or capturable step keeps reading them), holding the scheduled values
+        assert group["betas"][0] is beta1
+        assert group["eps"] is eps
+        assert isinstance(group["betas"][1], torch.Tensor)
+        assert beta1.item() == pytest.approx(0.9 + 0.09 * step / 4, rel=1e-6)
+        param = group["params"][0]
+        param.grad = torch.ones_like(param)
+        opt.step()
+        sched.step()
+    opt2 = _adam_with_tensors()
+    ScheduleLR(opt2, "constant", 4, params=params).load_state_dict(sched.state_dict())
+    assert opt2.param_groups[0]["betas"][0].item() == beta1.item()
+    assert isinstance(opt2.param_groups[0]["eps"], torch.Tensor)
+
+
+def _sgd() -> torch.optim.Optimizer:
+    groups = [
+        {"params": [torch.nn.Parameter(torch.zeros(1))], "name": "decay", "weight_decay": 0.1},
+        {"params": [torch.nn.Parameter(torch.zeros(1))], "name": "no_decay", "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+
+
+WD = {"weight_decay": ParamSchedule(start=0.04, end=0.4)}
+
+
+@pytest.mark.parametrize(
+    ("saved", "now", "match"),
+    [
+        (WD, {"weight_decay": ParamSchedule(start=0.04, end=0.8)}, r"different 'weight_decay' schedule.*0.4.*end=0.8"),
+        (WD, {"weight_decay": ParamSchedule(start=0.04, end=0.4, shape="linear")}, r"'weight_decay'.*Linear"),
+        (WD, None, r"saved 'weight_decay' schedule.*not scheduled now"),
+        (None, WD, r"'weight_decay' schedule.*not in the checkpoint.*own value"),
+        (WD, {**WD, "momentum": ParamSchedule(end=0.99)}, r"'momentum' schedule.*not in the checkpoint"),
+    ],
+)
+def test_resume_with_a_changed_param_schedule_warns(saved: Any, now: Any, match: str) -> None:
+    opt = _sgd()
+    sched = ScheduleLR(opt, "cosine", 10, params=saved)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    state = sched.state_dict()
+    resumed = ScheduleLR(_sgd(), "cosine", 10, params=now)
+    with pytest.warns(UserWarning, match=match):
+        resumed.load_state_dict(state)
+
+
+def test_resume_with_the_same_param_schedule_does_not_warn() -> None:
+    opt = _sgd()
+    sched = ScheduleLR(opt, Cosine(warmup="20%"), 10, params=WD)
+    opt.step()
+    sched.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ScheduleLR(_sgd(), Cosine(warmup="20%"), 10, params=WD).load_state_dict(sched.state_dict())
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [Cosine(min_lr_abs=0.01), Linear(warmup=Warmup(duration=2, start_lr=0.5)), {"name": "cosine", "min_lr_abs": 0.1}],
+)
+def test_a_shape_with_an_absolute_lr_is_refused(shape: Any) -> None:
+    with pytest.raises(ValueError, match=r"absolute lr.*(min_lr_abs|start_lr).*ParamSchedule.*`start`/`end`"):
+        ParamSchedule(start=0.04, end=0.4, shape=shape)
