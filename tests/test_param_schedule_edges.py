@@ -147,3 +147,37 @@ def test_resume_with_the_same_param_schedule_does_not_warn() -> None:
 def test_a_shape_with_an_absolute_lr_is_refused(shape: Any) -> None:
     with pytest.raises(ValueError, match=r"absolute lr.*(min_lr_abs|start_lr).*ParamSchedule.*`start`/`end`"):
         ParamSchedule(start=0.04, end=0.4, shape=shape)
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({"weight_decay": {"ned": 0.4}}, r"Unknown parameter of ParamSchedule 'ned'.*Did you mean 'end'"),
+        (
+            {"weight_decay": {"class_path": "lit_optim.ParamSchedule", "init_args": {"end": 0.4, "relatve": True}}},
+            r"Unknown parameter of ParamSchedule 'relatve'.*Did you mean 'relative'",
+        ),
+        (
+            {"weight_decay": {"end": 0.4, "shape": {"class_path": "lit_optim.Cosine", "init_args": {"min_lr_ab": 1}}}},
+            r"Unknown parameter of Cosine 'min_lr_ab'.*Did you mean 'min_lr_abs'",
+        ),
+    ],
+)
+def test_a_misspelled_key_in_a_config_mapping_names_the_close_match(config: Any, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ScheduleLR(_sgd(), "constant", 4, params=config)
+
+
+def test_params_take_the_class_path_form() -> None:
+    config = {"class_path": "lit_optim.ParamSchedule", "init_args": {"end": 0.4, "start": 0.04, "shape": "linear"}}
+    opt = _sgd()
+    ScheduleLR(opt, "constant", 4, params={"weight_decay": config})
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.04, 0.0]
+
+
+@pytest.mark.parametrize("shape", ["cosine", "linear", Cosine(warmup=2)])
+def test_the_curve_starts_and_ends_exactly_at_the_values_given(shape: Any) -> None:
+    spec = ParamSchedule(start=0.04, end=0.4, shape=shape)
+    steps = [spec.value(s, 10, own=0.1) for s in range(11)]
+    assert steps[2 if isinstance(shape, Cosine) else 0] == 0.04  # not 0.03999999999999998
+    assert steps[10] == 0.4

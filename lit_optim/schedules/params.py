@@ -141,12 +141,19 @@ class ParamSchedule:
             start, end = own * (1.0 if self.start is None else self.start), own * self.end
         else:
             start, end = (own if self.start is None else self.start), self.end
-        return multiplier * (end + (start - end) * f)
+        return multiplier * (start * f + end * (1.0 - f))  # exactly `start` at f=1 and `end` at f=0
 
     def resolve(self, length: TrainingLength) -> ParamSchedule:
         """A copy whose shape's durations are resolved to optimizer steps."""
         assert isinstance(self.shape, Schedule)
         return dataclasses.replace(self, shape=self.shape.resolve(length))
+
+
+def _from_mapping(config: Mapping[str, Any]) -> Any:
+    """A ParamSchedule from its arguments or its ``{"class_path": ..., "init_args": ...}`` config."""
+    from lit_optim.schedules._config import build_spec, spec_from_config  # _config imports this module
+
+    return spec_from_config(config) if "class_path" in config else build_spec(ParamSchedule, config)
 
 
 def _absolute_lr_option(shape: object) -> str | None:
@@ -196,7 +203,7 @@ class ParamScheduler:
             if label in self.fields:
                 raise ValueError(f"Two schedules for {label!r} ({name!r} and another spelling): give one.")
             if isinstance(spec, Mapping):
-                spec = ParamSchedule(**spec)
+                spec = _from_mapping(spec)
             if not isinstance(spec, ParamSchedule):
                 raise TypeError(f"The schedule for {label!r} must be a ParamSchedule (or its mapping), got {spec!r}.")
             self.fields[label] = (key, index, spec.resolve(length))
