@@ -181,3 +181,38 @@ def test_the_curve_starts_and_ends_exactly_at_the_values_given(shape: Any) -> No
     steps = [spec.value(s, 10, own=0.1) for s in range(11)]
     assert steps[2 if isinstance(shape, Cosine) else 0] == 0.04  # not 0.03999999999999998
     assert steps[10] == 0.4
+
+
+def _grouped(**param_schedules: Any) -> torch.optim.Optimizer:
+    from lit_optim import configure_optimizers
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    overrides = {"1.*": {"weight_decay": 0.2, "name": "head"}}
+    config = configure_optimizers(net, "sgd", weight_decay=0.1, overrides=overrides, param_schedules=param_schedules)
+    return config["optimizer"]
+
+
+def test_an_absolute_start_over_groups_with_their_own_weight_decays_is_refused() -> None:
+    # the overrides gave the head its own weight decay: one absolute curve for every group would silently drop it
+    with pytest.raises(
+        ValueError, match=r"'weight_decay'.*absolute.*start=0.04.*'decay': 0.1.*'head/decay': 0.2.*relative"
+    ):
+        ScheduleLR(_grouped(), "constant", 10, params=WD)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (ParamSchedule(start=1.0, end=4.0, relative=True), {"decay": 0.1, "head/decay": 0.2, "no_decay": 0.0}),
+        (ParamSchedule(end=0.4), {"decay": 0.1, "head/decay": 0.2, "no_decay": 0.0}),  # from each group's own value
+        (ParamSchedule(start=0.04, end=0.4, groups=["decay"]), {"decay": 0.04, "head/decay": 0.2, "no_decay": 0.0}),
+        (
+            ParamSchedule(start=0.04, end=0.4, scale={"head*": 2.0}),
+            {"decay": 0.04, "head/decay": 0.08, "no_decay": 0.0},
+        ),
+    ],
+)
+def test_per_group_weight_decays_are_kept_or_chosen_explicitly(spec: ParamSchedule, expected: dict[str, float]) -> None:
+    opt = _grouped()
+    ScheduleLR(opt, "constant", 10, params={"weight_decay": spec})
+    assert {g["name"]: g["weight_decay"] for g in opt.param_groups} == pytest.approx(expected, rel=1e-12)

@@ -149,6 +149,20 @@ class ParamSchedule:
         return dataclasses.replace(self, shape=self.shape.resolve(length))
 
 
+def _check_not_flattened(label: str, spec: ParamSchedule, names: list[str], bases: list[float | None]) -> None:
+    """Refuse one absolute ``start`` over groups that were given different own values (it would drop them)."""
+    if spec.relative or spec.start is None or spec.groups is not None or spec.scale:
+        return  # each group's own value is kept, or the user chose the groups and their multipliers
+    own = {name: base for name, base in zip(names, bases, strict=False) if base is not None}
+    if len(set(own.values())) > 1:
+        raise ValueError(
+            f"The {label!r} schedule sets one absolute start={spec.start!r} for groups that have their own "
+            f"{label!r} values {own}: they would be dropped. Keep them with `relative=True` (start/end multiply "
+            "each group's value) or `start=None` (each group starts from its own), or say which groups follow "
+            "this curve with `groups=[...]`/`exclude=[...]` and `scale={glob: multiplier}`."
+        )
+
+
 def _from_mapping(config: Mapping[str, Any]) -> Any:
     """A ParamSchedule from its arguments or its ``{"class_path": ..., "init_args": ...}`` config."""
     from lit_optim.schedules._config import build_spec, spec_from_config  # _config imports this module
@@ -225,6 +239,7 @@ class ParamScheduler:
                             f"{names}.{f' Did you mean {hint!r}?' if hint else ''}"
                         )
             bases = self.bases[label]
+            first = not bases
             for i in range(len(bases), len(groups)):
                 bases.append(
                     self._own(groups[i], names[i], key, index, spec)
@@ -233,6 +248,8 @@ class ParamScheduler:
                 )
             if not any(b is not None for b in bases):
                 raise ValueError(f"The {label!r} schedule selects no param group; groups are {names}.")
+            if first:  # at construction: a group added later (e.g. unfrozen) simply joins the curve
+                _check_not_flattened(label, spec, names, bases)
             self.multipliers[label] = [_multiplier(spec, n) for n in names]
 
     def _chosen(self, name: str, group: dict[str, Any], key: str, spec: ParamSchedule) -> bool:
