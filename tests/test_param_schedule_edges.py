@@ -216,3 +216,37 @@ def test_per_group_weight_decays_are_kept_or_chosen_explicitly(spec: ParamSchedu
     opt = _grouped()
     ScheduleLR(opt, "constant", 10, params={"weight_decay": spec})
     assert {g["name"]: g["weight_decay"] for g in opt.param_groups} == pytest.approx(expected, rel=1e-12)
+
+
+class ScheduledEps(TinyModule):
+    """Adam with an ``eps`` schedule and one on a custom group key the optimizer carries along."""
+
+    def configure_optimizers(self) -> Any:
+        weights = [p for p in self.parameters() if p.ndim > 1]
+        biases = [p for p in self.parameters() if p.ndim == 1]
+        groups = [{"params": weights, "name": "decay", "ema": 1.0}, {"params": biases, "name": "no_decay", "ema": 1.0}]
+        opt = torch.optim.Adam(groups, lr=0.01)
+        params = {"eps": ParamSchedule(start=1e-8, end=1e-6, shape="linear"), "ema": ParamSchedule(end=0.5)}
+        sched = ScheduleLR(opt, "constant", STEPS, params=params)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_learning_rate_logger_logs_scheduled_fields_it_does_not_already_log(
+    make_trainer: Callable[..., L.Trainer],
+) -> None:
+    from lit_optim import LearningRateLogger
+    from tests.loggers import MemoryLogger
+
+    logger = MemoryLogger()
+    trainer = make_trainer(
+        max_epochs=2, limit_train_batches=4, limit_val_batches=0, logger=logger, log_every_n_steps=1,
+        callbacks=[LearningRateLogger()],
+    )
+    trainer.fit(ScheduledEps())
+    rows = [metrics for _, metrics in logger.logged if "lr/decay" in metrics]
+    assert len(rows) == STEPS
+    for step, row in enumerate(rows):
+        for group in ("decay", "no_decay"):
+            assert row[f"eps/{group}"] == pytest.approx(1e-8 + (1e-6 - 1e-8) * step / STEPS, rel=1e-12)
+            assert row[f"ema/{group}"] == pytest.approx(cosine(step, 1.0, 0.5), rel=1e-12)
+    assert not any(key.startswith(("betas", "weight_decay/decay/")) for key in rows[0])  # no double keys

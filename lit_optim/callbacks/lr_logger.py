@@ -16,12 +16,14 @@ from typing_extensions import override
 from lit_optim._distributed import is_distributed
 from lit_optim._logging import group_names, log_metrics
 from lit_optim._validation import check_choice, check_positive_int
+from lit_optim.schedules.scheduler import ScheduleLR
 
 __all__ = ["LearningRateLogger"]
 
 _INTERVALS = ("epoch", "step")
 _ON_MISMATCH = ("raise", "warn")
 _Keys = tuple[str, str, str, str]  # lr, momentum, beta2, weight_decay keys of one group
+_LOGGED = frozenset({"momentum", "betas[0]", "betas[1]", "weight_decay"})  # scheduled fields the keys cover
 
 
 class LearningRateLogger(Callback):
@@ -48,7 +50,9 @@ class LearningRateLogger(Callback):
     - ``momentum/{group}``: ``param_group["momentum"]`` (SGD, RMSprop) or else ``param_group["betas"][0]``
       (Adam family); absent when the group has neither;
     - ``beta2/{group}``: ``param_group["betas"][1]``, when the group has ``betas``;
-    - ``weight_decay/{group}``: ``param_group["weight_decay"]``, when the group has it.
+    - ``weight_decay/{group}``: ``param_group["weight_decay"]``, when the group has it;
+    - ``{field}/{group}`` for every other field a ``ScheduleLR(params=...)`` of that optimizer schedules
+      (``eps/{group}``, ``betas[2]/{group}``, a custom key).
 
     ``{group}`` is ``param_group["name"]`` (as set by :func:`lit_optim.param_groups`, e.g. ``decay``,
     ``no_decay``, ``head/decay``), or ``group{i}`` with ``i`` the group's index in ``optimizer.param_groups``
@@ -177,6 +181,7 @@ class LearningRateLogger(Callback):
             metrics: dict[str, float] = {}
             for index, optimizer in enumerate(trainer.optimizers):
                 metrics.update(self._metrics(index, _unwrap(optimizer)))
+                metrics.update(_scheduled_extras(trainer, optimizer, self._group_keys[index]))
             log_metrics(trainer, metrics)
 
     @override
@@ -244,7 +249,8 @@ class LearningRateLogger(Callback):
             self._log_window[index] = window
             if self._has_logger and trainer.is_global_zero:
                 metrics = self._metrics(index, optimizer)
-                log_metrics(trainer, metrics)
+                extras = _scheduled_extras(trainer, optimizer, self._group_keys[index])
+                log_metrics(trainer, {**metrics, **extras})
         every = self.check_consistency_every_n_steps
         if every is not None and is_distributed(trainer) and self._check_window.get(index, -1) != step // every:
             self._check_window[index] = step // every
@@ -305,6 +311,25 @@ def _optimizer_names(optimizers: Sequence[Any]) -> list[str]:
 def _keys(prefix: str, name: str) -> _Keys:
     qualified = f"{prefix}{name}"
     return f"lr/{qualified}", f"momentum/{qualified}", f"beta2/{qualified}", f"weight_decay/{qualified}"
+
+
+def _scheduled_extras(trainer: Trainer, optimizer: Optimizer, keys: Sequence[_Keys]) -> dict[str, float]:
+    """``{field}/{group}`` of the fields a ``ScheduleLR(params=...)`` schedules that the keys above do not cover."""
+    raw = _unwrap(optimizer)
+    metrics: dict[str, float] = {}
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        if not isinstance(scheduler, ScheduleLR) or scheduler.params is None or scheduler.optimizer is not raw:
+            continue
+        for label, (key, index, _) in scheduler.params.fields.items():
+            if label in _LOGGED:
+                continue
+            for group, (lr_key, *_) in zip(raw.param_groups, keys, strict=False):
+                value = group.get(key)
+                if value is not None and (index is None or index < len(value)):
+                    name = lr_key.partition("/")[2]  # the (optimizer-qualified) group name, as in `lr/{name}`
+                    metrics[f"{label}/{name}"] = float(value if index is None else value[index])
+    return metrics
 
 
 def _read(groups: Sequence[Mapping[str, Any]], keys: Sequence[_Keys], flags: tuple[bool, bool]) -> dict[str, float]:
