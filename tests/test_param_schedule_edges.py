@@ -250,3 +250,4 @@ def test_learning_rate_logger_logs_scheduled_fields_it_does_not_already_log(
             assert row[f"eps/{group}"] == pytest.approx(1e-8 + (1e-6 - 1e-8) * step / STEPS, rel=1e-12)
             assert row[f"ema/{group}"] == pytest.approx(cosine(step, 1.0, 0.5), rel=1e-12)
     assert not any(key.startswith(("betas", "weight_decay/decay/")) for key in rows[0])  # no double keys
+

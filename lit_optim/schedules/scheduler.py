@@ -114,6 +114,7 @@ class ScheduleLR(LRScheduler):
                     "one field. Use `cycle_momentum=False` or drop that entry of `params`."
                 )
         super().__init__(optimizer, last_epoch)
+        _warn_floor_above_lr(self.schedule, optimizer.param_groups)
 
     def get_lr(self) -> list[float | Tensor]:
         """The lr of every param group at step ``last_epoch``."""
@@ -196,6 +197,28 @@ class ScheduleLR(LRScheduler):
                 group["betas"] = (momentum, *group["betas"][1:])
             elif "momentum" in group:
                 group["momentum"] = momentum
+
+
+def _warn_floor_above_lr(schedule: Schedule, groups: list[dict[str, Any]]) -> None:
+    """Warn when an absolute lr of the spec is above a group's initial lr: that group's lr moves up towards it."""
+    warmup = getattr(schedule, "warmup", None)
+    for option, value in (
+        ("min_lr_abs", getattr(schedule, "min_lr_abs", None)),
+        ("start_lr", getattr(warmup, "start_lr", None)),
+    ):
+        if value is None:
+            continue
+        below = {
+            str(g.get("name", f"group{i}")): float(g["initial_lr"])
+            for i, g in enumerate(groups)
+            if g["initial_lr"] < value
+        }
+        for name, lr in below.items():
+            rank_zero_warn(
+                f"{option}={value!r} is above the initial lr of param group {name!r} ({lr!r}): that group's lr rises "
+                f"towards {value!r} where the others fall. Use a ratio (`min_lr`, `Warmup(start_factor=)`) to keep "
+                "every group below its own lr, or lower the absolute value."
+            )
 
 
 def as_schedule(schedule: Schedule | str | Mapping[str, Any]) -> Schedule:
