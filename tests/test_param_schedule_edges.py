@@ -11,28 +11,17 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import BaseFinetuning, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_optim import Cosine, Linear, ParamSchedule, ScheduleLR, Warmup
 from tests.models import TinyModule
+from tests.test_plateau import Unfreeze  # BaseFinetuning's recipe: net[0] added as a new group at epoch 1
 
 STEPS = 8  # 4 batches per epoch, 2 epochs
 
 
 def cosine(step: int, start: float, end: float) -> float:
     return end + 0.5 * (start - end) * (1 + math.cos(math.pi * step / STEPS))
-
-
-class Unfreeze(BaseFinetuning):
-    """Freeze the first layer, add it as a new param group at epoch 1 (BaseFinetuning's recipe)."""
-
-    def freeze_before_training(self, pl_module: LightningModule) -> None:
-        self.freeze(pl_module.net[0])
-
-    def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: torch.optim.Optimizer) -> None:
-        if epoch == 1:
-            self.unfreeze_and_add_param_group(pl_module.net[0], optimizer, lr=None, initial_denom_lr=10.0)
 
 
 class Finetuned(TinyModule):
