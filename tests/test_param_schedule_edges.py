@@ -240,3 +240,16 @@ def test_learning_rate_logger_logs_scheduled_fields_it_does_not_already_log(
             assert row[f"ema/{group}"] == pytest.approx(cosine(step, 1.0, 0.5), rel=1e-12)
     assert not any(key.startswith(("betas", "weight_decay/decay/")) for key in rows[0])  # no double keys
 
+
+
+def test_momentum_cycling_fills_tensor_betas_in_place() -> None:
+    from lit_optim import OneCycle
+
+    opt = _adam_with_tensors()
+    beta1 = opt.param_groups[0]["betas"][0]
+    sched = ScheduleLR(opt, OneCycle(cycle_momentum=True), 10)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["betas"][0] is beta1
+    assert beta1.item() == pytest.approx(OneCycle(cycle_momentum=True).momentum(3, 10), rel=1e-6)

@@ -295,10 +295,10 @@ class ParamScheduler:
                     continue
                 value = spec.value(step, self.total_steps, own, multiplier)
                 if index is None:
-                    group[key] = _assigned(group[key], value)
+                    group[key] = assigned(group[key], value)
                 else:
                     items = list(group[key])
-                    items[index] = _assigned(items[index], value)
+                    items[index] = assigned(items[index], value)
                     group[key] = type(group[key])(items)
 
     def state_dict(self) -> dict[str, Any]:
@@ -343,8 +343,8 @@ def changed_param_schedules(saved: Mapping[str, str], now: Mapping[str, str], st
     return messages
 
 
-def _assigned(current: Any, value: float) -> Any:
-    """``value`` in place of ``current``: a tensor (a compiled or capturable step reads it) is filled, not replaced."""
+def assigned(current: Any, value: float) -> Any:
+    """``value`` to store in place of ``current``: a tensor (a compiled or capturable step reads it) is filled."""
     if isinstance(current, Tensor):
         current.fill_(value)
         return current

@@ -13,7 +13,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from lit_optim.schedules.base import Schedule
 from lit_optim.schedules.catalogue import build_schedule
 from lit_optim.schedules.durations import TrainingLength
-from lit_optim.schedules.params import ParamSchedule, ParamScheduler, changed_param_schedules
+from lit_optim.schedules.params import ParamSchedule, ParamScheduler, assigned, changed_param_schedules
 
 if TYPE_CHECKING:
     pass
@@ -192,11 +192,13 @@ class ScheduleLR(LRScheduler):
 
     def _set_momentum(self) -> None:
         momentum = self.schedule.momentum(self.last_epoch, self.total_steps)
+        if momentum is None:  # only called when the spec cycles momentum
+            return
         for group in self.optimizer.param_groups:
             if "betas" in group:
-                group["betas"] = (momentum, *group["betas"][1:])
+                group["betas"] = (assigned(group["betas"][0], momentum), *group["betas"][1:])
             elif "momentum" in group:
-                group["momentum"] = momentum
+                group["momentum"] = assigned(group["momentum"], momentum)
 
 
 def _warn_floor_above_lr(schedule: Schedule, groups: list[dict[str, Any]]) -> None:
