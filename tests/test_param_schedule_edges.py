@@ -228,7 +228,11 @@ def test_learning_rate_logger_logs_scheduled_fields_it_does_not_already_log(
 
     logger = MemoryLogger()
     trainer = make_trainer(
-        max_epochs=2, limit_train_batches=4, limit_val_batches=0, logger=logger, log_every_n_steps=1,
+        max_epochs=2,
+        limit_train_batches=4,
+        limit_val_batches=0,
+        logger=logger,
+        log_every_n_steps=1,
         callbacks=[LearningRateLogger()],
     )
     trainer.fit(ScheduledEps())
@@ -239,7 +243,6 @@ def test_learning_rate_logger_logs_scheduled_fields_it_does_not_already_log(
             assert row[f"eps/{group}"] == pytest.approx(1e-8 + (1e-6 - 1e-8) * step / STEPS, rel=1e-12)
             assert row[f"ema/{group}"] == pytest.approx(cosine(step, 1.0, 0.5), rel=1e-12)
     assert not any(key.startswith(("betas", "weight_decay/decay/")) for key in rows[0])  # no double keys
-
 
 
 def test_momentum_cycling_fills_tensor_betas_in_place() -> None:
@@ -253,3 +256,26 @@ def test_momentum_cycling_fills_tensor_betas_in_place() -> None:
         sched.step()
     assert opt.param_groups[0]["betas"][0] is beta1
     assert beta1.item() == pytest.approx(OneCycle(cycle_momentum=True).momentum(3, 10), rel=1e-6)
+
+
+def test_an_open_ended_run_refuses_a_param_shape_that_needs_the_total() -> None:
+    # the lr spec runs without a total; a cosine weight decay over 2**53 steps would never move
+    from types import SimpleNamespace
+
+    from lit_optim import lightning_scheduler_config
+
+    trainer = SimpleNamespace(
+        estimated_stepping_batches=float("inf"),
+        num_training_batches=float("inf"),
+        accumulate_grad_batches=1,
+        max_steps=-1,
+        max_epochs=-1,
+    )
+    with pytest.raises(
+        ValueError, match=r"total number of optimizer steps is unknown.*'weight_decay' schedule.*Cosine"
+    ):
+        lightning_scheduler_config(_sgd(), "constant", trainer, params=WD)
+    # a shape in steps needs no total
+    shape = {"weight_decay": ParamSchedule(start=0.04, end=0.4, shape=Linear(decay_end=100))}
+    config = lightning_scheduler_config(_sgd(), "constant", trainer, params=shape)
+    assert config["scheduler"].params is not None
