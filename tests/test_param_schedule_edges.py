@@ -279,3 +279,11 @@ def test_an_open_ended_run_refuses_a_param_shape_that_needs_the_total() -> None:
     shape = {"weight_decay": ParamSchedule(start=0.04, end=0.4, shape=Linear(decay_end=100))}
     config = lightning_scheduler_config(_sgd(), "constant", trainer, params=shape)
     assert config["scheduler"].params is not None
+
+
+@pytest.mark.parametrize("spec", [ParamSchedule(end=1.01, relative=True), ParamSchedule(start=1.002, end=1.0, relative=True)])
+def test_a_relative_betas_schedule_reaching_one_is_refused(spec: ParamSchedule) -> None:
+    # 0.999 * 1.01 = 1.009: Adam's bias correction breaks silently; torch checks betas only when built
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    with pytest.raises(ValueError, match=r"'betas\[1\]' values must be < 1.*got 1.00.*own value 0.999"):
+        ScheduleLR(opt, "constant", 10, params={"betas[1]": spec})

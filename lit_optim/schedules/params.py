@@ -137,11 +137,16 @@ class ParamSchedule:
         """The value at optimizer ``step`` of a group whose own (initial) value is ``own``."""
         assert isinstance(self.shape, Schedule)  # converted in __post_init__
         f = self.shape.factor(step, total_steps)
+        start, end = self.ends(own)
+        return multiplier * (start * f + end * (1.0 - f))  # exactly `start` at f=1 and `end` at f=0
+
+    def ends(self, own: float, multiplier: float = 1.0) -> tuple[float, float]:
+        """``(start, end)`` values of a group whose own value is ``own`` (factor 1 and factor 0 of the shape)."""
         if self.relative:
             start, end = own * (1.0 if self.start is None else self.start), own * self.end
         else:
             start, end = (own if self.start is None else self.start), self.end
-        return multiplier * (start * f + end * (1.0 - f))  # exactly `start` at f=1 and `end` at f=0
+        return (start, end) if multiplier == 1.0 else (multiplier * start, multiplier * end)
 
     def resolve(self, length: TrainingLength) -> ParamSchedule:
         """A copy whose shape's durations are resolved to optimizer steps."""
@@ -279,11 +284,15 @@ class ParamScheduler:
             return float(value)
         if not isinstance(value, (tuple, list)) or index >= len(value):
             raise ValueError(f"{label!r}: {key!r} of group {name!r} is {value!r}, which has no item {index}.")
-        if key == "betas":
-            for end in (spec.start, spec.end):
-                if end is not None and not spec.relative and end >= 1:
-                    raise ValueError(f"{label!r} values must be < 1 (torch's Adam-family check), got {end!r}.")
-        return float(value[index])
+        own = float(value[index])
+        if key == "betas":  # the curve's ends as this group gets them (relative, scaled)
+            for end in spec.ends(own, _multiplier(spec, name)):
+                if end >= 1:
+                    raise ValueError(
+                        f"{label!r} values must be < 1 (torch's Adam-family check), got {end!r} for group {name!r} "
+                        f"(its own value {own!r})."
+                    )
+        return own
 
     def apply(self, groups: list[dict[str, Any]], step: int) -> None:
         """Set every scheduled field of every selected group to its value at optimizer ``step``."""
