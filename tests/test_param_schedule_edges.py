@@ -281,7 +281,9 @@ def test_an_open_ended_run_refuses_a_param_shape_that_needs_the_total() -> None:
     assert config["scheduler"].params is not None
 
 
-@pytest.mark.parametrize("spec", [ParamSchedule(end=1.01, relative=True), ParamSchedule(start=1.002, end=1.0, relative=True)])
+@pytest.mark.parametrize(
+    "spec", [ParamSchedule(end=1.01, relative=True), ParamSchedule(start=1.002, end=1.0, relative=True)]
+)
 def test_a_relative_betas_schedule_reaching_one_is_refused(spec: ParamSchedule) -> None:
     # 0.999 * 1.01 = 1.009: Adam's bias correction breaks silently; torch checks betas only when built
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
