@@ -213,9 +213,14 @@ class ScheduledEps(TinyModule):
     def configure_optimizers(self) -> Any:
         weights = [p for p in self.parameters() if p.ndim > 1]
         biases = [p for p in self.parameters() if p.ndim == 1]
-        groups = [{"params": weights, "name": "decay", "ema": 1.0}, {"params": biases, "name": "no_decay", "ema": 1.0}]
+        extra = {"ema": 1.0, "decays": (1.0, 1.0)}
+        groups = [{"params": weights, "name": "decay", **extra}, {"params": biases, "name": "no_decay", **extra}]
         opt = torch.optim.Adam(groups, lr=0.01)
-        params = {"eps": ParamSchedule(start=1e-8, end=1e-6, shape="linear"), "ema": ParamSchedule(end=0.5)}
+        params = {
+            "eps": ParamSchedule(start=1e-8, end=1e-6, shape="linear"),
+            "ema": ParamSchedule(end=0.5),
+            "decays[1]": ParamSchedule(end=0.5),
+        }
         sched = ScheduleLR(opt, "constant", STEPS, params=params)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -242,6 +247,8 @@ def test_learning_rate_logger_logs_scheduled_fields_it_does_not_already_log(
         for group in ("decay", "no_decay"):
             assert row[f"eps/{group}"] == pytest.approx(1e-8 + (1e-6 - 1e-8) * step / STEPS, rel=1e-12)
             assert row[f"ema/{group}"] == pytest.approx(cosine(step, 1.0, 0.5), rel=1e-12)
+            # an item of a tuple: a name every logger takes (MLflow refuses brackets)
+            assert row[f"decays_1/{group}"] == row[f"ema/{group}"]
     assert not any(key.startswith(("betas", "weight_decay/decay/")) for key in rows[0])  # no double keys
 
 

@@ -52,7 +52,7 @@ class LearningRateLogger(Callback):
     - ``beta2/{group}``: ``param_group["betas"][1]``, when the group has ``betas``;
     - ``weight_decay/{group}``: ``param_group["weight_decay"]``, when the group has it;
     - ``{field}/{group}`` for every other field a ``ScheduleLR(params=...)`` of that optimizer schedules
-      (``eps/{group}``, ``betas[2]/{group}``, a custom key).
+      (``eps/{group}``, ``beta3/{group}`` for ``betas[2]``, ``key_1/{group}`` for ``key[1]``).
 
     ``{group}`` is ``param_group["name"]`` (as set by :func:`lit_optim.param_groups`, e.g. ``decay``,
     ``no_decay``, ``head/decay``), or ``group{i}`` with ``i`` the group's index in ``optimizer.param_groups``
@@ -328,8 +328,15 @@ def _scheduled_extras(trainer: Trainer, optimizer: Optimizer, keys: Sequence[_Ke
                 value = group.get(key)
                 if value is not None and (index is None or index < len(value)):
                     name = lr_key.partition("/")[2]  # the (optimizer-qualified) group name, as in `lr/{name}`
-                    metrics[f"{label}/{name}"] = float(value if index is None else value[index])
+                    metrics[f"{_metric_name(key, index)}/{name}"] = float(value if index is None else value[index])
     return metrics
+
+
+def _metric_name(key: str, index: int | None) -> str:
+    """``eps``; ``beta3`` for ``betas[2]`` (like ``beta2``); ``key_1`` for ``key[1]`` (MLflow refuses brackets)."""
+    if index is None:
+        return key
+    return f"beta{index + 1}" if key == "betas" else f"{key}_{index}"
 
 
 def _read(groups: Sequence[Mapping[str, Any]], keys: Sequence[_Keys], flags: tuple[bool, bool]) -> dict[str, float]:
