@@ -13,7 +13,17 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_optim import Cosine, Linear, ParamSchedule, ScheduleLR, Warmup
+from lit_optim import (
+    Cosine,
+    Linear,
+    OptimizerMixin,
+    ParamSchedule,
+    Schedule,
+    ScheduleLR,
+    ScheduleName,
+    TrainingLength,
+    Warmup,
+)
 from tests.models import TinyModule
 from tests.test_plateau import Unfreeze  # BaseFinetuning's recipe: net[0] added as a new group at epoch 1
 
@@ -296,3 +306,71 @@ def test_a_relative_betas_schedule_reaching_one_is_refused(spec: ParamSchedule) 
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
     with pytest.raises(ValueError, match=r"'betas\[1\]' values must be < 1.*got 1.00.*own value 0.999"):
         ScheduleLR(opt, "constant", 10, params={"betas[1]": spec})
+
+
+class CLIModel(OptimizerMixin, TinyModule):
+    """What a LightningCLI user writes: the arguments of ``configure_optimizers`` as saved hyper-parameters."""
+
+    def __init__(
+        self,
+        optimizer: str = "sgd",
+        lr: float = 0.05,
+        weight_decay: float = 0.1,
+        scheduler: Schedule | ScheduleName | dict[str, Any] | None = None,
+        param_schedules: dict[str, ParamSchedule | dict[str, Any]] | None = None,
+        optimizer_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.seen: list[float] = []
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.seen.append(optimizer.param_groups[0]["weight_decay"])
+
+
+CLI_FORMS = {
+    "mapping": "{weight_decay: {start: 0.04, end: 0.4, shape: cosine}}",
+    "class_path": "{weight_decay: {class_path: lit_optim.ParamSchedule, init_args: {start: 0.04, end: 0.4}}}",
+    "shape-mapping": "{weight_decay: {start: 0.04, end: 0.4, shape: {name: cosine}}}",
+    "shape-class_path": "{weight_decay: {start: 0.04, end: 0.4, shape: {class_path: lit_optim.Cosine}}}",
+}
+
+
+@pytest.mark.parametrize("form", list(CLI_FORMS))
+def test_lightning_cli_yaml_forms_of_param_schedules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    from jsonargparse import set_parsing_settings
+    from lightning.pytorch.cli import LightningCLI
+
+    monkeypatch.setattr("sys.argv", ["cli.py"])
+    set_parsing_settings(subclasses_enabled=[Schedule])
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model:\n  param_schedules: {CLI_FORMS[form]}\n  scheduler: linear\n")
+    trainer_args = [
+        "--seed_everything=0",
+        "--trainer.max_steps=8",
+        "--trainer.limit_val_batches=0",
+        "--trainer.logger=false",
+    ]
+    trainer_args += ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    cli = LightningCLI(
+        CLIModel,
+        args=["--config", str(config), f"--trainer.default_root_dir={tmp_path}", *trainer_args],
+        run=False,
+        save_config_kwargs={"overwrite": True},
+    )
+    cli.trainer.fit(cli.model)
+    assert cli.model.seen == [pytest.approx(cosine(s, 0.04, 0.4), rel=1e-12) for s in range(STEPS)]
+    path = tmp_path / "last.ckpt"
+    cli.trainer.save_checkpoint(path)
+    stored = torch.load(path, weights_only=True)["hyper_parameters"]["param_schedules"]["weight_decay"]  # plain data
+    restored = ScheduleLR(
+        torch.optim.SGD(CLIModel().parameters(), lr=0.1, weight_decay=0.1),
+        "linear",
+        8,
+        params=CLIModel.load_from_checkpoint(path).hparams["param_schedules"],
+    )
+    assert restored.params is not None
+    assert restored.params.fields["weight_decay"][2] == ParamSchedule(start=0.04, end=0.4).resolve(TrainingLength(8))
+    assert isinstance(stored, dict)
