@@ -374,3 +374,32 @@ def test_lightning_cli_yaml_forms_of_param_schedules(
     assert restored.params is not None
     assert restored.params.fields["weight_decay"][2] == ParamSchedule(start=0.04, end=0.4).resolve(TrainingLength(8))
     assert isinstance(stored, dict)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [  # the preview's stand-in optimizer must not lend its own values (SGD's momentum 0.9, weight decay 0)
+        ({"params": {"momentum": ParamSchedule(end=0.99)}}, r"own 'momentum'.*values=\{'momentum': \.\.\.\}"),
+        ({"params": {"eps": ParamSchedule(end=1e-6)}}, r"own 'eps'.*groups \['a', 'b'\]"),
+        ({"params": WD}, r"own 'weight_decay'.*values="),
+        (
+            {"params": {"weight_decay": ParamSchedule(end=0.4)}, "values": {"weight_dcay": 0.1}},
+            r"Unknown `values` key 'weight_dcay'.*Did you mean 'weight_decay'.*not a scheduled field",
+        ),
+    ],
+)
+def test_preview_needs_the_groups_own_values(kwargs: dict[str, Any], match: str) -> None:
+    from lit_optim import preview_schedule
+
+    with pytest.raises(ValueError, match=match):
+        preview_schedule("cosine", 4, base_lrs={"a": 0.1, "b": 0.01}, **kwargs)
+
+
+def test_preview_of_an_adam_momentum_schedule_says_betas() -> None:
+    from lit_optim import preview_schedule
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    with pytest.raises(ValueError, match=r"have no 'momentum' \(for this optimizer write 'betas\[0\]'\)"):
+        preview_schedule("cosine", 4, base_lrs=opt, params={"momentum": ParamSchedule(end=0.99)})
+    curve = preview_schedule("cosine", 4, base_lrs=opt, params={"betas[0]": ParamSchedule(end=0.99)})
+    assert curve.value("betas[0]", "group_0")[0] == 0.9  # Adam's own beta1

@@ -63,6 +63,11 @@ def parse_field(name: object) -> tuple[str, int | None]:
     return key, None if index is None else int(index)
 
 
+def field_hint(key: str, group: Mapping[str, Any]) -> str | None:
+    """The field to write instead of ``key`` for this group: ``'betas[0]'`` for ``momentum`` on Adam, and back."""
+    return _NEGATIVE_HINTS.get(key) if "betas" in group else ("momentum" if key == "betas" else None)
+
+
 def _label(key: str, index: int | None) -> str:
     return key if index is None else f"{key}[{index}]"
 
@@ -268,7 +273,7 @@ class ParamScheduler:
     def _own(self, group: dict[str, Any], name: str, key: str, index: int | None, spec: ParamSchedule) -> float:
         label = _label(key, index)
         if key not in group:
-            hint = _NEGATIVE_HINTS.get(key) if "betas" in group else ("momentum" if key == "betas" else None)
+            hint = field_hint(key, group)
             valid = sorted(k for k in group if k not in ("params", "name", "initial_lr"))
             near = None if hint else closest_match(key, valid)
             raise ValueError(
