@@ -43,3 +43,12 @@ def test_a_cycle_decay_above_one_is_refused_like_cyclic_gamma() -> None:
     with pytest.raises(ValueError, match=r"`cycle_decay` must be in \(0, 1\], got 2.0"):
         CosineRestarts(period=5, cycle_decay=2.0)
     assert CosineRestarts(period=5, cycle_decay=1.0).factor(5, 10) == 1.0
+
+
+@pytest.mark.parametrize("field", ["cycle_momentum", "three_phase"])
+def test_one_cycle_switches_refuse_a_string(field: str) -> None:
+    # a quoted "false" in a plain YAML config is truthy: it would cycle the momentum (or add a phase) silently
+    from lit_optim import OneCycle
+
+    with pytest.raises(TypeError, match=rf"`{field}` must be True or False, got 'false'"):
+        OneCycle(**{field: "false"})

@@ -25,7 +25,7 @@ from typing import Any
 
 from torch import Tensor
 
-from lit_optim._validation import closest_match
+from lit_optim._validation import check_bool, closest_match
 from lit_optim.schedules.base import Schedule
 from lit_optim.schedules.durations import TrainingLength
 
@@ -116,8 +116,7 @@ class ParamSchedule:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"ParamSchedule `{name}` must be a finite number >= 0, got {value!r}.")
-        if not isinstance(self.relative, bool):
-            raise TypeError(f"ParamSchedule `relative` must be True or False, got {self.relative!r}.")
+        check_bool("relative", self.relative)
         from lit_optim.schedules._config import spec_from_config  # both modules import this one
         from lit_optim.schedules.scheduler import as_schedule
 

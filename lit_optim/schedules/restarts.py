@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import cast
 
-from lit_optim._validation import check_positive, check_positive_int, check_ratio
+from lit_optim._validation import check_bool, check_positive, check_positive_int, check_ratio
 from lit_optim.schedules._anneal import AnnealedSchedule
 from lit_optim.schedules.base import optional_field, steps_of
 from lit_optim.schedules.durations import Duration, DurationLike
@@ -81,8 +81,7 @@ class CosineRestarts(AnnealedSchedule):
         check_ratio("cycle_decay", self.cycle_decay)  # a peak above the base lr is not a decay
         if self.cycle_limit is not None:
             check_positive_int("cycle_limit", self.cycle_limit)
-        if not isinstance(self.warmup_prefix, bool):
-            raise TypeError(f"`warmup_prefix` must be True or False, got {self.warmup_prefix!r}.")
+        check_bool("warmup_prefix", self.warmup_prefix)
 
     def needs_total_steps(self) -> bool:
         """Whether the run's total is needed: with ``cycles`` or a duration in ``%`` of the run."""
