@@ -35,6 +35,8 @@ _FIELD = re.compile(r"^\s*([A-Za-z_][A-Za-z_0-9]*)\s*(?:\[\s*(\d+)\s*\])?\s*$")
 _RESERVED = {
     "lr": "the lr has its own schedule: pass it as `scheduler=`",
     "initial_lr": "it is the lr's base value",
+    "lr_scale": "it is applied once, when the groups are built (a schedule on it would change nothing); the lr "
+    "schedule's factor (`scheduler=`) multiplies every group's lr",
     "params": "it holds the tensors",
     "name": "it is the group's label",
 }
