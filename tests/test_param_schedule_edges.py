@@ -409,3 +409,10 @@ def test_scheduling_lr_scale_is_refused() -> None:
     # lr_scale is applied once, when the groups are built: a schedule on it would change nothing, silently
     with pytest.raises(ValueError, match=r"'lr_scale' cannot be scheduled.*applied once.*`scheduler=`"):
         ScheduleLR(_grouped(), "constant", 10, params={"lr_scale": ParamSchedule(end=0.5, relative=True)})
+
+
+@pytest.mark.parametrize(("field", "shown"), [("amsgrad", "False"), ("foreach", "None"), ("capturable", "False")])
+def test_a_field_that_is_not_a_number_is_refused(field: str, shown: str) -> None:
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    with pytest.raises(ValueError, match=rf"'{field}' of group 'group0' is {shown}, not a number: it cannot be sched"):
+        ScheduleLR(opt, "constant", 10, params={field: ParamSchedule(end=1.0)})

@@ -181,6 +181,16 @@ def _from_mapping(config: Mapping[str, Any]) -> Any:
     return spec_from_config(config) if "class_path" in config else build_spec(ParamSchedule, config)
 
 
+def _number(value: Any, label: str, group: str) -> float:
+    """A group's own value as a float; an on/off switch (``amsgrad``) or ``None`` (``foreach``) is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+        raise ValueError(
+            f"{label!r} of group {group!r} is {value!r}, not a number: it cannot be scheduled. Schedule a numeric "
+            "hyper-parameter (`weight_decay`, `momentum`, `betas[0]`, `eps`, ...)."
+        )
+    return float(value)
+
+
 def _absolute_lr_option(shape: object) -> str | None:
     """The option of ``shape`` that adds an absolute lr (``min_lr_abs=...``, ``Warmup(start_lr=...)``), if any."""
     min_lr_abs = getattr(shape, "min_lr_abs", None)
@@ -287,10 +297,10 @@ class ParamScheduler:
         if index is None:
             if isinstance(value, (tuple, list)):
                 raise ValueError(f"{key!r} of group {name!r} is a tuple {value!r}: schedule one item, e.g. '{key}[0]'.")
-            return float(value)
+            return _number(value, label, name)
         if not isinstance(value, (tuple, list)) or index >= len(value):
             raise ValueError(f"{label!r}: {key!r} of group {name!r} is {value!r}, which has no item {index}.")
-        own = float(value[index])
+        own = _number(value[index], label, name)
         if key == "betas":  # the curve's ends as this group gets them (relative, scaled)
             for end in spec.ends(own, _multiplier(spec, name)):
                 if end >= 1:
