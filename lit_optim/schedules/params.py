@@ -19,17 +19,24 @@ import dataclasses
 import fnmatch
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor
-
 from lit_optim._validation import check_bool, closest_match
+from lit_optim.schedules._param_checks import (
+    absolute_lr_option,
+    assigned,
+    changed_param_schedules,
+    check_not_flattened,
+    field_hint,
+    glob_list,
+    own_number,
+)
 from lit_optim.schedules.base import Schedule
 from lit_optim.schedules.durations import TrainingLength
 
-__all__ = ["ParamSchedule", "ParamScheduler", "changed_param_schedules", "parse_field"]
+__all__ = ["ParamSchedule", "ParamScheduler", "parse_field"]
 
 _FIELD = re.compile(r"^\s*([A-Za-z_][A-Za-z_0-9]*)\s*(?:\[\s*(\d+)\s*\])?\s*$")
 _RESERVED = {
@@ -40,7 +47,6 @@ _RESERVED = {
     "params": "it holds the tensors",
     "name": "it is the group's label",
 }
-_NEGATIVE_HINTS = {"momentum": "betas[0]", "beta1": "betas[0]", "beta2": "betas[1]"}
 
 
 def parse_field(name: object) -> tuple[str, int | None]:
@@ -63,11 +69,6 @@ def parse_field(name: object) -> tuple[str, int | None]:
     if key in _RESERVED and index is None:
         raise ValueError(f"{key!r} cannot be scheduled as a hyper-parameter: {_RESERVED[key]}.")
     return key, None if index is None else int(index)
-
-
-def field_hint(key: str, group: Mapping[str, Any]) -> str | None:
-    """The field to write instead of ``key`` for this group: ``'betas[0]'`` for ``momentum`` on Adam, and back."""
-    return _NEGATIVE_HINTS.get(key) if "betas" in group else ("momentum" if key == "betas" else None)
 
 
 def _label(key: str, index: int | None) -> str:
@@ -123,15 +124,15 @@ class ParamSchedule:
         from lit_optim.schedules.scheduler import as_schedule
 
         object.__setattr__(self, "shape", as_schedule(spec_from_config(self.shape)))
-        absolute = _absolute_lr_option(self.shape)
+        absolute = absolute_lr_option(self.shape)
         if absolute is not None:
             raise ValueError(
                 f"The ParamSchedule shape {self.shape!r} has an absolute lr ({absolute}), which has no meaning for "
                 "another hyper-parameter. Give the values as ParamSchedule `start`/`end` and a shape without it "
                 "(e.g. `min_lr` as a ratio, `Warmup(start_factor=...)`)."
             )
-        object.__setattr__(self, "groups", None if self.groups is None else _globs("groups", self.groups))
-        object.__setattr__(self, "exclude", _globs("exclude", self.exclude))
+        object.__setattr__(self, "groups", None if self.groups is None else glob_list("groups", self.groups))
+        object.__setattr__(self, "exclude", glob_list("exclude", self.exclude))
         if not isinstance(self.scale, Mapping):
             raise TypeError(f"ParamSchedule `scale` must be a mapping {{glob: multiplier}}, got {self.scale!r}.")
         for glob, multiplier in self.scale.items():
@@ -160,54 +161,11 @@ class ParamSchedule:
         return dataclasses.replace(self, shape=self.shape.resolve(length))
 
 
-def _check_not_flattened(label: str, spec: ParamSchedule, names: list[str], bases: list[float | None]) -> None:
-    """Refuse one absolute ``start`` over groups that were given different own values (it would drop them)."""
-    if spec.relative or spec.start is None or spec.groups is not None or spec.scale:
-        return  # each group's own value is kept, or the user chose the groups and their multipliers
-    own = {name: base for name, base in zip(names, bases, strict=False) if base is not None}
-    if len(set(own.values())) > 1:
-        raise ValueError(
-            f"The {label!r} schedule sets one absolute start={spec.start!r} for groups that have their own "
-            f"{label!r} values {own}: they would be dropped. Keep them with `relative=True` (start/end multiply "
-            "each group's value) or `start=None` (each group starts from its own), or say which groups follow "
-            "this curve with `groups=[...]`/`exclude=[...]` and `scale={glob: multiplier}`."
-        )
-
-
 def _from_mapping(config: Mapping[str, Any]) -> Any:
     """A ParamSchedule from its arguments or its ``{"class_path": ..., "init_args": ...}`` config."""
     from lit_optim.schedules._config import build_spec, spec_from_config  # _config imports this module
 
     return spec_from_config(config) if "class_path" in config else build_spec(ParamSchedule, config)
-
-
-def _number(value: Any, label: str, group: str) -> float:
-    """A group's own value as a float; an on/off switch (``amsgrad``) or ``None`` (``foreach``) is refused."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
-        raise ValueError(
-            f"{label!r} of group {group!r} is {value!r}, not a number: it cannot be scheduled. Schedule a numeric "
-            "hyper-parameter (`weight_decay`, `momentum`, `betas[0]`, `eps`, ...)."
-        )
-    return float(value)
-
-
-def _absolute_lr_option(shape: object) -> str | None:
-    """The option of ``shape`` that adds an absolute lr (``min_lr_abs=...``, ``Warmup(start_lr=...)``), if any."""
-    min_lr_abs = getattr(shape, "min_lr_abs", None)
-    if min_lr_abs is not None:
-        return f"min_lr_abs={min_lr_abs!r}"
-    start_lr = getattr(getattr(shape, "warmup", None), "start_lr", None)
-    return None if start_lr is None else f"Warmup(start_lr={start_lr!r})"
-
-
-def _globs(name: str, value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        raise TypeError(
-            f"ParamSchedule `{name}` must be a list of group-name globs, got the string {value!r}; write [{value!r}]."
-        )
-    if not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
-        raise TypeError(f"ParamSchedule `{name}` must be a list of group-name globs, got {value!r}.")
-    return tuple(value)
 
 
 class ParamScheduler:
@@ -270,7 +228,7 @@ class ParamScheduler:
             if not any(b is not None for b in bases):
                 raise ValueError(f"The {label!r} schedule selects no param group; groups are {names}.")
             if first:  # at construction: a group added later (e.g. unfrozen) simply joins the curve
-                _check_not_flattened(label, spec, names, bases)
+                check_not_flattened(label, spec, names, bases)
             self.multipliers[label] = [_multiplier(spec, n) for n in names]
 
     def _chosen(self, name: str, group: dict[str, Any], key: str, spec: ParamSchedule) -> bool:
@@ -297,10 +255,10 @@ class ParamScheduler:
         if index is None:
             if isinstance(value, (tuple, list)):
                 raise ValueError(f"{key!r} of group {name!r} is a tuple {value!r}: schedule one item, e.g. '{key}[0]'.")
-            return _number(value, label, name)
+            return own_number(value, label, name)
         if not isinstance(value, (tuple, list)) or index >= len(value):
             raise ValueError(f"{label!r}: {key!r} of group {name!r} is {value!r}, which has no item {index}.")
-        own = _number(value[index], label, name)
+        own = own_number(value[index], label, name)
         if key == "betas":  # the curve's ends as this group gets them (relative, scaled)
             for end in spec.ends(own, _multiplier(spec, name)):
                 if end >= 1:
@@ -344,36 +302,6 @@ class ParamScheduler:
         saved = dict(state.get("specs", {}))
         now = {label: repr(spec) for label, (_, _, spec) in self.fields.items()}
         return changed_param_schedules(saved, now, step)
-
-
-def changed_param_schedules(saved: Mapping[str, str], now: Mapping[str, str], step: int) -> list[str]:
-    """Messages for every field whose schedule (the ``repr`` of the resolved spec) differs from the saved one."""
-    messages = []
-    for label in sorted(set(saved) | set(now)):
-        if label not in now:
-            messages.append(
-                f"The checkpoint has a saved {label!r} schedule ({saved[label]}), not scheduled now: {label!r} keeps "
-                "the value restored with the optimizer state."
-            )
-        elif label not in saved:
-            messages.append(
-                f"The {label!r} schedule ({now[label]}) is not in the checkpoint: it starts from each group's own "
-                f"value as built now, at the saved progress (step {step})."
-            )
-        elif saved[label] != now[label]:
-            messages.append(
-                f"Resuming with a different {label!r} schedule: saved {saved[label]}, now {now[label]}. The new "
-                f"schedule continues from the saved progress (step {step})."
-            )
-    return messages
-
-
-def assigned(current: Any, value: float) -> Any:
-    """``value`` to store in place of ``current``: a tensor (a compiled or capturable step reads it) is filled."""
-    if isinstance(current, Tensor):
-        current.fill_(value)
-        return current
-    return value
 
 
 def _multiplier(spec: ParamSchedule, name: str) -> float:

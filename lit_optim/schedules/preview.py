@@ -13,9 +13,10 @@ import torch
 from torch.optim import Optimizer
 
 from lit_optim._validation import unknown_key_error
+from lit_optim.schedules._param_checks import field_hint
 from lit_optim.schedules.base import Schedule
 from lit_optim.schedules.durations import TrainingLength, resolve_training_length
-from lit_optim.schedules.params import ParamSchedule, field_hint, parse_field
+from lit_optim.schedules.params import ParamSchedule, parse_field
 from lit_optim.schedules.scheduler import ScheduleLR
 
 __all__ = ["LRCurve", "preview_schedule"]

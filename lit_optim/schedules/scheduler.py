@@ -10,10 +10,11 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from lit_optim.schedules._param_checks import assigned, changed_param_schedules
 from lit_optim.schedules.base import Schedule
 from lit_optim.schedules.catalogue import build_schedule
 from lit_optim.schedules.durations import TrainingLength
-from lit_optim.schedules.params import ParamSchedule, ParamScheduler, assigned, changed_param_schedules
+from lit_optim.schedules.params import ParamSchedule, ParamScheduler
 
 if TYPE_CHECKING:
     pass
