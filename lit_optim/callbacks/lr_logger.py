@@ -315,28 +315,13 @@ def _keys(prefix: str, name: str) -> _Keys:
 
 def _scheduled_extras(trainer: Trainer, optimizer: Optimizer, keys: Sequence[_Keys]) -> dict[str, float]:
     """``{field}/{group}`` of the fields a ``ScheduleLR(params=...)`` schedules that the keys above do not cover."""
-    raw = _unwrap(optimizer)
+    raw, names = _unwrap(optimizer), [lr_key.partition("/")[2] for lr_key, *_ in keys]  # as in `lr/{name}`
     metrics: dict[str, float] = {}
     for config in trainer.lr_scheduler_configs:
         scheduler = config.scheduler
-        if not isinstance(scheduler, ScheduleLR) or scheduler.params is None or scheduler.optimizer is not raw:
-            continue
-        for label, (key, index, _) in scheduler.params.fields.items():
-            if label in _LOGGED:
-                continue
-            for group, (lr_key, *_) in zip(raw.param_groups, keys, strict=False):
-                value = group.get(key)
-                if value is not None and (index is None or index < len(value)):
-                    name = lr_key.partition("/")[2]  # the (optimizer-qualified) group name, as in `lr/{name}`
-                    metrics[f"{_metric_name(key, index)}/{name}"] = float(value if index is None else value[index])
+        if isinstance(scheduler, ScheduleLR) and scheduler.params is not None and scheduler.optimizer is raw:
+            metrics.update(scheduler.params.metrics(raw.param_groups, names, skip=_LOGGED))
     return metrics
-
-
-def _metric_name(key: str, index: int | None) -> str:
-    """``eps``; ``beta3`` for ``betas[2]`` (like ``beta2``); ``key_1`` for ``key[1]`` (MLflow refuses brackets)."""
-    if index is None:
-        return key
-    return f"beta{index + 1}" if key == "betas" else f"{key}_{index}"
 
 
 def _read(groups: Sequence[Mapping[str, Any]], keys: Sequence[_Keys], flags: tuple[bool, bool]) -> dict[str, float]:

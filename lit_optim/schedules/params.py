@@ -19,7 +19,7 @@ import dataclasses
 import fnmatch
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -283,6 +283,23 @@ class ParamScheduler:
                     items = list(group[key])
                     items[index] = assigned(items[index], value)
                     group[key] = type(group[key])(items)
+
+    def metrics(self, groups: list[dict[str, Any]], names: list[str], skip: Collection[str] = ()) -> dict[str, float]:
+        """``{"{field}/{name}": value}`` of every scheduled field but those in ``skip``, for a logger.
+
+        ``betas[2]`` is written ``beta3`` (as ``beta2`` is ``betas[1]``) and ``key[1]`` ``key_1``: no brackets,
+        which some loggers (MLflow) refuse.
+        """
+        values: dict[str, float] = {}
+        for label, (key, index, _) in self.fields.items():
+            if label in skip:
+                continue
+            metric = key if index is None else (f"beta{index + 1}" if key == "betas" else f"{key}_{index}")
+            for group, name in zip(groups, names, strict=False):
+                value = group.get(key)
+                if value is not None and (index is None or index < len(value)):
+                    values[f"{metric}/{name}"] = float(value if index is None else value[index])
+        return values
 
     def state_dict(self) -> dict[str, Any]:
         """The groups' own values per field (what the curves start from), as plain values."""
