@@ -33,6 +33,8 @@ BENCHMARKS: dict[str, dict[str, float]] = {
     "bench_lr_logger": {"logger_vs_lightning": 1.0},
     "bench_stepper": {"stepper_fit_ratio": 1.03},
     "bench_stack": {"stack_vs_builtin": 1.0, "stack_vs_bare": 1.03},
+    "bench_monitor": {"monitor_vs_bare": 1.03, "monitor_hooks_vs_step": 0.02, "monitor_logging_hooks_vs_step": 1.0},
+    "bench_hybrid": {"hybrid_vs_by_hand": 1.05},
 }
 
 

@@ -52,6 +52,8 @@ class CLICharGPT(OptimizerMixin, CharGPT):
         layer_decay: layer-wise lr decay over ``blocks``, or ``None``.
         scheduler: a lit_optim schedule spec, or ``None`` for a constant lr.
         optimizer_kwargs: other optimizer hyper-parameters, e.g. ``{"betas": [0.9, 0.95]}``.
+        fallback_kwargs: with ``optimizer: muon``, AdamW's hyper-parameters for what Muon does not take
+            (embeddings, head, norms, biases), e.g. ``{"betas": [0.9, 0.95]}``.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class CLICharGPT(OptimizerMixin, CharGPT):
         layer_decay: float | None = None,
         scheduler: Schedule | ScheduleName | dict[str, Any] | None = None,
         optimizer_kwargs: dict[str, Any] | None = None,
+        fallback_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,

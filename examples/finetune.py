@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     optimizer = trainer.optimizers[0]
     print("\nParameter groups at the end (head from the start, backbone added at epoch "
           f"{unfreeze.unfreeze_at_epoch}; lr = current lr):")
-    columns = ("params", "name", "lr", "lr_scale", "weight_decay")
+    columns = ("params", "name", "lr", "applied_lr_scale", "weight_decay")
     print(format_groups([{k: g[k] for k in columns} for g in optimizer.param_groups]))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     print(f"\nval_loss {metrics['val_loss']:.3f}, val_acc {metrics['val_acc']:.3f}; metrics: {logger.log_dir}")

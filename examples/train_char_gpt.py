@@ -2,6 +2,7 @@
 
     python examples/train_char_gpt.py         # 500 optimizer steps, 3 blocks 96 wide: 1-3 min on 2 CPU cores
     python examples/train_char_gpt.py --fast  # 60 steps, 2 blocks 64 wide (or LIT_OPTIM_EXAMPLE_FAST=1)
+    python examples/train_char_gpt.py --optimizer muon  # Muon for the block matrices, AdamW for the rest
 
 What it shows:
 
@@ -11,7 +12,10 @@ What it shows:
 - a warmup + cosine schedule given in fractions of the run (``Cosine(warmup="10%", min_lr=0.1)``), resolved
   against the Trainer's ``max_steps`` and stepped once per real optimizer step;
 - ``GradientClipping(max_norm=1.0)`` logging the pre-clip gradient norm (``grad_clip/norm``);
-- ``LearningRateLogger`` writing ``lr/<group>`` (and momentum, beta2, weight decay) into a ``CSVLogger``.
+- ``LearningRateLogger`` writing ``lr/<group>`` (and momentum, beta2, weight decay) into a ``CSVLogger``;
+- with ``--optimizer muon``, the same set-up with one ``HybridOptimizer``: torch's ``Muon`` for the hidden
+  matrices of the blocks (groups ``muon/...``), AdamW for embeddings, the tied head, norms and biases
+  (``adamw/...``), one base lr for both (Muon's ``adjust_lr_fn="match_rms_adamw"``).
 
 It prints the parameter-group table, the losses as they go down and a sample of generated text, and leaves
 ``metrics.csv`` and ``lr_and_grad_norm.png`` in the run folder (``runs/char_gpt/version_<n>/`` by default).
@@ -44,20 +48,25 @@ FAST_ENV = "LIT_OPTIM_EXAMPLE_FAST"
 class LitCharGPT(CharGPT):
     """``CharGPT`` with lit_optim's optimizer: grouped AdamW and a warmup + cosine schedule."""
 
-    def __init__(self, *args: Any, weight_decay: float = 0.1, head_lr_scale: float = 0.5, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, weight_decay: float = 0.1, head_lr_scale: float = 0.5, optimizer: str = "adamw", **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.weight_decay, self.head_lr_scale = weight_decay, head_lr_scale
+        self.weight_decay, self.head_lr_scale, self.optimizer_name = weight_decay, head_lr_scale, optimizer
 
     def configure_optimizers(self) -> Any:
+        # AdamW's betas: the top-level keywords of "adamw", the fallback's for "muon" (Muon has momentum instead).
+        betas = {"betas": (0.9, 0.95)}
+        by_optimizer = {"fallback_kwargs": betas} if self.optimizer_name == "muon" else betas
         return configure_optimizers(
             self,
-            "adamw",
+            self.optimizer_name,
             lr=self.lr,
             weight_decay=self.weight_decay,
             # `lm_head.weight` is tied to `tok_emb.weight`: the override moves the shared matrix into "head".
             overrides={"lm_head.*": {"lr_scale": self.head_lr_scale, "name": "head"}},
             scheduler=Cosine(warmup="10%", min_lr=0.1),
-            betas=(0.9, 0.95),
+            **by_optimizer,
         )
 
 
@@ -66,23 +75,28 @@ class ProgressPrinter(Callback):
 
     def __init__(self) -> None:
         self._start = 0.0
+        self._group = "decay"
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
         # What the optimizer received; `lr` is each group's base lr (the schedule multiplies it, from 0 here).
-        keys = ("params", "name", "lr_scale", "weight_decay")
-        groups = [{**{k: g[k] for k in keys}, "lr": g["initial_lr"]} for g in trainer.optimizers[0].param_groups]
+        # "optimizer": each group's owner with "muon"
+        keys = ("params", "name", "applied_lr_scale", "weight_decay", "optimizer")
+        groups = [{**{k: g[k] for k in keys if k in g}, "lr": g["initial_lr"]}
+                  for g in trainer.optimizers[0].param_groups]
         print("\nParameter groups (from the optimizer):")
         print(format_groups(groups))
+        names = [g["name"] for g in trainer.optimizers[0].param_groups]
+        self._group = next((n for n in names if n in ("decay", "muon/decay")), names[0])
         print(f"\nTraining for {trainer.max_steps} optimizer steps.\n{'step':>6}  {'train_loss':>10}  {'val_loss':>8}  "
-              f"{'lr[decay]':>9}  {'elapsed':>7}")
+              f"{'lr[' + self._group + ']':>9}  {'elapsed':>7}")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
         train = metrics.get("train_loss")
-        lr = next(g["lr"] for g in trainer.optimizers[0].param_groups if g["name"] == "decay")
+        lr = next(g["lr"] for g in trainer.optimizers[0].param_groups if g["name"] == self._group)
         print(f"{trainer.global_step:>6}  {_fmt(train):>10}  {_fmt(metrics.get('val_loss')):>8}  {lr:>9.2e}  "
               f"{time.perf_counter() - self._start:>6.0f}s")
 
@@ -146,6 +160,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default 500, 60 with --fast)")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="logger root folder (default ./runs)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw",
+                        help="adamw, or muon: Muon for the block matrices and AdamW for the rest, as one optimizer")
     args = parser.parse_args(argv)
     fast = args.fast or os.environ.get(FAST_ENV, "") not in ("", "0")
     max_steps = args.max_steps or (60 if fast else 500)
@@ -154,8 +170,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     L.seed_everything(args.seed, verbose=False)
     data = CharDataModule(train_batches=val_every, val_batches=4 if fast else 8)
     size = {} if fast else {"n_embd": 96, "n_layer": 3}  # --fast: CharGPT's defaults (64 wide, 2 blocks)
-    model = LitCharGPT(vocab_size=data.vocab_size, lr=3e-3, **size)
-    logger = CSVLogger(save_dir=args.out, name="char_gpt")
+    model = LitCharGPT(vocab_size=data.vocab_size, lr=3e-3, optimizer=args.optimizer, **size)
+    logger = CSVLogger(save_dir=args.out, name="char_gpt" if args.optimizer == "adamw" else "char_gpt_muon")
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,

@@ -1,9 +1,32 @@
 """lit_optim: optimizers, parameter groups, schedules, clipping and LR logging for PyTorch Lightning."""
 
-from lit_optim.callbacks import ClipResult, GradientClipping, LearningRateLogger, SchedulerStepper, ensure_stepper
+from lit_optim.callbacks import (
+    ClipResult,
+    GradientClipping,
+    LearningRateLogger,
+    LRRangeTest,
+    OptimizerMonitor,
+    ScheduleFreeMode,
+    SchedulerStepper,
+    ensure_schedule_free_mode,
+    ensure_stepper,
+)
 from lit_optim.clipping import clip_gradients
 from lit_optim.configure import OptimizerMixin, configure_optimizers
-from lit_optim.optim import build_optimizer, format_groups, param_groups
+from lit_optim.lr_finder import find_lr
+from lit_optim.monitoring import SpikeDetector
+from lit_optim.optim import (
+    BatchScaling,
+    HybridOptimizer,
+    build_hybrid,
+    build_optimizer,
+    format_groups,
+    format_layer_ids,
+    layer_ids,
+    param_groups,
+    recompute_batchnorm,
+    scale_lr,
+)
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules import (
     Constant,
@@ -15,6 +38,7 @@ from lit_optim.schedules import (
     InverseSqrt,
     Linear,
     LRCurve,
+    LRRangeResult,
     MultiStep,
     OneCycle,
     ParamSchedule,
@@ -37,6 +61,7 @@ from lit_optim.schedules import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BatchScaling",
     "ClipResult",
     "Constant",
     "Cosine",
@@ -45,36 +70,49 @@ __all__ = [
     "Duration",
     "Exponential",
     "GradientClipping",
+    "HybridOptimizer",
     "InverseSqrt",
     "LRCurve",
+    "LRRangeResult",
+    "LRRangeTest",
     "LearningRateLogger",
     "Linear",
     "MultiStep",
     "OneCycle",
     "OptimizerMixin",
+    "OptimizerMonitor",
     "ParamSchedule",
     "Plateau",
     "PlateauLR",
     "Polynomial",
     "Schedule",
+    "ScheduleFreeMode",
     "ScheduleLR",
     "ScheduleName",
     "SchedulerStepper",
+    "SpikeDetector",
     "Step",
     "TrainingLength",
     "Warmup",
     "WarmupStableDecay",
     "__version__",
+    "build_hybrid",
     "build_optimizer",
     "build_schedule",
     "clip_gradients",
     "configure_optimizers",
+    "ensure_schedule_free_mode",
     "ensure_stepper",
+    "find_lr",
     "format_groups",
+    "format_layer_ids",
+    "layer_ids",
     "lightning_scheduler_config",
     "param_groups",
     "parse_duration",
     "plateau_scheduler_config",
     "preview_schedule",
+    "recompute_batchnorm",
     "resolve_training_length",
+    "scale_lr",
 ]

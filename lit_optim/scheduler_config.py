@@ -6,6 +6,7 @@ callbacks; these two builders return the dict Lightning expects and make sure th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ def lightning_scheduler_config(
     trainer: pl.Trainer | None,
     name: str | None = None,
     params: Mapping[str, ParamSchedule | Mapping[str, Any]] | None = None,
+    total_steps: int | None = None,
 ) -> dict[str, Any]:
     """Lightning's lr-scheduler dict for ``schedule``, its durations resolved against ``trainer``'s run.
 
@@ -54,6 +56,10 @@ def lightning_scheduler_config(
         name: the name ``LearningRateMonitor`` logs under; ``None`` lets Lightning name it ``"lr-<OptimizerClass>"``,
             numbered (``"lr-Adam-1"``) when several optimizers share a class (a name given here is never numbered).
         params: ``{field: ParamSchedule}`` for other hyper-parameters, stepped in the same ``ScheduleLR``.
+        total_steps: the schedule's length in this optimizer's own steps; ``None`` resolves the run's from
+            ``trainer``. Give it under manual optimization with several optimizers bounded by ``max_steps``
+            (``global_step`` counts every optimizer's steps there), or whenever an optimizer steps less than once
+            per optimizer step of the run.
 
     Raises:
         ValueError: no Trainer, the run's total is unknown and the schedule needs it (set ``max_steps``), or a
@@ -79,7 +85,13 @@ def lightning_scheduler_config(
             "`lit_optim.configure_optimizers(self, scheduler=...)`) inside `LightningModule.configure_optimizers` "
             "during `trainer.fit`, or build `ScheduleLR(optimizer, schedule, total_steps=...)` yourself."
         )
+    bad_total = isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1
+    if total_steps is not None and bad_total:
+        raise ValueError(f"`total_steps` must be an int >= 1 or None, got {total_steps!r}.")
     total, steps_per_epoch = _length_or_none(trainer)
+    from_trainer = total_steps is None
+    if total_steps is not None:
+        total = total_steps
     if total is None:
         if schedule.needs_total_steps():
             raise _unknown_total_error(
@@ -100,6 +112,8 @@ def lightning_scheduler_config(
     try:
         scheduler = ScheduleLR(optimizer, schedule, length.total_steps, length.steps_per_epoch, params=params)
     except ValueError as err:
+        if length.steps_per_epoch is None and total_steps is None:
+            _explain_changing_accumulation(trainer, err)
         fast_dev_run = getattr(trainer, "fast_dev_run", False)
         if not fast_dev_run:
             raise
@@ -107,6 +121,7 @@ def lightning_scheduler_config(
             f"{err} Note: `Trainer(fast_dev_run={fast_dev_run!r})` cuts the run to {length.total_steps} optimizer "
             "steps; for a smoke test of this schedule use e.g. `Trainer(max_steps=..., limit_val_batches=...)`."
         ) from err
+    scheduler.resolved_from_trainer = from_trainer
     if hasattr(trainer, "callbacks"):  # a real Trainer (the docstring example passes a stand-in)
         ensure_stepper(trainer)
     return {
@@ -116,6 +131,21 @@ def lightning_scheduler_config(
         "name": name,
     }
 
+
+
+def _explain_changing_accumulation(trainer: Any, err: ValueError) -> None:
+    """Re-raise ``err`` with the reason an epoch has no single length, when a GradientAccumulationScheduler is why."""
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler
+
+    found = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, GradientAccumulationScheduler)]
+    epochs = trainer.max_epochs if isinstance(trainer.max_epochs, int) and trainer.max_epochs > 0 else 0
+    if not found or not epochs or not 0 < trainer.num_training_batches < math.inf:
+        return
+    steps = [math.ceil(trainer.num_training_batches / found[0].get_accumulate_grad_batches(e)) for e in range(epochs)]
+    raise ValueError(
+        f"{err} Note: `GradientAccumulationScheduler` changes the optimizer steps per epoch "
+        f"({', '.join(map(str, steps))}), so a duration in epochs has no single length in this run."
+    ) from err
 
 
 def plateau_scheduler_config(

@@ -200,3 +200,202 @@ class GPTModule(L.LightningModule):
     def train_dataloader(self) -> DataLoader:
         g = torch.Generator().manual_seed(0)
         return DataLoader(TensorDataset(torch.randint(0, 11, (2 * self.steps, 7), generator=g)), batch_size=2)
+
+
+# --- fixture models for layer ids (lit_optim.layer_ids), shaped like timm / Hugging Face models, in pure torch ---
+
+
+class MLPBlock(nn.Module):
+    """A residual block: norm + linear (stands in for a transformer or conv block)."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc(self.norm(x))
+
+
+class ViTLike(nn.Module):
+    """timm's VisionTransformer layout: patch embed, tokens, ``blocks`` in an nn.Sequential, final norm, head."""
+
+    def __init__(self, depth: int = 3, dim: int = 4, matcher: bool = True) -> None:
+        super().__init__()
+        self.patch_embed = nn.Linear(dim, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 2, dim))
+        self.blocks = nn.Sequential(*[MLPBlock(dim) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 2)
+        self._matcher = matcher
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.cls_token.expand(x.shape[0], 1, -1), self.patch_embed(x)], 1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+class TimmViT(ViTLike):
+    """:class:`ViTLike` with timm's ``group_matcher`` (copied rule by rule from timm's ViT, which is data)."""
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return {
+            "stem": r"^cls_token|pos_embed|patch_embed",
+            "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        }
+
+
+class Stage(nn.Module):
+    """A ConvNeXt/Swin-style stage: an optional downsampling layer, then its blocks in an nn.Sequential."""
+
+    def __init__(self, depth: int, downsample: bool, dim: int = 4) -> None:
+        super().__init__()
+        self.downsample = nn.Linear(dim, dim) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[MLPBlock(dim) for _ in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class ConvNeXtLike(nn.Module):
+    """timm's ConvNeXt layout: stem, ``stages`` (each downsample + blocks), ``norm_pre``, head."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
+        self.stages = nn.Sequential(Stage(2, False, dim), Stage(2, True, dim))
+        self.norm_pre = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm_pre(self.stages(self.stem(x))))
+
+
+class TimmConvNeXt(ConvNeXtLike):
+    """:class:`ConvNeXtLike` with timm's fine ``group_matcher`` (a stage's downsample joins its first block)."""
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return {
+            "stem": r"^stem",
+            "blocks": [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm_pre", (99999,)),
+            ],
+        }
+
+
+class BasicBlock(nn.Module):
+    """A ResNet block; the first block of a stage may carry a downsample."""
+
+    def __init__(self, dim: int = 4, downsample: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Linear(dim, dim, bias=False)
+        self.bn1 = nn.BatchNorm1d(dim)
+        self.downsample = nn.Sequential(nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim)) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn1(self.conv1(x)) + (x if self.downsample is None else self.downsample(x))
+
+
+class ResNetLike(nn.Module):
+    """torchvision/timm ResNet layout: stem ``conv1``/``bn1``, stages ``layer1``..``layer3`` as attributes, ``fc``."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.conv1 = nn.Linear(dim, dim, bias=False)
+        self.bn1 = nn.BatchNorm1d(dim)
+        self.layer1 = nn.Sequential(BasicBlock(dim), BasicBlock(dim))
+        self.layer2 = nn.Sequential(BasicBlock(dim, downsample=True), BasicBlock(dim))
+        self.layer3 = nn.Sequential(BasicBlock(dim, downsample=True), BasicBlock(dim))
+        self.fc = nn.Linear(dim, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.layer3(self.layer2(self.layer1(self.bn1(self.conv1(x))))))
+
+
+class EfficientNetLike(nn.Module):
+    """timm's EfficientNet layout: ``blocks`` is an nn.Sequential of stages, each an nn.Sequential of blocks."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.conv_stem = nn.Linear(dim, dim, bias=False)
+        self.bn1 = nn.BatchNorm1d(dim)
+        self.blocks = nn.Sequential(nn.Sequential(MLPBlock(dim)), nn.Sequential(MLPBlock(dim), MLPBlock(dim)))
+        self.conv_head = nn.Linear(dim, dim, bias=False)
+        self.bn2 = nn.BatchNorm1d(dim)
+        self.classifier = nn.Linear(dim, 2)
+
+
+class Stack(nn.Module):
+    """A T5 stack: ``block`` (nn.ModuleList) and ``final_layer_norm``; the token embedding is tied to ``shared``."""
+
+    def __init__(self, shared: nn.Embedding, depth: int, dim: int = 4) -> None:
+        super().__init__()
+        self.embed_tokens = shared
+        self.block = nn.ModuleList(MLPBlock(dim) for _ in range(depth))
+        self.final_layer_norm = nn.LayerNorm(dim)
+
+
+class T5Like(nn.Module):
+    """Hugging Face T5 layout: ``shared`` embedding, ``encoder`` (2 blocks), ``decoder`` (3 blocks), ``lm_head``."""
+
+    def __init__(self, vocab: int = 7, dim: int = 4) -> None:
+        super().__init__()
+        self.shared = nn.Embedding(vocab, dim)
+        self.encoder = Stack(self.shared, 2, dim)
+        self.decoder = Stack(self.shared, 3, dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+
+
+class Tower(nn.Module):
+    """One CLIP tower: embeddings, ``encoder.layers`` (nn.ModuleList), a final norm."""
+
+    def __init__(self, depth: int, dim: int = 4) -> None:
+        super().__init__()
+        self.embeddings = nn.Embedding(5, dim)
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList(MLPBlock(dim) for _ in range(depth))
+        self.final_layer_norm = nn.LayerNorm(dim)
+
+
+class CLIPLike(nn.Module):
+    """Hugging Face CLIP layout: a 2-block ``text_model``, a 3-block ``vision_model``, projections, logit scale."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.text_model = Tower(2, dim)
+        self.vision_model = Tower(3, dim)
+        self.visual_projection = nn.Linear(dim, dim, bias=False)
+        self.text_projection = nn.Linear(dim, dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(2.6592))
+
+
+class CaiTLike(nn.Module):
+    """timm's CaiT without its ``group_matcher``: two sibling block lists, ``blocks`` and ``blocks_token_only``."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.patch_embed = nn.Linear(dim, dim)
+        self.blocks = nn.Sequential(*[MLPBlock(dim) for _ in range(3)])
+        self.blocks_token_only = nn.ModuleList(MLPBlock(dim) for _ in range(2))
+        self.head = nn.Linear(dim, 2)
+
+
+class MoEBlock(nn.Module):
+    """A block holding an nn.ModuleList of experts (a list inside a block is not a list of blocks)."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.experts = nn.ModuleList(nn.Linear(dim, dim) for _ in range(3))
+
+
+class MoELike(nn.Module):
+    """Embedding, two MoE blocks in an nn.ModuleList, head."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(5, dim)
+        self.layers = nn.ModuleList(MoEBlock(dim) for _ in range(2))
+        self.head = nn.Linear(dim, 2)

@@ -20,6 +20,10 @@ KEYS = {
     "clip_vs_torch",
     "logger_vs_lightning",
     "stepper_fit_ratio",
+    "monitor_vs_bare",
+    "monitor_hooks_vs_step",
+    "monitor_logging_hooks_vs_step",
+    "hybrid_vs_by_hand",
 }
 
 

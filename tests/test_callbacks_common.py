@@ -14,7 +14,16 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import lit_optim
-from lit_optim import Cosine, GradientClipping, LearningRateLogger, SchedulerStepper, configure_optimizers
+from lit_optim import (
+    Cosine,
+    GradientClipping,
+    LearningRateLogger,
+    LRRangeTest,
+    OptimizerMonitor,
+    ScheduleFreeMode,
+    SchedulerStepper,
+    configure_optimizers,
+)
 from tests.loggers import MemoryLogger
 from tests.models import TinyModule
 
@@ -24,7 +33,14 @@ CALLBACKS = [
 
 
 def test_every_public_callback_is_listed_here() -> None:
-    assert set(CALLBACKS) == {GradientClipping, LearningRateLogger, SchedulerStepper}
+    assert set(CALLBACKS) == {
+        GradientClipping,
+        LearningRateLogger,
+        LRRangeTest,
+        OptimizerMonitor,
+        ScheduleFreeMode,
+        SchedulerStepper,
+    }
 
 
 @pytest.mark.parametrize("cls", CALLBACKS, ids=lambda c: c.__name__)
@@ -45,7 +61,10 @@ class _Scheduled(TinyModule):
 STATEFUL: dict[type[Callback], Callable[[], Callback]] = {
     GradientClipping: lambda: GradientClipping(mode="percentile", window=3, skip_nonfinite=True, log_every_n_steps=2),
     LearningRateLogger: lambda: LearningRateLogger(log_every_n_steps=2),
+    OptimizerMonitor: lambda: OptimizerMonitor(spike_warmup_steps=2, action="skip", log_every_n_steps=2),
     SchedulerStepper: SchedulerStepper,
+    ScheduleFreeMode: ScheduleFreeMode,
+    LRRangeTest: lambda: LRRangeTest(num_steps=13),  # its record of the test: base lr, suggestion, steps
 }
 
 
@@ -63,7 +82,7 @@ def test_state_survives_a_checkpoint_of_a_real_fit(
     fresh = STATEFUL[cls]()
     fresh.load_state_dict(saved)
     assert _plain(fresh.state_dict()) == _plain(callback.state_dict()) == _plain(saved)
-    if cls is not SchedulerStepper:  # stateless by design (its progress lives in the schedulers)
+    if cls not in (SchedulerStepper, ScheduleFreeMode):  # stateless by design (progress: schedulers, optimizers)
         assert _plain(saved) != _plain(STATEFUL[cls]().state_dict())  # the fit left state to restore
 
 
@@ -81,6 +100,7 @@ def _plain(value: Any) -> Any:
 def test_differently_configured_instances_have_distinct_state_keys() -> None:
     assert GradientClipping(max_norm=1.0).state_key != GradientClipping(max_norm=0.5).state_key
     assert LearningRateLogger(log_every_n_steps=1).state_key != LearningRateLogger(log_every_n_steps=2).state_key
+    assert OptimizerMonitor(spike_on=["loss"]).state_key != OptimizerMonitor(spike_on=["grad_norm"]).state_key
 
 
 class _DuplicateNames(TinyModule):

@@ -207,7 +207,8 @@ def test_mixin_fit_uses_saved_hyperparameters(make_trainer: Callable[..., L.Trai
 def test_mixin_defaults_without_hparams() -> None:
     model = TinyModule()
     mixin = type("Plain", (OptimizerMixin, TinyModule), {})()
-    opt = mixin.configure_optimizers()["optimizer"]
+    with pytest.warns(UserWarning, match=r"Plain never called self\.save_hyperparameters\(\), so OptimizerMixin uses"):
+        opt = mixin.configure_optimizers()["optimizer"]
     assert type(opt) is torch.optim.AdamW
     assert [(g["name"], g["lr"], g["weight_decay"]) for g in opt.param_groups] == [
         ("decay", 1e-3, 0.01),
@@ -288,8 +289,15 @@ def test_unrelated_hparams_are_left_alone() -> None:
         "scheduler",
         "decay_embeddings",
         "include_frozen",
+        "no_decay",
+        "layer_id_fn",
         "optimizer_kwargs",
         "param_schedules",
+        "lr_scaling",
+        "reference_batch_size",
+        "fallback",
+        "fallback_lr",
+        "fallback_kwargs",
     }
 
 

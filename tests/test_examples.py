@@ -174,6 +174,28 @@ def test_train_char_gpt_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert all(math.isfinite(v) and v > 0 for _, v in norms)
 
 
+def test_train_char_gpt_with_muon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = load_example("train_char_gpt")
+    result = example.main(["--fast", "--optimizer", "muon", "--max-steps", "20", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert result["metrics_csv"].parent.parent == tmp_path / "char_gpt_muon"
+    table = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("muon/", "adamw/"))}
+    # 2 blocks x (qkv, proj, mlp.0, mlp.2) go to Muon; the tied embedding/head, pos_emb, norms, biases to AdamW
+    assert {name: row[1] for name, row in table.items()} == {
+        "muon/decay": "8", "adamw/head/decay": "1", "adamw/decay": "1", "adamw/no_decay": "18",
+    }  # fmt: skip
+    series = read_csv(result["metrics_csv"])
+    for step, value in series["lr/muon/decay"]:  # one base lr for both halves, the head's at half of it
+        expected = 3e-3 * warmup_cosine(step, total=20, warmup=2, min_lr=0.1)
+        assert value == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert dict(series["lr/adamw/decay"])[step] == value
+        assert dict(series["lr/adamw/head/decay"])[step] == pytest.approx(0.5 * value, rel=1e-12)
+    assert {v for _, v in series["momentum/muon/decay"]} == {0.95}
+    assert {v for _, v in series["beta2/adamw/decay"]} == {0.95}
+    val = [v for _, v in series["val_loss"]]
+    assert val[-1] < math.log(76) - 0.8  # it learns: ~4.33 at initialisation, ~3.35 after these 20 steps
+
+
 def test_finetune_fast(tmp_path: Path) -> None:
     example = load_example("finetune")
     result = example.main(["--fast", "--out", str(tmp_path)])
@@ -187,7 +209,7 @@ def test_finetune_fast(tmp_path: Path) -> None:
     for i in range(5):
         for kind in ("decay", "no_decay"):
             group = groups[f"backbone/layer_{i:02d}/{kind}"]
-            assert group["lr_scale"] == pytest.approx(0.7 ** (5 - i))
+            assert group["applied_lr_scale"] == pytest.approx(0.7 ** (5 - i))
             assert group["lr"] == pytest.approx(top * 0.7 ** (5 - i))
 
     # The backbone joined the schedule at step k (the start of epoch 1) with lr 1e-3, then followed it.
@@ -373,6 +395,25 @@ def test_cli_command_line_overrides_optimizer_settings(tmp_path: Path) -> None:
     assert type(optimizer).__name__ == "SGD"
     rows = [(g["name"], g["lr"], g["weight_decay"], g["momentum"]) for g in optimizer.param_groups]
     assert rows == [("head/decay", 0.005, 0.05, 0.8), ("decay", 0.01, 0.05, 0.8), ("no_decay", 0.01, 0.0, 0.8)]
+
+
+@pytest.mark.usefixtures("no_argv")
+def test_cli_configures_muon_with_adamw_for_the_rest(tmp_path: Path) -> None:
+    cli_module = load_example("cli")
+    cli = cli_module.cli_main(
+        cli_args(tmp_path, "--model.optimizer=muon", "--model.optimizer_kwargs={momentum: 0.9}",
+                 "--model.fallback_kwargs={betas: [0.8, 0.9]}", "--model.scheduler=null", "--model.n_layer=1"),
+        run=False,
+    )
+    optimizer = cli.model.configure_optimizers()["optimizer"]
+    assert type(optimizer).__name__ == "HybridOptimizer"
+    rows = [(g["name"], g["lr"], g.get("momentum"), g.get("betas")) for g in optimizer.param_groups]
+    assert rows == [
+        ("muon/decay", 3e-3, 0.9, None),
+        ("adamw/head/decay", 1.5e-3, None, (0.8, 0.9)),
+        ("adamw/decay", 3e-3, None, (0.8, 0.9)),
+        ("adamw/no_decay", 3e-3, None, (0.8, 0.9)),
+    ]
 
 
 @pytest.mark.usefixtures("no_argv")

@@ -112,9 +112,9 @@ def test_unknown_key_inside_a_group_names_the_group() -> None:
     groups[1]["lr_sclae"] = 2.0
     with pytest.raises(
         ValueError,
-        match=r"Unknown key 'lr_sclae'\. Valid: \[.*\]\. Did you mean 'lr_scale'\? It appears in the parameter "
+        match=r"Unknown key 'lr_sclae'\. Valid: \[.*\]\. It appears in the parameter "
         r"group 'no_decay' \(index 1\); group keys are the hyper-parameters of AdamW plus lit_optim's "
-        r"\['lr_scale', 'name', 'params'\]\.",
+        r"\['applied_lr_scale', 'name', 'params'\] and the keys torch writes itself\.",
     ):
         build_optimizer("adamw", groups)
     with pytest.raises(ValueError, match=r"Unknown key 'betas'.* It appears in the parameter group 0; .* of SGD"):
@@ -148,7 +148,7 @@ def test_negative_values(hp: dict[str, Any], groups: list[dict[str, Any]] | None
 
 
 def test_zero_weight_decay_group_key_accepted_for_optimizer_without_weight_decay() -> None:
-    opt = build_optimizer("rprop", param_groups(nn.Linear(2, 2), weight_decay=0.0), lr=0.1)
+    opt = build_optimizer("rprop", param_groups(nn.Linear(2, 2), lr=0.1, weight_decay=0.0))
     # weight_decay=0 makes decay and no_decay identical, so they merge into one group.
     assert [(g["name"], g["weight_decay"], len(g["params"])) for g in opt.param_groups] == [("decay", 0.0, 2)]
     with pytest.raises(
@@ -189,7 +189,7 @@ def test_group_names_travel_into_state_dict() -> None:
     opt = build_optimizer("adamw", param_groups(GPT(), layer_decay=0.5))
     saved = opt.state_dict()["param_groups"]
     assert [g["name"] for g in saved] == [g["name"] for g in opt.param_groups]
-    assert [g["lr_scale"] for g in saved] == [0.125, 0.25, 0.25, 0.5, 0.5, 1.0]
+    assert [g["applied_lr_scale"] for g in saved] == [0.125, 0.25, 0.25, 0.5, 0.5, 1.0]
 
 
 def test_dotted_import_path() -> None:
@@ -199,3 +199,82 @@ def test_dotted_import_path() -> None:
         resolve_optimizer("tests.test_optimizers.Lino")
     with pytest.raises(TypeError, match=r"'torch.nn.Linear' is not a torch.optim.Optimizer subclass"):
         resolve_optimizer("torch.nn.Linear")
+
+
+# --- precedence: one test per rule ---
+
+
+def _two_groups(**second: Any) -> list[dict[str, Any]]:
+    return [{"params": [nn.Parameter(torch.ones(2, 2))]}, {"params": [nn.Parameter(torch.ones(2))], **second}]
+
+
+def test_precedence_top_level_value_is_the_default_of_groups_without_the_key() -> None:
+    opt = build_optimizer("sgd", _two_groups(), lr=0.3, momentum=0.9)
+    assert [(g["lr"], g["momentum"]) for g in opt.param_groups] == [(0.3, 0.9), (0.3, 0.9)]
+
+
+def test_precedence_a_groups_own_value_wins_where_it_sets_the_key() -> None:
+    opt = build_optimizer("sgd", _two_groups(lr=0.01, momentum=0.5), lr=0.3, momentum=0.9)
+    assert [(g["lr"], g["momentum"]) for g in opt.param_groups] == [(0.3, 0.9), (0.01, 0.5)]
+
+
+def test_precedence_a_top_level_value_every_group_overrides_raises() -> None:
+    groups = [{"params": [nn.Parameter(torch.ones(2))], "lr": lr} for lr in (0.01, 0.02)]
+    with pytest.raises(
+        ValueError,
+        match=r"build_optimizer\('SGD', \.\.\., lr=0\.3\) would be ignored: every parameter group sets its own 'lr' "
+        r"\(0\.01, 0\.02\), and a group's value wins over the top-level default\. HINT: set it when building the "
+        r"groups \(param_groups\(model, lr=\.\.\.\)\), or drop it here\.",
+    ):
+        build_optimizer("sgd", groups, lr=0.3)
+
+
+def test_precedence_a_top_level_value_equal_to_every_groups_is_accepted() -> None:
+    opt = build_optimizer("adamw", param_groups(GPT(), lr=3e-4, weight_decay=0.1), lr=3e-4)
+    assert {g["lr"] for g in opt.param_groups} == {3e-4}
+
+
+def test_precedence_param_groups_override_lr_replaces_base_then_scales_multiply() -> None:
+    model = GPT()  # layer ids: ln_f is on top (scale 1); blocks.1 is one below (scale 0.5)
+    groups = param_groups(
+        model, lr=1.0, layer_decay=0.5, overrides={"blocks.1.*": {"lr": 0.2, "lr_scale": 0.1}, "ln_f.*": {"lr": 3.0}}
+    )
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs["layer_02/blocks.1/decay"] == pytest.approx(0.2 * 0.1 * 0.5, rel=1e-12)
+    assert lrs["layer_03/ln_f/no_decay"] == 3.0
+    assert lrs["layer_01/decay"] == 0.25
+
+
+def test_precedence_an_overrides_hyperparameter_beats_the_optimizer_default() -> None:
+    from lit_optim import configure_optimizers
+
+    config = configure_optimizers(GPT(), "sgd", lr=0.1, momentum=0.9, overrides={"ln_f.*": {"momentum": 0.5}})
+    opt = config["optimizer"]
+    assert {g["name"]: g["momentum"] for g in opt.param_groups} == {"decay": 0.9, "no_decay": 0.9, "ln_f/no_decay": 0.5}
+
+
+# --- rebuilding an optimizer from another one's groups (keys torch writes itself) ---
+
+
+def _rebuilt(opt: Optimizer, name: str) -> Optimizer:
+    again = build_optimizer(name, [dict(g) for g in opt.param_groups])
+    assert [{k: v for k, v in g.items() if k != "params"} for g in again.param_groups] == [
+        {k: v for k, v in g.items() if k != "params"} for g in opt.param_groups
+    ]
+    return again
+
+
+def test_rebuild_after_a_torch_scheduler_and_from_named_parameters() -> None:
+    model = GPT()
+    opt = build_optimizer("adamw", model.named_parameters(), lr=0.1)  # torch adds "param_names"
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)  # adds "initial_lr"
+    assert {"param_names", "initial_lr", "decoupled_weight_decay"} <= set(opt.param_groups[0])
+    _rebuilt(opt, "adamw")
+
+
+def test_rebuild_after_one_cycle_and_swa() -> None:
+    opt = build_optimizer("sgd", param_groups(GPT(), lr=0.1), momentum=0.9)
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=10)  # max_lr, min_lr, *_momentum
+    torch.optim.swa_utils.SWALR(opt, swa_lr=0.05)  # swa_lr
+    assert {"max_lr", "min_lr", "base_momentum", "max_momentum", "swa_lr"} <= set(opt.param_groups[0])
+    _rebuilt(opt, "sgd")

@@ -35,7 +35,7 @@ def test_unknown_key_error_lists_choices_and_closest() -> None:
         check_choice("interval", "steps", ["epoch", "step"])
 
 
-_LOWER_LAYERS = ("optim", "schedules", "clipping")
+_LOWER_LAYERS = ("optim", "schedules", "clipping", "monitoring")
 _UPPER_MODULES = ("lit_optim.callbacks", "lit_optim.configure", "lit_optim.scheduler_config")
 
 
@@ -81,9 +81,9 @@ def test_import_walker_sees_function_level_imports(tmp_path: pathlib.Path) -> No
 
 
 def test_public_subpackages_reexport_their_names() -> None:
-    from lit_optim import callbacks, clipping, optim, schedules
+    from lit_optim import callbacks, clipping, monitoring, optim, schedules
 
-    for package in (callbacks, clipping, optim, schedules):
+    for package in (callbacks, clipping, monitoring, optim, schedules):
         for name in package.__all__:
             assert getattr(package, name) is not None, f"{package.__name__}.{name}"
     # Everything at the top level keeps working and is the same object as in its folder.
@@ -91,3 +91,5 @@ def test_public_subpackages_reexport_their_names() -> None:
     assert lit_optim.param_groups is optim.param_groups
     assert lit_optim.clip_gradients is clipping.clip_gradients
     assert lit_optim.GradientClipping is callbacks.GradientClipping
+    assert lit_optim.SpikeDetector is monitoring.SpikeDetector
+    assert lit_optim.OptimizerMonitor is callbacks.OptimizerMonitor

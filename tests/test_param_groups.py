@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lit_optim import format_groups, param_groups
-from lit_optim.optim.param_groups import _type_flags
+from lit_optim.optim._no_decay import _type_flags
 from tests.models import CNN, GPT, FrozenBackbone, GPTModule, RMSNorm, WithEncoder, gpt_block_names
 
 
@@ -37,8 +37,8 @@ def test_gpt_default_groups() -> None:
     model = GPT()
     groups = param_groups(model, lr=3e-4, weight_decay=0.1)
     assert named(model, groups) == {"decay": GPT_DECAY, "no_decay": GPT_NO_DECAY}
-    assert [(g["lr"], g["lr_scale"], g["weight_decay"]) for g in groups] == [(3e-4, 1.0, 0.1), (3e-4, 1.0, 0.0)]
-    assert set(groups[0]) == {"params", "name", "lr", "lr_scale", "weight_decay"}
+    assert [(g["lr"], g["applied_lr_scale"], g["weight_decay"]) for g in groups] == [(3e-4, 1.0, 0.1), (3e-4, 1.0, 0.0)]
+    assert set(groups[0]) == {"params", "name", "lr", "applied_lr_scale", "weight_decay"}
     assert_partition(model, groups)
 
 
@@ -145,10 +145,10 @@ def test_frozen_parameters_do_not_shift_layer_ids() -> None:
         "layer_03/no_decay": (["head.bias"], 1.0),
     }
     groups = param_groups(trainable, layer_decay=0.5)
-    got = {g["name"]: (named(trainable, [g])[g["name"]], g["lr_scale"]) for g in groups}
+    got = {g["name"]: (named(trainable, [g])[g["name"]], g["applied_lr_scale"]) for g in groups}
     assert got == expected
     groups = param_groups(frozen, layer_decay=0.5)
-    got = {g["name"]: (named(frozen, [g])[g["name"]], g["lr_scale"]) for g in groups}
+    got = {g["name"]: (named(frozen, [g])[g["name"]], g["applied_lr_scale"]) for g in groups}
     assert got == {k: v for k, v in expected.items() if k[:8] in ("layer_02", "layer_03")}
 
 
@@ -206,7 +206,7 @@ def test_layer_decay_gpt_closed_form() -> None:
     assert by_name["layer_03/no_decay"] == ["ln_f.weight", "ln_f.bias"]
     for g in groups:
         layer = int(g["name"][6:8])
-        assert g["lr_scale"] == 0.75 ** (3 - layer)
+        assert g["applied_lr_scale"] == 0.75 ** (3 - layer)
         assert g["lr"] == 1.0 * 0.75 ** (3 - layer)
         assert g["weight_decay"] == (0.0 if g["name"].endswith("no_decay") else 0.1)
     assert_partition(model, groups)
@@ -239,8 +239,10 @@ def test_override_by_glob_and_by_module() -> None:
         "final/no_decay": ["ln_f.weight", "ln_f.bias"],
     }
     settings = {g["name"]: {k: v for k, v in g.items() if k not in ("params", "name")} for g in groups}
-    assert settings["blocks.1/decay"] == {"lr": 0.5, "lr_scale": 0.5, "weight_decay": 0.1, "betas": (0.9, 0.95)}
-    assert settings["final/no_decay"] == {"lr": 2.0, "lr_scale": 1.0, "weight_decay": 0.0}
+    assert settings["blocks.1/decay"] == {
+        "lr": 0.5, "applied_lr_scale": 0.5, "weight_decay": 0.1, "betas": (0.9, 0.95)
+    }  # fmt: skip
+    assert settings["final/no_decay"] == {"lr": 2.0, "applied_lr_scale": 1.0, "weight_decay": 0.0}
     assert_partition(model, groups)
 
 
@@ -410,7 +412,9 @@ def test_no_trainable_parameters(model: nn.Module, match: str) -> None:
 
 
 def test_layer_decay_without_module_list_asks_for_layer_id_fn() -> None:
-    with pytest.raises(ValueError, match=r"Sequential has no nn.ModuleList of blocks\. HINT: pass `layer_id_fn"):
+    with pytest.raises(
+        ValueError, match=r"Sequential has no nn.ModuleList or nn.Sequential of blocks \(at least two\)\. HINT: pass"
+    ):
         param_groups(nn.Sequential(nn.Linear(2, 2)), layer_decay=0.5)
 
 
@@ -431,7 +435,7 @@ def test_format_groups_of_an_optimizer_shows_only_non_default_settings() -> None
 def test_include_frozen_with_layer_decay_keeps_ids() -> None:
     model = FrozenBackbone()
     groups = param_groups(model, layer_decay=0.5, include_frozen=True)
-    assert [(g["name"], g["lr_scale"]) for g in groups] == [
+    assert [(g["name"], g["applied_lr_scale"]) for g in groups] == [
         ("layer_00/decay", 0.125), ("layer_00/no_decay", 0.125), ("layer_01/decay", 0.25),
         ("layer_01/no_decay", 0.25), ("layer_02/decay", 0.5), ("layer_02/no_decay", 0.5),
         ("layer_03/decay", 1.0), ("layer_03/no_decay", 1.0),
@@ -459,7 +463,10 @@ def test_bad_overrides(overrides: Any, error: type[Exception], match: str) -> No
         {},
         {"decay_embeddings": False, "include_frozen": True},
         {"layer_decay": 0.7, "layer_id_fn": lambda name: name.count(".")},
-        {"overrides": {"*.weight": {"lr_scale": 0.5}, "*.bias": {"lr": 0.2}}, "no_decay": ["*.0.*"]},
+        {
+            "overrides": {"*.weight": {"lr_scale": 0.5}, "*.bias": {"lr": 0.2}},
+            "no_decay": [re.compile(r"\.0\.|conv1|proj")],
+        },
     ],
     ids=["defaults", "frozen-embeddings", "layer-fn", "overrides"],
 )
@@ -468,7 +475,7 @@ def test_every_parameter_in_exactly_one_group(model_cls: type[nn.Module], kwargs
     groups = param_groups(model, **kwargs)
     assert_partition(model, groups, include_frozen=kwargs.get("include_frozen", False))
     for g in groups:
-        assert g["lr"] == pytest.approx(g["lr_scale"] * (0.2 if "bias" in g["name"] else 1e-3))
+        assert g["lr"] == pytest.approx(g["applied_lr_scale"] * (0.2 if "bias" in g["name"] else 1e-3))
         assert (g["weight_decay"] == 0.0) == g["name"].endswith("no_decay")
 
 
@@ -590,7 +597,7 @@ def test_layer_decay_of_one_is_no_layer_decay() -> None:
         "decay": GPT_DECAY,
         "no_decay": GPT_NO_DECAY,
     }
-    assert [(g["lr"], g["lr_scale"]) for g in groups] == [(0.1, 1.0), (0.1, 1.0)]
+    assert [(g["lr"], g["applied_lr_scale"]) for g in groups] == [(0.1, 1.0), (0.1, 1.0)]
 
 
 def test_tied_parameter_named_differently_by_two_overrides_is_ambiguous() -> None:
@@ -639,3 +646,36 @@ def test_no_decay_module_class_covers_all_its_parameters() -> None:
         "blocks.1.mlp.0.weight", "blocks.1.mlp.2.weight",
     ]  # fmt: skip
     assert_partition(model, groups)
+
+
+class OneRuleEach(nn.Module):
+    """Parameters each caught by exactly one no-decay rule (and one caught by none), so each rule is tested alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.PReLU(4)  # 1-D `weight` of a non-norm module: only the ndim <= 1 rule
+        self.gamma = nn.Parameter(torch.ones(4))  # a layer-scale gamma: only the ndim <= 1 rule
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))  # 0-D: only the ndim <= 1 rule
+        self.rel_pos_bias = nn.Parameter(torch.zeros(3, 3))  # 2-D, ends in "bias": only the bias-suffix rule
+        self.bias_table = nn.Parameter(torch.zeros(3, 3))  # 2-D, starts with "bias_": only the bias-prefix rule
+        self.proj = nn.Linear(4, 4, bias=False)  # 2-D weight: decayed
+
+
+@pytest.mark.parametrize(
+    ("name", "decayed"),
+    [("act.weight", False), ("gamma", False), ("logit_scale", False), ("rel_pos_bias", False),
+     ("bias_table", False), ("proj.weight", True)],
+)  # fmt: skip
+def test_each_no_decay_rule_alone(name: str, decayed: bool) -> None:
+    model = OneRuleEach()
+    groups = {g["name"]: g for g in param_groups(model, weight_decay=0.1)}
+    param = model.get_parameter(name)
+    group = next(g for g in groups.values() if any(p is param for p in g["params"]))
+    assert group["name"] == ("decay" if decayed else "no_decay")
+    assert group["weight_decay"] == (0.1 if decayed else 0.0)
+
+
+def test_a_no_decay_rule_excluding_an_already_excluded_parameter_is_not_matching_nothing() -> None:
+    model = OneRuleEach()
+    groups = param_groups(model, no_decay=["gamma"])  # already no-decay by the 1-D rule; the rule did match
+    assert [g["name"] for g in groups] == ["no_decay", "decay"]

@@ -405,10 +405,11 @@ def test_preview_of_an_adam_momentum_schedule_says_betas() -> None:
     assert curve.value("betas[0]", "group_0")[0] == 0.9  # Adam's own beta1
 
 
-def test_scheduling_lr_scale_is_refused() -> None:
-    # lr_scale is applied once, when the groups are built: a schedule on it would change nothing, silently
-    with pytest.raises(ValueError, match=r"'lr_scale' cannot be scheduled.*applied once.*`scheduler=`"):
-        ScheduleLR(_grouped(), "constant", 10, params={"lr_scale": ParamSchedule(end=0.5, relative=True)})
+@pytest.mark.parametrize("key", ["applied_lr_scale", "lr_scale"])
+def test_scheduling_lr_scale_is_refused(key: str) -> None:
+    # the scale is applied once, when the groups are built: a schedule on it would change nothing, silently
+    with pytest.raises(ValueError, match=rf"'{key}' cannot be scheduled.*applied once.*`scheduler=`"):
+        ScheduleLR(_grouped(), "constant", 10, params={key: ParamSchedule(end=0.5, relative=True)})
 
 
 @pytest.mark.parametrize(("field", "shown"), [("amsgrad", "False"), ("foreach", "None"), ("capturable", "False")])

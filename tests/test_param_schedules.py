@@ -316,3 +316,25 @@ def test_optimizer_mixin_checkpoint_loads_with_weights_only_and_resumes(
     assert groups == [pytest.approx(0.4), 0.0]  # the cosine's end; no_decay stays at 0
     for a, b in zip(straight.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_hybrid_optimizer_betas_schedule_names_the_muon_group_and_runs_on_the_adamw_half() -> None:
+    from lit_optim import build_hybrid
+    from tests.models import GPT
+
+    model = GPT()
+    hybrid = build_hybrid(model, "muon", lr=0.02, weight_decay=0.1)
+    names = [g["name"] for g in hybrid.param_groups]
+    muon = next(n for n in names if n.startswith("muon/"))
+    with pytest.raises(ValueError, match=rf"group '{muon}' of HybridOptimizer has no 'betas'.*exclude=\['{muon}'\]"):
+        ScheduleLR(hybrid, "constant", total_steps=4, params={"betas[1]": ParamSchedule(end=0.999)})
+    only_adamw = ParamSchedule(start=0.95, end=0.999, shape="linear", groups=["adamw/*"])
+    sched = ScheduleLR(hybrid, "constant", total_steps=4, params={"betas[1]": only_adamw})
+    for step in range(4):
+        for group in hybrid.param_groups:
+            if group["name"].startswith("adamw/"):
+                assert group["betas"][1] == pytest.approx(0.999 + (0.95 - 0.999) * (1 - step / 4), rel=1e-12)
+            else:
+                assert "betas" not in group
+        hybrid.step()
+        sched.step()

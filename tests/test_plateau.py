@@ -296,14 +296,14 @@ def test_unknown_monitor_can_warn_and_skip(make_trainer: Callable[..., Trainer])
 
     model = Module()
     trainer = make_trainer(callbacks=[SchedulerStepper()], limit_train_batches=2, max_epochs=3)
-    with pytest.warns(RuntimeWarning, match=r"monitor 'val_metrc' was not logged by this validation run. Skipping"):
+    with pytest.warns(RuntimeWarning, match=r"'val_metrc' was not logged by this validation run or training epoch"):
         trainer.fit(model)
     assert model.optimizers().param_groups[0]["lr"] == 0.1
 
 
-def test_plateau_without_validation_loop_raises(make_trainer: Callable[..., Trainer]) -> None:
+def test_plateau_without_validation_loop_needs_a_training_metric(make_trainer: Callable[..., Trainer]) -> None:
     trainer = make_trainer(callbacks=[SchedulerStepper()], limit_train_batches=2, limit_val_batches=0)
-    with pytest.raises(ValueError, match=r"monitors 'val_metric' after validation runs, but this run has no valid"):
+    with pytest.raises(ValueError, match=r"Unknown plateau monitor 'val_metric'.*This run has no validation loop"):
         trainer.fit(ScriptedModule("lit_optim"))
 
 
@@ -313,9 +313,9 @@ class TrainOnly(LightningDataModule):
 
 
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")  # the point
-def test_plateau_without_validation_data_raises(make_trainer: Callable[..., Trainer]) -> None:
+def test_plateau_without_validation_data_needs_a_training_metric(make_trainer: Callable[..., Trainer]) -> None:
     trainer = make_trainer(callbacks=[SchedulerStepper()], limit_train_batches=2)
-    with pytest.raises(ValueError, match=r"monitors 'val_metric' after validation runs, but this run has no valid"):
+    with pytest.raises(ValueError, match=r"Unknown plateau monitor 'val_metric'.*This run has no validation loop"):
         trainer.fit(ScriptedModule("lit_optim"), datamodule=TrainOnly())
 
 
@@ -558,7 +558,7 @@ def test_lightning_strict_false_warns_and_skips_for_torch_rop(make_trainer: Call
 
     model = Module()
     trainer = make_trainer(callbacks=[SchedulerStepper()], limit_train_batches=2, max_epochs=3)
-    with pytest.warns(RuntimeWarning, match=r"monitor 'val_metrc' was not logged by this validation run. Skipping"):
+    with pytest.warns(RuntimeWarning, match=r"'val_metrc' was not logged by this validation run or training epoch"):
         trainer.fit(model)
     assert model.optimizers().param_groups[0]["lr"] == 0.1
     assert model.lr_schedulers().last_epoch == 0
@@ -804,3 +804,27 @@ def test_validation_less_frequent_than_the_run_warns_that_nothing_reduces(make_t
     with pytest.warns(RuntimeWarning, match=r"`check_val_every_n_epoch=3` is more than `max_epochs=2`"):
         trainer.fit(_PlateauModule())
     assert trainer.optimizers[0].param_groups[0]["lr"] == 0.1
+
+
+class Worsening(ScriptedModule):
+    """``val_metric`` grows at every validation run: every run after the first is a bad one."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        self.log("val_metric", torch.tensor(1.0 + self.trainer.global_step))
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed:UserWarning")  # resuming into a fresh folder
+@pytest.mark.parametrize("ckpt_name", ["epoch=1-step=8.ckpt", "epoch=2-step=12.ckpt"], ids=["cooldown=2", "1"])
+def test_resume_in_the_middle_of_a_cooldown(tmp_path: Path, ckpt_name: str) -> None:
+    """Issue 13 test gap: a restored run must not reduce again while the saved cooldown is still running."""
+    kwargs: dict[str, Any] = {"max_epochs": 8, "limit_train_batches": 4, "checkpoint": {"every_n_epochs": 1}}
+    straight_model, resumed_model = (Worsening("lit_optim", patience=0, cooldown=2) for _ in range(2))
+    straight = _run(tmp_path / "a", straight_model, **kwargs)
+    # torch's rule written out: patience 0, cooldown 2 -> the runs after the first reduce at 1, 4, 7 (0-based)
+    assert [lr for _, _, lr in straight.runs] == [0.1, 0.05, 0.05, 0.05, 0.025, 0.025, 0.025, 0.0125]
+    saved = torch.load(tmp_path / "a" / ckpt_name, weights_only=True)["lr_schedulers"][0]
+    assert saved["cooldown_counter"] == (2 if ckpt_name.startswith("epoch=1") else 1)  # stopped mid-cooldown
+    resumed = _run(tmp_path / "b", resumed_model, ckpt_path=str(tmp_path / "a" / ckpt_name), **kwargs)
+    step = int(ckpt_name.split("step=")[1].split(".")[0])
+    assert resumed.step_lrs == straight.step_lrs[step:]
+    assert resumed.runs == [run for run in straight.runs if run[0] > step]

@@ -91,11 +91,42 @@ def test_every_step_follows_the_preview(make_trainer: Callable[..., Trainer], ov
 def test_skipped_training_steps_do_not_consume_the_schedule(make_trainer: Callable[..., Trainer]) -> None:
     recorder = Recorder()
     trainer = make_trainer(callbacks=[recorder], limit_val_batches=0, max_epochs=2)
-    trainer.fit(Scheduled(skip=frozenset({2, 5})))
+    with pytest.warns(RuntimeWarning, match=r"4 optimizer step\(s\) had no gradients .* ended at step 28 of 32, so the "
+                      r"last 4 steps of its curve .* `SchedulerStepper\(skipped_steps='advance'\)`"):
+        trainer.fit(Scheduled(skip=frozenset({2, 5})))
     curve = preview_schedule(SCHEDULE, trainer, base_lrs=BASE_LRS)
     real_steps = trainer.global_step - 4  # two skipped batches per epoch
-    assert recorder.lrs[0] == list(curve.lrs[:real_steps])
+    assert recorder.lrs[0] == list(curve.lrs[:real_steps])  # the preview, step for trained step: it stops early
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == real_steps
+
+
+class GlobalStepRecorder(Callback):
+    """The lrs of optimizer 0 at each global step, trained or not."""
+
+    def __init__(self) -> None:
+        self.lrs: dict[int, tuple[float, ...]] = {}
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        self.lrs[trainer.global_step] = tuple(float(g["lr"]) for g in optimizer.param_groups)
+
+
+@pytest.mark.filterwarnings("ignore:`training_step` returned `None`:UserWarning")  # on purpose here
+def test_skipped_steps_advance_follows_global_step_and_the_whole_preview(make_trainer: Callable[..., Trainer]) -> None:
+    recorder, steps = Recorder(), GlobalStepRecorder()
+    callbacks = [SchedulerStepper(skipped_steps="advance"), recorder, steps]
+    trainer = make_trainer(callbacks=callbacks, limit_val_batches=0, max_epochs=2)
+    trainer.fit(Scheduled(skip=frozenset({2, 5})))  # no warning: the schedule reaches its end
+    curve = preview_schedule(SCHEDULE, trainer, base_lrs=BASE_LRS)
+    assert trainer.global_step == len(curve) == 32
+    assert [steps.lrs[s] for s in range(32)] == list(curve.lrs)  # the lr at global step s is the preview's step s
+    trained = [s for s in range(32) if s % 16 not in (2, 5)]
+    assert recorder.lrs[0] == [curve.lrs[s] for s in trained]
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 32
+
+
+def test_skipped_steps_option_is_checked() -> None:
+    with pytest.raises(ValueError, match=r"`skipped_steps` must be one of \['advance', 'hold'\], got 'skip'"):
+        SchedulerStepper(skipped_steps="skip")  # type: ignore[arg-type]
 
 
 class TwoOptimizers(TinyModule):
@@ -127,7 +158,9 @@ class TwoOptimizers(TinyModule):
 def test_two_optimizers_each_follow_their_own_preview(make_trainer: Callable[..., Trainer]) -> None:
     recorder = Recorder()
     trainer = make_trainer(callbacks=[recorder], limit_val_batches=0, max_epochs=2, limit_train_batches=8)
-    trainer.fit(TwoOptimizers())
+    match = r"lr_scheduler_configs\[1\] at step 8 of its 16 \(resolved from the run\): under manual optimization"
+    with pytest.warns(RuntimeWarning, match=match):  # the head's schedule stopped half-way: said, not silent
+        trainer.fit(TwoOptimizers())
     body_curve = preview_schedule(SCHEDULE, trainer, base_lrs=0.1)
     head_curve = preview_schedule("linear", trainer, base_lrs=0.01)
     assert len(body_curve) == 16
@@ -246,7 +279,8 @@ def test_nonfinite_step_skipped_by_gradient_clipping_does_not_advance_the_schedu
         callbacks=[clipping, recorder], accumulate_grad_batches=2, limit_train_batches=8, limit_val_batches=0
     )
     model = InfAt(frozenset({3}))
-    trainer.fit(model)
+    with pytest.warns(RuntimeWarning, match=r"1 optimizer step\(s\) had no gradients .*ended at step 3 of 4"):
+        trainer.fit(model)
     curve = [row[0] for row in preview_schedule(Linear(), 4, base_lrs=0.1).lrs]
     assert clipping.skipped_steps == 1
     steps_done = [0, 1, 1, 1, 1, 2, 2, 3]  # real optimizer steps after each batch

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 import lit_optim
-from lit_optim import Cosine, GradientClipping, LearningRateLogger, configure_optimizers
+from lit_optim import Cosine, GradientClipping, LearningRateLogger, OptimizerMonitor, configure_optimizers
 from tests.models import TinyModule
 
 _CONVERSIONS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy")
@@ -109,11 +109,14 @@ class QuietModule(TinyModule):
 
 def _fit_guarded(device: str, make_trainer: Any, **trainer_kwargs: Any) -> tuple[_GuardOn, L.Trainer]:
     on = _GuardOn(device)
-    callbacks = [on, GradientClipping(max_norm=0.5, log_every_n_steps=1000),
+    monitor = OptimizerMonitor(log_every_n_steps=1000, spike_warmup_steps=2)  # watches the loss and grad norm
+    callbacks = [on, monitor, GradientClipping(max_norm=0.5, log_every_n_steps=1000),
                  LearningRateLogger(log_every_n_steps=1000), _GuardOff(on)]
     trainer = make_trainer(accelerator=device, max_steps=8, callbacks=callbacks,
                            logger=L.pytorch.loggers.CSVLogger(trainer_kwargs.pop("root")), **trainer_kwargs)
     trainer.fit(QuietModule())
+    assert monitor.detector("loss").stats[0] > 2  # it did run
+    assert monitor.detector("grad_norm").stats[0] > 2
     return on, trainer
 
 
@@ -127,6 +130,16 @@ def test_guard_catches_a_sync(make_trainer: Any, tmp_path: Any) -> None:
     # The same run logging every step must trip the guard: proves the guard is live.
     on = _GuardOn("cpu")
     callbacks = [on, GradientClipping(max_norm=0.5, log_every_n_steps=1), _GuardOff(on)]
+    trainer = make_trainer(max_steps=3, callbacks=callbacks, logger=L.pytorch.loggers.CSVLogger(tmp_path))
+    with pytest.raises(AssertionError, match="host-device sync"):
+        trainer.fit(QuietModule())
+
+
+@pytest.mark.parametrize("kwargs", [{"log_every_n_steps": 1}, {"action": "skip"}], ids=["logging", "skip"])
+def test_guard_catches_the_monitors_documented_syncs(make_trainer: Any, tmp_path: Any, kwargs: dict[str, Any]) -> None:
+    # OptimizerMonitor syncs on logging steps and, with action="skip", on every step: the guard must see both
+    on = _GuardOn("cpu")
+    callbacks = [on, OptimizerMonitor(**kwargs), _GuardOff(on)]
     trainer = make_trainer(max_steps=3, callbacks=callbacks, logger=L.pytorch.loggers.CSVLogger(tmp_path))
     with pytest.raises(AssertionError, match="host-device sync"):
         trainer.fit(QuietModule())

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch.optim import Optimizer
@@ -14,6 +15,9 @@ from lit_optim.schedules.plateau import PlateauLR
 from lit_optim.schedules.scheduler import ScheduleLR
 
 __all__ = ["Claim", "Interval", "infer_interval", "progress_of"]
+
+StepHook = Callable[[Any, Any], None]
+"""``LightningModule.lr_scheduler_step(scheduler, metric)``: how every scheduler is stepped."""
 
 Interval = Literal["epoch", "plateau", "step"]
 
@@ -85,7 +89,8 @@ def infer_interval(
     ``"step"`` (reported as ambiguous for the periodic ``StepLR`` and ``CosineAnnealingWarmRestarts``, whose
     period may be meant in epochs of a longer run). Without a known ``max_epochs``, or for a scheduler with no
     length (``ExponentialLR``, ``LambdaLR``, ``MultiplicativeLR``, unknown classes) -> ``"epoch"``, reported as
-    ambiguous.
+    ambiguous. A scheduler that is not a torch ``LRScheduler`` (timm's, stepped through
+    ``LightningModule.lr_scheduler_step``) keeps its configured interval.
 
     Example:
         >>> import torch
@@ -97,6 +102,8 @@ def infer_interval(
         return "plateau", None
     if _per_step(scheduler) or configured == "step":
         return "step", None
+    if not isinstance(scheduler, tl.LRScheduler):  # e.g. timm's, stepped through `lr_scheduler_step`: as configured
+        return "epoch", None
     epochs = max_epochs if max_epochs is not None and max_epochs > 0 else None
     name = type(scheduler).__name__
     if isinstance(scheduler, tl.ExponentialLR):
@@ -143,10 +150,22 @@ class Claim:
     frequency: int
     monitor: str | None
     on_missing: Literal["raise", "warn"]
-    start: int = 0  # the scheduler's `last_epoch` before the first epoch of the run
-    stepped: int = 0  # epoch steps taken in this run (the progress of a scheduler that keeps no count)
-    expected: int | None = None  # a per-step scheduler's progress after our last step (to catch a second owner)
+    hook: StepHook | None = None  # the module's `lr_scheduler_step`, when it overrides Lightning's
+    expected: int | None = None  # the scheduler's progress after our last step (to catch a second owner)
     configured_interval: str = "epoch"
+    after: Literal["validation", "train_epoch"] | None = None  # when a plateau steps (None: not known yet)
+    checked: bool = False  # a plateau's monitor was found (or reported missing) once
+    yielded: bool = False  # an epoch scheduler the user steps by hand (manual optimization): left to them
+
+    def step(self, metric: Any = None) -> None:
+        """Step the scheduler as Lightning would: through ``lr_scheduler_step`` when the module overrides it."""
+        scheduler: Any = self.config.scheduler
+        if self.hook is not None:
+            self.hook(scheduler, metric)
+        elif metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
 
     @property
     def is_plateau(self) -> bool:

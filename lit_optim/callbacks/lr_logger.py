@@ -16,6 +16,7 @@ from typing_extensions import override
 from lit_optim._distributed import is_distributed
 from lit_optim._logging import group_names, log_metrics
 from lit_optim._validation import check_choice, check_positive_int
+from lit_optim.optim.schedule_free import schedule_free_lr
 from lit_optim.schedules.scheduler import ScheduleLR
 
 __all__ = ["LearningRateLogger"]
@@ -51,6 +52,8 @@ class LearningRateLogger(Callback):
       (Adam family); absent when the group has neither;
     - ``beta2/{group}``: ``param_group["betas"][1]``, when the group has ``betas``;
     - ``weight_decay/{group}``: ``param_group["weight_decay"]``, when the group has it;
+    - ``effective_lr/{group}``: for a ``schedulefree`` optimizer with its own ``warmup_steps``
+      (``AdamWScheduleFree``, ``SGDScheduleFree``), the lr its next step uses, ``lr`` times its warmup factor;
     - ``{field}/{group}`` for every other field a ``ScheduleLR(params=...)`` of that optimizer schedules
       (``eps/{group}``, ``beta3/{group}`` for ``betas[2]``, ``key_1/{group}`` for ``key[1]``).
 
@@ -329,6 +332,9 @@ def _read(groups: Sequence[Mapping[str, Any]], keys: Sequence[_Keys], flags: tup
     metrics: dict[str, float] = {}
     for group, (lr_key, momentum_key, beta2_key, weight_decay_key) in zip(groups, keys, strict=False):
         metrics[lr_key] = float(group["lr"])
+        effective = schedule_free_lr(group)  # a schedulefree group scales lr by its own warmup inside step()
+        if effective is not None:
+            metrics[f"effective_{lr_key}"] = effective
         if log_momentum:
             betas = group.get("betas")
             if "momentum" in group:

@@ -6,30 +6,24 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, Checkpoint
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.types import LRSchedulerConfig
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lit_optim._distributed import is_distributed
-from lit_optim._logging import log_metrics
-from lit_optim._validation import check_choice, unknown_key_error
+from lit_optim._validation import check_choice
+from lit_optim.callbacks._checks import check_manual_lengths, check_shared_optimizers, warn_unfinished
 from lit_optim.callbacks._intervals import Claim, Interval, infer_interval, progress_of
-from lit_optim.schedules.plateau import PlateauLR
+from lit_optim.callbacks._plateau import Moment, check_plateau, reduction_count, step_plateaus
 
 __all__ = ["SchedulerStepper", "ensure_stepper"]
 
 _STEP_COUNT = "lit_optim_step_count"
+_EPOCHS = "lit_optim_epochs"  # training epochs whose end an epoch scheduler has been stepped for
 _NEVER = sys.maxsize  # Lightning steps a config when (batch_idx + 1) % frequency == 0: never with this.
-
-
-def _reduce_sum(trainer: Trainer, tensor: torch.Tensor) -> torch.Tensor:
-    return trainer.strategy.reduce(tensor, reduce_op="sum") if is_distributed(trainer) else tensor
 
 
 def _has_grad(optimizer: Optimizer) -> bool:
@@ -40,32 +34,44 @@ class SchedulerStepper(Callback):
     """Step every scheduler of the run exactly when training progress says so, instead of Lightning.
 
     At ``on_train_start`` it claims every config in ``trainer.lr_scheduler_configs`` (lit_optim's and plain
-    torch schedulers alike), sets its ``frequency`` so Lightning's own stepping never fires, and steps it:
+    torch schedulers alike), sets its ``frequency`` so Lightning's own stepping never fires, and steps it, through
+    ``LightningModule.lr_scheduler_step`` as Lightning does (override it for a scheduler with another ``step``
+    signature, e.g. timm's ``scheduler.step(epoch=self.current_epoch)``):
 
     - ``"step"`` schedulers after each real optimizer step (``optimizer.register_step_post_hook``): not when
-      fp16 AMP's ``GradScaler`` skipped ``optimizer.step``, and not when no parameter had a gradient (a
-      ``training_step`` that returned ``None``); with ``accumulate_grad_batches`` once per accumulated step;
-    - ``"epoch"`` schedulers at the end of each training epoch (before checkpoint callbacks save);
-    - plateau schedulers (torch ``ReduceLROnPlateau``, lit_optim ``PlateauLR``) right after each non-sanity
-      validation run, with the monitored value of *that* run averaged over ranks (``strategy.reduce``), so all
-      ranks take the same decision even when the metric was logged without ``sync_dist``; ranks that did not
-      log it this run (e.g. ``self.log(..., rank_zero_only=True)`` on rank 0 only) are left out of the mean.
+      fp16 AMP's ``GradScaler`` skipped ``optimizer.step``; with ``accumulate_grad_batches`` once per accumulated
+      step. A step where no parameter had a gradient (``training_step`` returned ``None``) does not advance them
+      with ``skipped_steps="hold"``, and does with ``"advance"`` (the schedule then follows ``global_step``);
+    - ``"epoch"`` schedulers at the end of each training epoch (before checkpoint callbacks save). How many epoch
+      ends a scheduler has been stepped for is saved with it, so a run resumed from any checkpoint (mid-epoch,
+      on an epoch's last step, at its end) steps it for exactly the epoch ends it missed;
+    - plateau schedulers (torch ``ReduceLROnPlateau``, lit_optim ``PlateauLR``) with the monitored value averaged
+      over ranks (``strategy.reduce``), so all ranks take the same decision even when the metric was logged
+      without ``sync_dist``; ranks that did not log it are left out of the mean. A metric logged by validation
+      steps them after each (non-sanity) validation run; a training metric logged with ``on_epoch=True`` (or any
+      metric in a run without validation) at the end of each training epoch, as plain Lightning does.
 
     A config that leaves ``trainer.lr_scheduler_configs`` during the fit (``StochasticWeightAveraging`` swaps
-    in its ``SWALR``) is no longer stepped; configs added during the fit are left to Lightning.
+    in its ``SWALR``, ``LearningRateFinder`` runs its own) is not stepped while it is out; configs added during
+    the fit are left to Lightning.
+
+    Refused when fitting starts: a lit_optim schedule (``ScheduleLR``/``PlateauLR``) sharing its optimizer with a
+    ``ReduceLROnPlateau`` or another lit_optim schedule (each would overwrite the other's learning rate), and,
+    under manual optimization with several optimizers and ``max_steps`` set, a schedule whose length was resolved
+    from the run (``global_step`` counts every optimizer's steps, so no optimizer's own count is known).
 
     The interval of a plain torch scheduler is inferred (see ``infer_interval``); a one-time warning says
     when the choice was ambiguous. A config's ``frequency`` N > 1 means every N optimizer steps (``"step"``)
-    or every N epochs (``"epoch"``); plateau schedulers step after every validation run. Manual optimization
-    is supported: do not call ``scheduler.step()`` yourself then (a per-step scheduler stepped by someone else
-    as well raises a ``RuntimeError`` at the next optimizer step rather than advancing twice).
+    or every N epochs (``"epoch"``); plateau schedulers step at every evaluation. Under manual optimization, a
+    per-step scheduler stepped by someone else as well raises a ``RuntimeError`` at the next optimizer step rather
+    than advancing twice; an epoch scheduler you step yourself in ``training_step`` is left to you (warned once).
 
     The stepper keeps no state of its own (``state_dict()`` is empty): all progress is in the schedulers,
-    which Lightning checkpoints, so a stepper added during ``configure_optimizers`` resumes exactly. With
-    ``frequency`` N > 1 on a per-step torch scheduler, the count inside the N-step window is kept on the
-    scheduler as ``lit_optim_step_count`` (torch's ``state_dict`` saves it).
+    which Lightning checkpoints, so a stepper added during ``configure_optimizers`` resumes exactly. The counts
+    it needs are kept on the scheduler (``lit_optim_epochs``, and ``lit_optim_step_count`` for a per-step
+    ``frequency`` N > 1), which torch's and ``ScheduleLR``'s ``state_dict`` save.
 
-    Logged keys (through ``trainer.loggers``, after each validation run that stepped a plateau scheduler):
+    Logged keys (through ``trainer.loggers``, after each evaluation that stepped a plateau scheduler):
     ``"plateau/reductions"`` (reductions so far; ``"plateau/reductions/<name or index>"`` when there are
     several plateau schedulers). A reduction also prints one line on rank 0.
 
@@ -73,9 +79,12 @@ class SchedulerStepper(Callback):
         intervals: overrides, keyed by the config's ``name`` or the scheduler's class name, e.g.
             ``{"StepLR": "step"}``.
         monitor: metric for a plateau config that names none (manual optimization).
-        on_missing_monitor: ``"raise"`` when the monitored metric is not logged at the first validation run,
+        on_missing_monitor: ``"raise"`` when the monitored metric is not logged by the first evaluation,
             or ``"warn"`` and skip the plateau step. lit_optim's ``Plateau`` spec carries its own setting; a
             Lightning config with ``"strict": False`` always warns.
+        skipped_steps: ``"hold"`` (a step without gradients does not advance per-step schedules; if such steps
+            keep a schedule from its end, a warning says so at the end of the fit) or ``"advance"`` (they do, so
+            the schedule follows ``global_step`` and ends where ``preview_schedule`` ends).
 
     Raises:
         ValueError: on an unknown interval or option.
@@ -90,6 +99,7 @@ class SchedulerStepper(Callback):
         intervals: Mapping[str, Interval] | None = None,
         monitor: str | None = None,
         on_missing_monitor: Literal["raise", "warn"] = "raise",
+        skipped_steps: Literal["hold", "advance"] = "hold",
     ) -> None:
         self.intervals: dict[str, Interval] = dict(intervals or {})
         for value in self.intervals.values():
@@ -99,18 +109,23 @@ class SchedulerStepper(Callback):
         self.monitor = monitor
         check_choice("on_missing_monitor", on_missing_monitor, ["raise", "warn"])
         self.on_missing_monitor = on_missing_monitor
+        check_choice("skipped_steps", skipped_steps, ["advance", "hold"])
+        self.skipped_steps = skipped_steps
         self._claims: list[Claim] = []
         self._handles: list[RemovableHandle] = []
         self._metrics_before: dict[str, Any] = {}
+        self._epoch_metrics_before: dict[str, Any] = {}
         self._warned: set[str] = set()
         self._step_counts: dict[int, int] = {}
-        self._monitor_checked = False
-        self._configs: list[LRSchedulerConfig] | None = None  # the Trainer's live list during a fit
+        self._skipped: dict[int, int] = {}  # optimizer steps without gradients in this fit, by id(optimizer)
+        self._validated = False
+        self._trainer: Trainer | None = None  # during a fit
+        self._pending: list[Claim] = []  # per-step claims whose `lr_scheduler_step` override runs at batch end
 
     @property
     def reductions(self) -> dict[int, int]:
         """Plateau reductions so far, by index in ``trainer.lr_scheduler_configs``."""
-        return {c.index: self._reduction_count(c) for c in self._claims if c.is_plateau}
+        return {c.index: reduction_count(c) for c in self._claims if c.is_plateau}
 
     # ------------------------------------------------------------------ hooks
     @override
@@ -119,11 +134,18 @@ class SchedulerStepper(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._step_epochs_until(trainer.current_epoch)  # catch up after resuming from an end-of-epoch checkpoint
+        self._epoch_metrics_before = dict(trainer.callback_metrics)
+        self._step_epochs(trainer, trainer.current_epoch, at_start=True)  # epoch ends a checkpoint was taken before
+
+    @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self._flush()
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._step_epochs_until(trainer.current_epoch + 1)
+        self._flush()
+        self._step_epochs(trainer, trainer.current_epoch + 1, at_start=False)
+        self._step_plateaus(trainer, "train_epoch", self._epoch_metrics_before)
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -132,11 +154,13 @@ class SchedulerStepper(Callback):
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._step_plateaus(trainer)
+            self._step_plateaus(trainer, "validation", self._metrics_before)
+            self._validated = True
         self._metrics_before = {}
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        warn_unfinished(self._claims, trainer, pl_module, self._skipped, self._warn_once)
         self._release()
 
     @override
@@ -146,101 +170,89 @@ class SchedulerStepper(Callback):
     # ---------------------------------------------------------------- claiming
     def _claim(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._release()
-        self._claims, self._step_counts, self._monitor_checked = [], {}, False
-        self._configs = trainer.lr_scheduler_configs
+        self._claims, self._step_counts, self._skipped, self._validated, self._pending = [], {}, {}, False, []
+        self._epoch_metrics_before = {}  # a run resumed mid-epoch has no `on_train_epoch_start`: all values are new
+        self._trainer = trainer
+        overridden = type(pl_module).lr_scheduler_step is not LightningModule.lr_scheduler_step
+        hook = pl_module.lr_scheduler_step if overridden else None
         total = float(trainer.estimated_stepping_batches)
-        max_epochs = trainer.max_epochs
         for index, config in enumerate(trainer.lr_scheduler_configs):
+            interval = self._interval(index, config.scheduler, config.name, config.interval, trainer, total)
+            frequency = max(1, int(config.frequency))
+            claim = Claim(index, config, interval, frequency, None, self.on_missing_monitor, hook=hook)
             scheduler = config.scheduler
-            key = config.name if config.name in self.intervals else type(scheduler).__name__
-            if key in self.intervals:
-                interval: Interval = self.intervals[key]
-                if (interval == "plateau") != isinstance(scheduler, ReduceLROnPlateau):
-                    raise ValueError(
-                        f"`intervals[{key!r}]` is {interval!r}, but only ReduceLROnPlateau steps on a metric "
-                        f"('plateau') and it needs one; {type(scheduler).__name__} cannot use {interval!r}."
-                    )
-            else:
-                interval, why = infer_interval(scheduler, config.interval, max_epochs, total)
-                if why is not None:
-                    self._warn_once(
-                        f"interval-{index}",
-                        f"{why} Pass `SchedulerStepper(intervals={{{type(scheduler).__name__!r}: 'step'}})` "
-                        "(or 'epoch') to choose.",
-                    )
-            claim = Claim(index, config, interval, max(1, int(config.frequency)), None, self.on_missing_monitor)
-            progress = progress_of(scheduler) or 0
             if interval == "epoch":
-                claim.start = progress - trainer.current_epoch // claim.frequency
+                done = getattr(scheduler, _EPOCHS, None)
+                if not isinstance(done, int) or done > trainer.current_epoch:  # a fresh scheduler (or a new run)
+                    scheduler.__dict__[_EPOCHS] = trainer.current_epoch
+                claim.expected = progress_of(scheduler)
             elif interval == "step":
+                progress = progress_of(scheduler) or 0
                 # optimizer steps counted towards `frequency`, saved with the scheduler (see _after_optimizer_step)
-                self._step_counts[index] = int(getattr(scheduler, _STEP_COUNT, progress * claim.frequency))
+                self._step_counts[index] = int(getattr(scheduler, _STEP_COUNT, progress * frequency))
                 claim.expected = progress_of(scheduler)
             if claim.is_plateau:
-                self._check_plateau(claim, trainer, pl_module)
+                check_plateau(claim, trainer, pl_module, self.monitor, self._warn_once)
             config.frequency = _NEVER
             claim.configured_interval = config.interval
             if interval in ("step", "epoch"):
                 config.interval = interval  # so LearningRateMonitor logs at the cadence the scheduler moves
             self._claims.append(claim)
+        check_shared_optimizers(self._claims)
+        check_manual_lengths(self._claims, trainer, pl_module)
         for optimizer in {id(c.optimizer): c.optimizer for c in self._claims if c.interval == "step"}.values():
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
+        # A run resumed from a checkpoint taken on an epoch's last step starts at the next epoch without calling
+        # `on_train_epoch_start`: the epoch end it skipped is stepped here.
+        self._step_epochs(trainer, trainer.current_epoch, at_start=True)
 
-    def _check_plateau(self, claim: Claim, trainer: Trainer, pl_module: LightningModule) -> None:
-        scheduler = claim.config.scheduler
-        if isinstance(scheduler, PlateauLR):
-            claim.monitor = scheduler.plateau.monitor
-            claim.on_missing = scheduler.plateau.on_missing_monitor
-            if claim.config.monitor not in (None, claim.monitor):  # two names for one metric: refuse to guess
+    def _interval(
+        self, index: int, scheduler: Any, name: str | None, configured: str, trainer: Trainer, total: float
+    ) -> Interval:
+        key = name if name in self.intervals else type(scheduler).__name__
+        if key in self.intervals:
+            interval: Interval = self.intervals[key]
+            if (interval == "plateau") != isinstance(scheduler, ReduceLROnPlateau):
                 raise ValueError(
-                    f"The scheduler config says `monitor={claim.config.monitor!r}` but its Plateau monitors "
-                    f"{claim.monitor!r}. Give the metric once, as `Plateau(monitor=...)`."
+                    f"`intervals[{key!r}]` is {interval!r}, but only ReduceLROnPlateau steps on a metric "
+                    f"('plateau') and it needs one; {type(scheduler).__name__} cannot use {interval!r}."
                 )
-        else:
-            claim.monitor = claim.config.monitor or self.monitor
-            if not claim.config.strict:  # Lightning's own switch for "warn and skip"
-                claim.on_missing = "warn"
-        if claim.monitor is None:
-            raise ValueError(
-                f"{type(scheduler).__name__} needs a metric to monitor, and none was given. Pass "
-                "`SchedulerStepper(monitor='val_loss')` or return `{'scheduler': ..., 'monitor': 'val_loss'}`."
-            )
-        if not trainer.enable_validation:  # Lightning's own test: a `validation_step`, val data, limit_val_batches
-            raise ValueError(
-                f"{type(scheduler).__name__} monitors {claim.monitor!r} after validation runs, but this run has no "
-                "validation loop (no `validation_step`, no `val_dataloader`, or `limit_val_batches=0`). Add a "
-                "validation loop or use a schedule that does not depend on a metric."
-            )
-        every = trainer.check_val_every_n_epoch
-        if every is not None and trainer.max_epochs is not None and 0 < trainer.max_epochs < every:
+            return interval
+        interval, why = infer_interval(scheduler, configured, trainer.max_epochs, total)
+        if why is not None:
             self._warn_once(
-                f"no-validation-{claim.index}",
-                f"{type(scheduler).__name__} steps after validation runs, but `check_val_every_n_epoch={every}` is "
-                f"more than `max_epochs={trainer.max_epochs}`: no validation runs, so the learning rate never "
-                "reduces in this run.",
+                f"interval-{index}",
+                f"{why} Pass `SchedulerStepper(intervals={{{type(scheduler).__name__!r}: 'step'}})` "
+                "(or 'epoch') to choose.",
             )
+        return interval
 
     def _active(self, claim: Claim) -> bool:
-        """Whether the claimed config is still the Trainer's (``StochasticWeightAveraging`` replaces it)."""
-        return self._configs is None or any(config is claim.config for config in self._configs)
+        """Whether the claimed config is in the Trainer's list now (SWA and the LR finder replace it)."""
+        trainer = self._trainer
+        return trainer is None or any(config is claim.config for config in trainer.lr_scheduler_configs)
 
     def _release(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._configs = None
+        self._trainer = None
         for claim in self._claims:  # kept until the next fit, so `reductions` can be read after training
             claim.config.frequency = claim.frequency
             claim.config.interval = claim.configured_interval
 
     # ---------------------------------------------------------------- stepping
     def _after_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        if not _has_grad(optimizer):
-            return  # nothing was trained this step (training_step returned None, or a skipped step)
+        if self.skipped_steps == "hold" and not _has_grad(optimizer):
+            # nothing was trained this step (training_step returned None, or a skipped step)
+            self._skipped[id(optimizer)] = self._skipped.get(id(optimizer), 0) + 1
+            return
         for claim in self._claims:
             if claim.interval != "step" or claim.optimizer is not optimizer or not self._active(claim):
                 continue
             scheduler = claim.config.scheduler
+            if claim in self._pending:  # stepped twice in one batch (manual optimization): no batch end between
+                self._flush()
             if claim.expected is not None and progress_of(scheduler) != claim.expected:
                 raise RuntimeError(
                     f"{type(scheduler).__name__} (lr_scheduler_configs[{claim.index}]) was stepped outside "
@@ -251,92 +263,66 @@ class SchedulerStepper(Callback):
                 )
             count = self._step_counts.get(claim.index, 0) + 1
             self._step_counts[claim.index] = count
-            if claim.frequency > 1:  # torch's state_dict saves __dict__: a resumed run keeps the same N-step window
+            if claim.frequency > 1:  # saved with the scheduler: a resumed run keeps the same N-step window
                 scheduler.__dict__[_STEP_COUNT] = count
             if count % claim.frequency == 0:
-                scheduler.step()  # type: ignore[call-arg]
-                claim.expected = progress_of(scheduler)
+                if claim.hook is not None:
+                    # Lightning calls the hook after the optimizer step is counted in `global_step`, which happens
+                    # only once this post-hook has returned: an override reading `self.global_step` sees its value.
+                    self._pending.append(claim)
+                else:
+                    claim.step()
+                    claim.expected = progress_of(scheduler)
 
-    def _step_epochs_until(self, epochs: int) -> None:
-        # The scheduler's own `last_epoch` (restored from the checkpoint) says how often it was stepped, so a
-        # resumed run neither repeats nor misses the step of an epoch whose end the checkpoint straddles.
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for claim in pending:
+            claim.step()
+            claim.expected = progress_of(claim.config.scheduler)
+
+    def _step_epochs(self, trainer: Trainer, through: int, at_start: bool) -> None:
+        """Bring every epoch scheduler to ``through`` epoch ends: bounded by epochs, never by its own counter."""
         for claim in self._claims:
-            if claim.interval != "epoch" or not self._active(claim):
+            if claim.interval != "epoch" or claim.yielded or not self._active(claim):
                 continue
             scheduler = claim.config.scheduler
-            while True:
-                done = progress_of(scheduler)
-                if (claim.start + claim.stepped if done is None else done) >= claim.start + epochs // claim.frequency:
-                    break
-                scheduler.step()  # type: ignore[call-arg]
-                claim.stepped += 1
-
-    def _step_plateaus(self, trainer: Trainer) -> None:
-        plateaus = [c for c in self._claims if c.is_plateau and self._active(c)]
-        if not plateaus:
-            return
-        metrics = trainer.callback_metrics
-        first = not self._monitor_checked
-        self._monitor_checked = True
-        for claim in plateaus:
-            monitor = claim.monitor
-            assert monitor is not None  # set in _check_plateau
-            # One collective per plateau config on every rank, whatever this rank holds, so no rank waits alone
-            # in it: (sum of fresh values, ranks with a fresh value, ranks that logged the metric at all).
-            value = metrics.get(monitor)
-            logged = value is not None
-            fresh = logged and not (monitor in self._metrics_before and self._metrics_before[monitor] is value)
-            local = torch.zeros(3, dtype=torch.float64, device=trainer.strategy.root_device)
-            if fresh:
-                local[0] = torch.as_tensor(value, dtype=torch.float64).detach().reshape(())
-            local[1], local[2] = float(fresh), float(logged)
-            total, n_fresh, n_logged = _reduce_sum(trainer, local).tolist()
-            if n_logged == 0:
-                message = f"Plateau scheduler monitor {monitor!r} was not logged by this validation run."
-                if first and claim.on_missing == "raise":
-                    raise unknown_key_error(
-                        "plateau monitor",
-                        monitor,
-                        metrics,
-                        hint="Log it with `self.log(...)` in `validation_step`/`on_validation_epoch_end`, or pass "
-                        "`on_missing_monitor='warn'` to skip the reduction instead.",
-                    )
-                self._warn_once(f"missing-{claim.index}", f"{message} Skipping the plateau step (warned once).")
+            if self._stepped_elsewhere(claim, trainer, at_start):
                 continue
-            if n_fresh == 0:
-                self._warn_once(
-                    f"stale-{claim.index}",
-                    f"Plateau scheduler monitor {monitor!r} holds a value from before this validation run; skipping "
-                    "the plateau step rather than reusing a stale value (warned once).",
-                )
-                continue
-            self._apply_plateau(trainer, claim, total / n_fresh, len(plateaus) > 1)
+            done = int(getattr(scheduler, _EPOCHS, through))
+            for epoch in range(done, through):
+                if (epoch + 1) % claim.frequency == 0:
+                    claim.step()
+            scheduler.__dict__[_EPOCHS] = max(done, through)
+            claim.expected = progress_of(scheduler)
 
-    def _apply_plateau(self, trainer: Trainer, claim: Claim, value: float, several: bool) -> None:
+    def _stepped_elsewhere(self, claim: Claim, trainer: Trainer, at_start: bool) -> bool:
+        """Whether the user stepped this epoch scheduler too; hand it over, or raise if it was stepped twice."""
         scheduler = claim.config.scheduler
-        if isinstance(scheduler, PlateauLR):
-            reduced = scheduler.step_metric(value)
-        else:
-            before = [group["lr"] for group in scheduler.optimizer.param_groups]
-            scheduler.step(value)  # type: ignore[arg-type]
-            reduced = before != [group["lr"] for group in scheduler.optimizer.param_groups]
-            if reduced:  # kept on the scheduler: torch's state_dict saves its __dict__, so checkpoints hold it
-                scheduler.__dict__["lit_optim_reductions"] = self._reduction_count(claim) + 1
-        count = self._reduction_count(claim)
-        suffix = f"/{claim.config.name or claim.index}" if several else ""
-        log_metrics(trainer, {f"plateau/reductions{suffix}": float(count)})
-        if reduced:
-            lrs = ", ".join(f"{group['lr']:.4g}" for group in scheduler.optimizer.param_groups)
-            rank_zero_info(
-                f"Epoch {trainer.current_epoch}, step {trainer.global_step}: {claim.monitor}={value:.6g} did not "
-                f"improve; learning rate reduced to [{lrs}] (reduction {count})."
+        progress = progress_of(scheduler)
+        if progress is None or claim.expected is None or progress <= claim.expected:
+            claim.expected = progress  # unmoved, or restored by a checkpoint (LearningRateFinder)
+            return False
+        name = f"{type(scheduler).__name__} (lr_scheduler_configs[{claim.index}])"
+        if trainer.lightning_module.automatic_optimization or at_start:
+            raise RuntimeError(
+                f"{name} was stepped outside SchedulerStepper (it is at {progress}, the stepper left it at "
+                f"{claim.expected}) after the stepper's end-of-epoch step, so it advanced twice in one epoch. "
+                "SchedulerStepper steps it at the end of each training epoch: remove your own `scheduler.step()` "
+                "call, or (manual optimization) make it in `training_step` (e.g. `if self.trainer.is_last_batch: "
+                "sch.step()`), where the stepper sees it and leaves the scheduler to you."
             )
+        claim.yielded = True
+        self._warn_once(
+            f"yielded-{claim.index}",
+            f"{name} is stepped by your `training_step` (manual optimization): SchedulerStepper leaves it to you "
+            "and no longer steps it.",
+        )
+        return True
 
-    def _reduction_count(self, claim: Claim) -> int:
-        scheduler = claim.config.scheduler
-        if isinstance(scheduler, PlateauLR):
-            return scheduler.reductions
-        return int(getattr(scheduler, "lit_optim_reductions", 0))
+    def _step_plateaus(self, trainer: Trainer, moment: Moment, metrics_before: Mapping[str, Any]) -> None:
+        plateaus = [c for c in self._claims if c.is_plateau and self._active(c)]
+        if plateaus and not trainer.sanity_checking:
+            step_plateaus(trainer, plateaus, moment, metrics_before, self._validated, self._warn_once)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -14,11 +14,12 @@ from torch import nn
 from torch.optim import Optimizer
 
 from lit_optim._validation import check_non_negative, closest_match, unknown_key_error
+from lit_optim.optim._optimizer_checks import check_hyperparameter_values
 from lit_optim.optim.optimizers import _torch_optimizers, hyperparameter_names, resolve_optimizer
 
 __all__ = ["Override", "combine_overrides", "parse_overrides"]
 
-_OWN_KEYS = frozenset({"lr_scale", "name"})
+_OWN_KEYS = frozenset({"lr_scale", "name", "optimizer"})  # "optimizer": routes to a hybrid's inner optimizer
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,17 @@ def parse_overrides(
     names: Sequence[str],
     aliases: Mapping[int, Sequence[str]],
     optimizer: str | type[Optimizer] | None,
+    *,
+    trainable: Sequence[bool] | None = None,
 ) -> list[Override]:
-    """Check every override's keys and values and find the parameters each pattern matches."""
+    """Check every override's keys and values and find the parameters each pattern matches.
+
+    ``trainable`` flags the parameters that will be grouped; an override matching none of them raises.
+    """
     if not isinstance(overrides, Mapping):
         raise TypeError(f"`overrides` must be a mapping pattern -> settings, got {type(overrides).__name__}.")
     allowed, owner = _allowed_keys(optimizer) if overrides else (None, "")
+    cls_checked = resolve_optimizer(optimizer) if optimizer is not None and overrides else None
     parsed = []
     for pattern, settings in overrides.items():
         shown = repr(pattern) if isinstance(pattern, str) else type(pattern).__name__
@@ -126,6 +133,14 @@ def parse_overrides(
                 "An override pattern must be a glob string or an nn.Module, "
                 f"got {pattern!r} ({type(pattern).__name__})."
             )
+        if trainable is not None and matched and not any(trainable[i] for i in matched):
+            raise ValueError(
+                f"Override {shown} matches only frozen parameters ({len(matched)}, e.g. {names[min(matched)]!r}), so "
+                "it would change nothing. HINT: unfreeze them before grouping, pass include_frozen=True to group "
+                "them for a later unfreeze, or remove the override."
+            )
+        if cls_checked is not None:
+            check_hyperparameter_values(cls_checked, settings, f"override {shown}")
         parsed.append(
             Override(shown, settings.get("name", label), dict(settings), frozenset(matched), frozenset(matched_names))
         )

@@ -6,9 +6,7 @@
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -16,123 +14,39 @@ import torch
 from torch import nn
 
 from lit_optim._validation import check_non_negative, check_ratio
-from lit_optim.optim._layers import assign_layer_ids
+from lit_optim.optim._no_decay import NoDecayRule, Walk, check_rules_matched, split_rules
+from lit_optim.optim._optimizer_checks import check_params_fit
 from lit_optim.optim._overrides import Override, combine_overrides, parse_overrides
+from lit_optim.optim.layer_ids import assign_layer_ids
+from lit_optim.optim.optimizers import resolve_optimizer
 
 __all__ = ["NoDecayRule", "format_groups", "param_groups"]
 
-#: A no-decay rule: a module class (all its parameters, submodules' included), an fnmatch glob or a compiled
-#: regex on the full parameter name, or a predicate ``(name, parameter) -> bool``.
-NoDecayRule = type[nn.Module] | str | re.Pattern[str] | Callable[[str, nn.Parameter], bool]
-
-_NORM_NAME = re.compile(r"Norm(\d+d)?$")
-_EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
-_COMPILED = "_orig_mod."  # the attribute torch.compile's OptimizedModule keeps the original module under
-_DATA_PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-_type_cache: dict[type[nn.Module], tuple[bool, bool]] = {}
+#: The group key recording the product of scales already multiplied into the group's ``lr``, for inspection.
+#: Deliberately not ``"lr_scale"``: timm's schedulers multiply each group's lr by ``group["lr_scale"]``, which
+#: would apply the scales a second time.
+_SCALE_KEY = "applied_lr_scale"
 
 
-def _type_flags(cls: type[nn.Module]) -> tuple[bool, bool]:
-    """(is a normalization layer, declares ``no_weight_decay``), cached per class."""
-    flags = _type_cache.get(cls)
-    if flags is None:
-        is_norm = any(_NORM_NAME.search(base.__name__) for base in cls.__mro__)
-        flags = (is_norm, callable(getattr(cls, "no_weight_decay", None)))
-        _type_cache[cls] = flags
-    return flags
+_EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 
 
-class _Walk:
-    """Every distinct parameter of a module (by identity) with its names and no-decay flag."""
-
-    def __init__(self, module: nn.Module, decay_embeddings: bool, module_rules: tuple[type[nn.Module], ...]) -> None:
-        self.params: list[nn.Parameter] = []
-        self.names: list[str] = []
-        self.no_decay: list[bool] = []
-        self.aliases: dict[int, list[str]] = {}  # index -> later names of a tied parameter
-        self.declared: list[str] = []  # full names/globs from `no_weight_decay()` methods
-        seen: dict[int, int] = {}
-        wrapped = isinstance(module, _DATA_PARALLEL)  # its parameters are all named `module.<name>`
-        # a `no_decay` module class covers all of its parameters, its submodules' included (as `.parameters()`)
-        ruled: set[int] = set()
-        if module_rules:
-            ruled = {id(p) for m in module.modules() if isinstance(m, module_rules) for p in m.parameters()}
-        # Every path of a shared module instance, so globs and declared names can use any of them.
-        for module_name, mod in module.named_modules(remove_duplicate=False):
-            own = mod._parameters
-            is_norm, declares = _type_flags(type(mod))
-            prefix = module_name + "." if module_name else ""
-            if declares:
-                self.declared.extend(prefix + str(name) for name in mod.no_weight_decay())
-            if not own:
-                continue
-            module_flag = is_norm or (not decay_embeddings and isinstance(mod, _EMBEDDING_TYPES))
-            for leaf, param in own.items():
-                if param is None:
-                    continue
-                if type(param) is not nn.Parameter and isinstance(param, nn.parameter.UninitializedParameter):
-                    raise ValueError(
-                        f"Parameter {prefix + leaf!r} of {type(mod).__name__} is not initialized yet (a lazy module), "
-                        "so its shape and decay rule are unknown. HINT: run one forward pass before grouping."
-                    )
-                flag = module_flag or param.ndim <= 1 or leaf.endswith("bias") or leaf.startswith("bias_")
-                flag = flag or id(param) in ruled
-                index = seen.get(id(param))
-                if index is not None:  # tied: keep the first name; no decay if any occurrence says so
-                    self.aliases.setdefault(index, []).append(prefix + leaf)
-                    self.no_decay[index] = self.no_decay[index] or flag
-                else:
-                    index = seen[id(param)] = len(self.params)
-                    self.params.append(param)
-                    self.names.append(prefix + leaf)
-                    self.no_decay.append(flag)
-                if wrapped or _COMPILED in prefix:  # patterns may leave out the wrappers' `module.`/`_orig_mod.`
-                    bare = (prefix + leaf).replace(_COMPILED, "")
-                    self.aliases.setdefault(index, []).append(bare[len("module.") :] if wrapped else bare)
-
-    def all_names(self, index: int) -> list[str]:
-        return [self.names[index], *self.aliases.get(index, ())]
-
-    def apply_name_rules(self, rules: list[Callable[[str, nn.Parameter], bool]]) -> None:
-        declared_exact = {name for name in self.declared if not any(c in name for c in "*?[")}
-        globs = [re.compile(fnmatch.translate(name)) for name in self.declared if name not in declared_exact]
-        if globs:
-            rules = [*rules, lambda name, _: any(g.match(name) for g in globs)]
-        for index, flag in enumerate(self.no_decay):
-            if flag:
-                continue
-            names = self.all_names(index)
-            if any(name in declared_exact for name in names) or any(
-                rule(name, self.params[index]) for rule in rules for name in names
-            ):
-                self.no_decay[index] = True
+def _check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"`{name}` must be True or False, got {value!r} ({type(value).__name__}). HINT: a string such as 'False' "
+            "is truthy; pass the bool."
+        )
+    return value
 
 
-def _regex_rule(regex: re.Pattern[str], full: bool) -> Callable[[str, nn.Parameter], bool]:
-    def rule(name: str, _: nn.Parameter) -> bool:
-        return (regex.match(name) if full else regex.search(name)) is not None
-
-    return rule
-
-
-def _split_rules(rules: Iterable[NoDecayRule]) -> tuple[tuple[type[nn.Module], ...], list[Callable[..., bool]]]:
-    types: list[type[nn.Module]] = []
-    predicates: list[Callable[[str, nn.Parameter], bool]] = []
-    for rule in rules:
-        if isinstance(rule, type) and issubclass(rule, nn.Module):
-            types.append(rule)
-        elif isinstance(rule, str):
-            predicates.append(_regex_rule(re.compile(fnmatch.translate(rule)), full=True))
-        elif isinstance(rule, re.Pattern):
-            predicates.append(_regex_rule(rule, full=False))
-        elif callable(rule) and not isinstance(rule, type):
-            predicates.append(rule)
-        else:
-            raise TypeError(
-                "Each `no_decay` rule must be an nn.Module subclass, a glob string, a compiled regex or a "
-                f"callable (name, parameter) -> bool, got {rule!r} ({type(rule).__name__})."
-            )
-    return tuple(types), predicates
+def _check_lr(value: object) -> None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise TypeError(f"A tensor `lr` must hold one float, got {value!r}.")
+        check_non_negative("lr", float(value.detach().reshape(()).item()))  # once, when grouping
+    else:
+        check_non_negative("lr", value)
 
 
 def _freeze(value: Any) -> Any:
@@ -149,22 +63,24 @@ def _freeze(value: Any) -> Any:
 def param_groups(
     module: nn.Module,
     *,
-    lr: float = 1e-3,
+    lr: float | torch.Tensor = 1e-3,
     weight_decay: float = 0.01,
     overrides: Mapping[str | nn.Module, Mapping[str, Any]] | None = None,
     layer_decay: float | None = None,
     layer_id_fn: Callable[[str], int] | None = None,
     decay_embeddings: bool = True,
-    no_decay: Iterable[NoDecayRule] = (),
+    no_decay: Iterable[NoDecayRule] | None = (),
     include_frozen: bool = False,
     optimizer: str | type[torch.optim.Optimizer] | None = None,
 ) -> list[dict[str, Any]]:
     r"""Group a module's parameters for a torch optimizer.
 
     Every trainable parameter lands in exactly one group. Each group has ``params``, a unique ``name``, the
-    effective ``lr`` (``lr * lr_scale``), ``lr_scale``, ``weight_decay`` and the overrides' other
-    hyper-parameters. Groups with identical hyper-parameters are merged (the merged group takes the name of
-    its part with the fewest override labels, the first of those); groups come in module order.
+    effective ``lr`` (the base lr times every scale: each scale is applied here, once), ``applied_lr_scale`` (that
+    product, for inspection only: nothing reads it, and it is deliberately not named ``lr_scale``, which timm's
+    schedulers would multiply in a second time), ``weight_decay`` and the overrides' other hyper-parameters.
+    Groups with identical hyper-parameters are merged (the merged group takes the name of its part with the fewest
+    override labels, the first of those); groups come in module order.
 
     **No weight decay** for: every bias (leaf name ending in ``bias`` or starting with ``bias_``, as attention's
     ``bias_k``); every parameter of a normalization layer
@@ -187,22 +103,27 @@ def param_groups(
     rules always win over an override's ``weight_decay``: it applies to the decayed parameters it matches.
     An override's ``lr`` replaces the base ``lr``; ``lr_scale`` and the layer scale multiply it.
 
-    **Layer-wise decay**: ``lr_scale = layer_decay ** (num_layers - layer_id)``. Automatic ids: parameters in
-    block ``i`` of the largest ``nn.ModuleList`` get ``i + 1``; parameters registered before the first block (a
-    stem) and other embeddings (``nn.Embedding`` or a name part containing ``embed``, or ``cls_token``) get 0; the
-    rest (the head) ``num_layers = N + 1``, scale 1. A ``layer_id_fn(name) -> int`` replaces this, with
-    ``num_layers`` its largest id. Ids are computed over all parameters, frozen ones included, so freezing never
-    shifts them.
+    **Layer-wise decay**: the scale ``layer_decay ** (top - layer_id)``, ``top`` the largest id. Ids follow
+    ``layer_id_fn(name) -> int`` when given, else timm's ``group_matcher(coarse=False)`` when the model (or a
+    submodule) defines it (scales equal timm's ``param_groups_layer_decay``), else the model's blocks
+    (``nn.ModuleList``/``nn.Sequential`` block lists, stages of blocks, encoder then decoder, parallel towers; any
+    other combination of block lists raises): see :mod:`lit_optim.optim.layer_ids`, and
+    :func:`lit_optim.format_layer_ids` to check them. Ids count frozen parameters too, so freezing never shifts them.
+
+    **Checked**: a ``no_decay`` glob or regex or class matching nothing, an override matching only frozen
+    parameters, two overrides whose groups would share a name, and, for a given ``optimizer``, parameters it
+    cannot handle (``Muon``: only 2-D ones; ``LBFGS``: one group; ``SparseAdam``: sparse embeddings) all raise.
 
     Args:
         module: the module to group (a LightningModule too).
-        lr: base learning rate.
+        lr: base learning rate (a float, or a one-element float tensor as torch allows).
         weight_decay: weight decay of the decayed parameters.
         overrides: ordered mapping pattern -> settings (see above).
         layer_decay: layer-wise LR decay factor in (0, 1], or ``None`` for none (as is 1).
         layer_id_fn: maps a parameter name to its layer id (needs ``layer_decay``).
         decay_embeddings: decay ``nn.Embedding``/``nn.EmbeddingBag`` weights (default ``True``).
-        no_decay: extra no-decay rules (module classes, globs, compiled regexes, predicates).
+        no_decay: a list (or ``None``) of extra no-decay rules (module classes or instances, globs, compiled
+            regexes, predicates).
         include_frozen: also group parameters with ``requires_grad=False`` (to unfreeze them later).
         optimizer: the optimizer (name or class) whose hyper-parameter names overrides are checked against;
             ``None`` accepts the names of any ``torch.optim`` optimizer.
@@ -221,16 +142,25 @@ def param_groups(
         >>> [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in groups]
         [('decay', 0.1, 0.05, 1), ('no_decay', 0.1, 0.0, 3), ('2/decay', 0.05, 0.05, 1), ('2/no_decay', 0.05, 0.0, 1)]
     """
-    check_non_negative("lr", lr)
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"`module` must be an nn.Module (the model), got {type(module).__name__}. HINT: pass the model itself, "
+            "param_groups(model), not model.parameters(): the rules need the module tree and parameter names."
+        )
+    _check_lr(lr)
     check_non_negative("weight_decay", weight_decay)
+    _check_flag("decay_embeddings", decay_embeddings)
+    _check_flag("include_frozen", include_frozen)
+    cls = None if optimizer is None else resolve_optimizer(optimizer)
     if layer_decay is not None:
         check_ratio("layer_decay", layer_decay)
         if layer_decay == 1:  # every scale is 1: plain groups, not one merged group mislabelled "layer_00"
             layer_decay = None
     elif layer_id_fn is not None:
         raise ValueError("`layer_id_fn` is only used with `layer_decay`; pass e.g. layer_decay=0.75 as well.")
-    module_rules, predicates = _split_rules(no_decay)
-    walk = _Walk(module, decay_embeddings, module_rules)
+    ruled, predicates, patterns = split_rules(no_decay or (), module)
+    walk = Walk(module, decay_embeddings, ruled)
+    check_rules_matched(patterns, walk)
     if predicates or walk.declared:
         walk.apply_name_rules(predicates)
 
@@ -240,7 +170,10 @@ def param_groups(
         detail = f"all {frozen} are frozen; pass include_frozen=True to group them" if frozen else "it has none"
         raise ValueError(f"{type(module).__name__} has no trainable parameters to optimize ({detail}).")
 
-    parsed: list[Override] = parse_overrides(module, overrides or {}, walk.params, walk.names, walk.aliases, optimizer)
+    trainable = [include_frozen or p.requires_grad for p in walk.params]
+    parsed: list[Override] = parse_overrides(
+        module, overrides or {}, walk.params, walk.names, walk.aliases, cls, trainable=trainable
+    )
     combos = combine_overrides(parsed, len(walk.params), walk.names, walk.aliases)
 
     layer_ids: list[int] | None = None
@@ -259,6 +192,7 @@ def param_groups(
         bucket.append(walk.params[i])
 
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    scaled_tensors: dict[tuple[int, float], torch.Tensor] = {}
     label_counts: dict[tuple[Any, ...], int] = {}
     for (layer_id, combo, no_dec), params in buckets.items():
         settings: dict[str, Any] = {}
@@ -274,8 +208,8 @@ def param_groups(
         decay = settings.pop("weight_decay", weight_decay)
         group: dict[str, Any] = {
             "params": params,
-            "lr": base_lr * scale,
-            "lr_scale": scale,
+            "lr": _scaled(base_lr, scale, scaled_tensors),
+            _SCALE_KEY: scale,
             "weight_decay": 0.0 if no_dec else decay,
             **settings,
         }
@@ -292,8 +226,39 @@ def param_groups(
             if len(labels) < label_counts[identity]:  # name a merged group after its least-overridden part
                 existing["name"], label_counts[identity] = group["name"], len(labels)
     groups = list(merged.values())
+    _check_unique_names(groups, parsed)
     _order_params(groups, walk.params)
+    if cls is not None:
+        sparse = {id(p) for m in module.modules() if isinstance(m, _EMBEDDINGS) and m.sparse for p in m.parameters()}
+        check_params_fit(cls, groups, dict(zip(map(id, walk.params), walk.names, strict=True)), sparse)
     return groups
+
+
+def _scaled(lr: Any, scale: float, cache: dict[tuple[int, float], torch.Tensor]) -> Any:
+    """``lr * scale``; a tensor lr is scaled once per scale, so groups with equal settings still merge."""
+    if scale == 1:
+        return lr
+    if not isinstance(lr, torch.Tensor):
+        return lr * scale
+    key = (id(lr), scale)
+    if key not in cache:
+        cache[key] = lr * scale
+    return cache[key]
+
+
+def _check_unique_names(groups: list[dict[str, Any]], parsed: list[Override]) -> None:
+    seen: set[str] = set()
+    for group in groups:
+        name = group["name"]
+        if name in seen:
+            labels = name.split("/")[-2].split("+") if "/" in name else []
+            clashing = sorted(o.pattern for o in parsed if o.label in labels)
+            raise ValueError(
+                f"Two parameter groups would be named {name!r}: overrides {', '.join(clashing)} share that label "
+                "but set different values, so their groups cannot merge. HINT: give each override its own 'name', "
+                "or the same settings."
+            )
+        seen.add(name)
 
 
 def _order_params(groups: list[dict[str, Any]], order: list[nn.Parameter]) -> None:
@@ -309,7 +274,7 @@ def _order_params(groups: list[dict[str, Any]], order: list[nn.Parameter]) -> No
                 group["params"] = [p for _, p in sorted(zip(ranks, params, strict=True), key=lambda t: t[0])]
 
 
-_TABLE_KEYS = frozenset({"params", "name", "lr", "lr_scale", "weight_decay"})
+_TABLE_KEYS = frozenset({"params", "name", "lr", _SCALE_KEY, "weight_decay"})
 
 
 def format_groups(groups: Iterable[Mapping[str, Any]] | torch.optim.Optimizer) -> str:
@@ -328,13 +293,16 @@ def format_groups(groups: Iterable[Mapping[str, Any]] | torch.optim.Optimizer) -
         decay     1        6           0.1  1         0.01
         no_decay  1        2           0.1  1         0
     """
-    defaults: Mapping[str, Any] = {}
+    defaults_of: Callable[[Mapping[str, Any]], Mapping[str, Any]] = dict.fromkeys
     if isinstance(groups, torch.optim.Optimizer):
-        defaults, groups = groups.defaults, groups.param_groups
+        # a HybridOptimizer compares each group with the defaults of the inner optimizer that owns it
+        defaults_of = getattr(groups, "defaults_for", None) or (lambda _, d=groups.defaults: d)
+        groups = groups.param_groups
     headers = ["name", "tensors", "parameters", "lr", "lr_scale", "weight_decay", "other"]
     rows = []
     for index, group in enumerate(groups):
         params = list(group["params"])
+        defaults = defaults_of(group)
         others = ", ".join(
             f"{k}={_short(v)}"
             for k, v in group.items()
@@ -346,7 +314,7 @@ def format_groups(groups: Iterable[Mapping[str, Any]] | torch.optim.Optimizer) -
                 str(len(params)),
                 f"{sum(p.numel() for p in params):,}",
                 _short(group.get("lr", "")),
-                _short(group.get("lr_scale", "")),
+                _short(group.get(_SCALE_KEY, "")),
                 _short(group.get("weight_decay", "")),
                 others,
             ]

@@ -10,6 +10,7 @@ from lit_optim.schedules.durations import (
     parse_duration,
     resolve_training_length,
 )
+from lit_optim.schedules.lr_range import LossTracker, LRRangeResult, suggest_lr, sweep_lr
 from lit_optim.schedules.one_cycle import OneCycle
 from lit_optim.schedules.params import ParamSchedule
 from lit_optim.schedules.plateau import Plateau, PlateauLR
@@ -41,7 +42,9 @@ __all__ = [
     "Exponential",
     "InverseSqrt",
     "LRCurve",
+    "LRRangeResult",
     "Linear",
+    "LossTracker",
     "MultiStep",
     "OneCycle",
     "ParamSchedule",
@@ -60,4 +63,6 @@ __all__ = [
     "parse_duration",
     "preview_schedule",
     "resolve_training_length",
+    "suggest_lr",
+    "sweep_lr",
 ]

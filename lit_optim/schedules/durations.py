@@ -264,7 +264,23 @@ def _length_or_none(trainer: Any) -> tuple[int | None, int | None]:
     estimated = trainer.estimated_stepping_batches
     batches = trainer.num_training_batches
     steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if 0 < batches < math.inf else None
-    return (int(estimated) if 0 < estimated < math.inf else None), steps_per_epoch
+    total = int(estimated) if 0 < estimated < math.inf else None
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler  # lightning's, not lit_optim's callbacks
+
+    accumulation = [c for c in getattr(trainer, "callbacks", []) if isinstance(c, GradientAccumulationScheduler)]
+    if accumulation and steps_per_epoch is not None:
+        # It changes `accumulate_grad_batches` per epoch, which `estimated_stepping_batches` does not know.
+        max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
+        epochs = max_epochs if max_epochs is not None and max_epochs > 0 else None
+        if epochs is None and max_steps in (None, -1):
+            return None, None
+        n_epochs = epochs if epochs is not None else max_steps  # at least one step per epoch: enough epochs
+        per_epoch = [math.ceil(batches / accumulation[0].get_accumulate_grad_batches(e)) for e in range(n_epochs)]
+        total = sum(per_epoch) if epochs is not None else max_steps
+        if max_steps not in (None, -1):
+            total = min(total, max_steps)
+        steps_per_epoch = per_epoch[0] if len(set(per_epoch)) == 1 else None  # "1ep" has no single length then
+    return total, steps_per_epoch
 
 
 def _unknown_total_error(trainer: Any, detail: str = "") -> ValueError:

@@ -42,8 +42,10 @@ _FIELD = re.compile(r"^\s*([A-Za-z_][A-Za-z_0-9]*)\s*(?:\[\s*(\d+)\s*\])?\s*$")
 _RESERVED = {
     "lr": "the lr has its own schedule: pass it as `scheduler=`",
     "initial_lr": "it is the lr's base value",
-    "lr_scale": "it is applied once, when the groups are built (a schedule on it would change nothing); the lr "
-    "schedule's factor (`scheduler=`) multiplies every group's lr",
+    "applied_lr_scale": "it records the scale applied once, when the groups were built (a schedule on it would "
+    "change nothing); the lr schedule's factor (`scheduler=`) multiplies every group's lr",
+    "lr_scale": "a group's lr scale is applied once, when the groups are built (a schedule on it would change "
+    "nothing); the lr schedule's factor (`scheduler=`) multiplies every group's lr",
     "params": "it holds the tensors",
     "name": "it is the group's label",
 }

@@ -177,6 +177,11 @@ def preview_schedule(
     The scheduler drives a throw-away SGD optimizer holding one tensor per group, so what you see is what
     ``ScheduleLR`` will set during training (no second formula).
 
+    Step *s* of the curve is the *s*-th optimizer step that advances the schedule. Through ``SchedulerStepper``
+    that is every optimizer step with gradients (``skipped_steps="hold"``, the default: a run with steps whose
+    ``training_step`` returned ``None`` ends before the curve does, and the stepper warns), or every optimizer step,
+    as ``global_step`` counts them (``skipped_steps="advance"``: the lr at global step *s* is the curve's step *s*).
+
     Args:
         schedule: a schedule spec, a catalogue name or a ``{"name": ..., **params}`` mapping.
         length: the run: total optimizer steps, a :class:`TrainingLength` (e.g.

@@ -45,6 +45,9 @@ class ScheduleLR(LRScheduler):
     resumed with a larger ``max_steps`` continues its decay over the longer run) and a warning names both; the
     lrs are recomputed from the schedule, never taken from the old run.
 
+    Attributes whose names start with ``lit_optim_`` (counts that ``SchedulerStepper`` keeps on the scheduler so
+    that it can be attached late and still resume exactly) travel in the ``state_dict`` too.
+
     If the spec cycles momentum (``OneCycle``/``Cyclic`` with ``cycle_momentum=True``), each step also sets
     ``momentum`` (SGD, RMSprop) or ``betas[0]`` (Adam family).
 
@@ -82,6 +85,9 @@ class ScheduleLR(LRScheduler):
         >>> lrs
         [0.0, 0.05, 0.1, 0.0854, 0.05, 0.0146]
     """
+
+    resolved_from_trainer: bool = False
+    """Whether ``total_steps`` was resolved from the Trainer's run (``lightning_scheduler_config``), not given."""
 
     def __init__(
         self,
@@ -147,6 +153,7 @@ class ScheduleLR(LRScheduler):
             "total_steps": self.total_steps,
             "steps_per_epoch": self.steps_per_epoch,
             **({"params": self.params.state_dict()} if self.params is not None else {}),
+            **{key: value for key, value in self.__dict__.items() if key.startswith("lit_optim_")},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -169,6 +176,7 @@ class ScheduleLR(LRScheduler):
         self.last_epoch = int(state_dict["last_epoch"])
         self._step_count = int(state_dict.get("_step_count", self.last_epoch + 1))
         self.base_lrs = list(state_dict.get("base_lrs", self.base_lrs))
+        self.__dict__.update({key: value for key, value in state_dict.items() if key.startswith("lit_optim_")})
         values = self.get_lr()
         for group, lr in zip(self.optimizer.param_groups, values, strict=True):
             if isinstance(group["lr"], Tensor):
