@@ -417,3 +417,12 @@ def test_a_field_that_is_not_a_number_is_refused(field: str, shown: str) -> None
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
     with pytest.raises(ValueError, match=rf"'{field}' of group 'group0' is {shown}, not a number: it cannot be sched"):
         ScheduleLR(opt, "constant", 10, params={field: ParamSchedule(end=1.0)})
+
+
+def test_an_absolute_weight_decay_schedule_over_zero_weight_decay_groups_says_how_to_select_them() -> None:
+    # weight_decay=0 everywhere: every group looks like a no-decay group, which an absolute schedule leaves alone
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, weight_decay=0.0)
+    with pytest.raises(ValueError, match=r"selects no param group.*weight decay 0.*no-decay.*groups=\['group0'\]"):
+        ScheduleLR(opt, "constant", 10, params=WD)
+    ScheduleLR(opt, "constant", 10, params={"weight_decay": ParamSchedule(start=0.04, end=0.4, groups=["group0"])})
+    assert opt.param_groups[0]["weight_decay"] == 0.04

@@ -228,7 +228,13 @@ class ParamScheduler:
                     else None
                 )
             if not any(b is not None for b in bases):
-                raise ValueError(f"The {label!r} schedule selects no param group; groups are {names}.")
+                hint = (
+                    " An absolute weight_decay schedule leaves groups with weight decay 0 (the no-decay groups) "
+                    f"alone: name the groups to schedule, e.g. `groups={names}`."
+                    if key == "weight_decay" and not spec.relative and spec.groups is None
+                    else ""
+                )
+                raise ValueError(f"The {label!r} schedule selects no param group; groups are {names}.{hint}")
             if first:  # at construction: a group added later (e.g. unfrozen) simply joins the curve
                 check_not_flattened(label, spec, names, bases)
             self.multipliers[label] = [_multiplier(spec, n) for n in names]
