@@ -426,3 +426,18 @@ def test_an_absolute_weight_decay_schedule_over_zero_weight_decay_groups_says_ho
         ScheduleLR(opt, "constant", 10, params=WD)
     ScheduleLR(opt, "constant", 10, params={"weight_decay": ParamSchedule(start=0.04, end=0.4, groups=["group0"])})
     assert opt.param_groups[0]["weight_decay"] == 0.04
+
+
+@pytest.mark.parametrize(
+    ("param_schedules", "match"),
+    [
+        ([{"weight_decay": {"end": 0.4}}], r"`param_schedules` must map a field name to a ParamSchedule.*got \["),
+        ("weight_decay", r"`param_schedules` must map a field name to a ParamSchedule.*got 'weight_decay'"),
+        ({"weight_decay": 0.4}, r"schedule for 'weight_decay' must be a ParamSchedule.*got 0.4.*ParamSchedule\(end="),
+    ],
+)
+def test_ill_typed_param_schedules_raise_before_the_run_is_known(param_schedules: Any, match: str) -> None:
+    from lit_optim import configure_optimizers
+
+    with pytest.raises(TypeError, match=match):
+        configure_optimizers(torch.nn.Linear(2, 1), "sgd", param_schedules=param_schedules)

@@ -163,6 +163,29 @@ class ParamSchedule:
         return dataclasses.replace(self, shape=self.shape.resolve(length))
 
 
+def as_param_schedules(schedules: object, what: str = "param_schedules") -> dict[str, ParamSchedule]:
+    """``{field: ParamSchedule}`` from ParamSchedules or their mappings (``{"end": ...}`` or ``class_path`` form).
+
+    Raises:
+        TypeError: ``schedules`` is not a mapping, or one of its values is neither a ParamSchedule nor a mapping.
+    """
+    if not isinstance(schedules, Mapping):
+        raise TypeError(
+            f"`{what}` must map a field name to a ParamSchedule, e.g. {{'weight_decay': ParamSchedule(end=0.4)}}; "
+            f"got {schedules!r}."
+        )
+    specs = {}
+    for name, spec in schedules.items():
+        spec = _from_mapping(spec) if isinstance(spec, Mapping) else spec
+        if not isinstance(spec, ParamSchedule):
+            raise TypeError(
+                f"The schedule for {name!r} must be a ParamSchedule (or its mapping), got {spec!r}; e.g. "
+                f"ParamSchedule(end={spec!r}) moves each group's own value to it."
+            )
+        specs[str(name)] = spec
+    return specs
+
+
 def _from_mapping(config: Mapping[str, Any]) -> Any:
     """A ParamSchedule from its arguments or its ``{"class_path": ..., "init_args": ...}`` config."""
     from lit_optim.schedules._config import build_spec, spec_from_config  # _config imports this module
@@ -188,19 +211,13 @@ class ParamScheduler:
         length: TrainingLength,
         optimizer_name: str,
     ) -> None:
-        if not isinstance(schedules, Mapping):
-            raise TypeError(f"`params` must map a field name to a ParamSchedule, got {schedules!r}.")
         self.total_steps = length.total_steps
         self.fields: dict[str, tuple[str, int | None, ParamSchedule]] = {}
-        for name, spec in schedules.items():
+        for name, spec in as_param_schedules(schedules, "params").items():
             key, index = parse_field(name)
             label = _label(key, index)
             if label in self.fields:
                 raise ValueError(f"Two schedules for {label!r} ({name!r} and another spelling): give one.")
-            if isinstance(spec, Mapping):
-                spec = _from_mapping(spec)
-            if not isinstance(spec, ParamSchedule):
-                raise TypeError(f"The schedule for {label!r} must be a ParamSchedule (or its mapping), got {spec!r}.")
             self.fields[label] = (key, index, spec.resolve(length))
         self._optimizer_name = optimizer_name
         self.multipliers: dict[str, list[float]] = {}
