@@ -21,7 +21,7 @@ from lit_optim.schedules.durations import (
     _unknown_total_error,
     resolve_training_length,
 )
-from lit_optim.schedules.params import ParamSchedule, _from_mapping
+from lit_optim.schedules.params import ParamSchedule, as_param_schedules
 from lit_optim.schedules.plateau import Plateau, PlateauLR
 from lit_optim.schedules.scheduler import OPEN_ENDED_STEPS, ScheduleLR, as_schedule
 from lit_optim.schedules.specs import Schedule
@@ -99,8 +99,8 @@ def lightning_scheduler_config(
                 f" {schedule!r} needs it (by its formula or a duration in % of the run); InverseSqrt, Constant, "
                 "Exponential, Step, MultiStep and CosineRestarts with durations in steps or epochs do not.",
             )
-        for label, spec in (params or {}).items():
-            shape = (spec if isinstance(spec, ParamSchedule) else _from_mapping(spec)).shape
+        for label, spec in as_param_schedules(params or {}, "params").items():
+            shape = spec.shape
             if isinstance(shape, Schedule) and shape.needs_total_steps():
                 raise _unknown_total_error(
                     trainer,
