@@ -441,3 +441,11 @@ def test_ill_typed_param_schedules_raise_before_the_run_is_known(param_schedules
 
     with pytest.raises(TypeError, match=match):
         configure_optimizers(torch.nn.Linear(2, 1), "sgd", param_schedules=param_schedules)
+
+
+@pytest.mark.parametrize("shape", ["one_cycle", "cyclic"])
+def test_a_shape_that_cycles_momentum_is_refused(shape: str) -> None:
+    # the shape's own momentum curve would be dropped: only its factor shapes the hyper-parameter
+    spec = {"name": shape, "cycle_momentum": True, **({"up": 2} if shape == "cyclic" else {})}
+    with pytest.raises(ValueError, match=r"cycles momentum.*no meaning.*cycle_momentum=False"):
+        ParamSchedule(end=0.4, shape=spec)

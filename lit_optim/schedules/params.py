@@ -133,6 +133,11 @@ class ParamSchedule:
                 "another hyper-parameter. Give the values as ParamSchedule `start`/`end` and a shape without it "
                 "(e.g. `min_lr` as a ratio, `Warmup(start_factor=...)`)."
             )
+        if getattr(self.shape, "cycle_momentum", False):
+            raise ValueError(
+                f"The ParamSchedule shape {self.shape!r} cycles momentum, which has no meaning here (only its lr "
+                "factor shapes the value). Use `cycle_momentum=False`, or a `momentum`/`betas[0]` ParamSchedule."
+            )
         object.__setattr__(self, "groups", None if self.groups is None else glob_list("groups", self.groups))
         object.__setattr__(self, "exclude", glob_list("exclude", self.exclude))
         if not isinstance(self.scale, Mapping):
