@@ -180,7 +180,7 @@ def _check_norms_and_thresholds(ranks: list[dict[str, Any]], group_keys: list[st
 def test_ddp_norms_and_thresholds_identical_on_both_ranks(norm_type: float, tmp_path: Path) -> None:
     ranks = run_ddp(_ddp_script(norm_type), tmp_path)
     assert len(ranks[0]["logged"]) == 6
-    _check_norms_and_thresholds(ranks, ["grad_clip/norm/decay", "grad_clip/norm/no_decay"])
+    _check_norms_and_thresholds(ranks, ["grad_clip/group_norm/decay", "grad_clip/group_norm/no_decay"])
 
 
 @pytest.mark.ddp
@@ -190,7 +190,7 @@ def test_fsdp2_norm_is_global_on_both_ranks(norm_type: float, tmp_path: Path) ->
     r0 = ranks[0]
     assert set(r0["kinds"]) == {"DTensor"}  # the gradients really were sharded
     assert len(r0["logged"]) == 5
-    _check_norms_and_thresholds(ranks, ["grad_clip/norm/decay", "grad_clip/norm/group1"])
+    _check_norms_and_thresholds(ranks, ["grad_clip/group_norm/decay", "grad_clip/group_norm/group1"])
     for m, after, ratios in zip(r0["logged"], r0["after"], r0["ratios"], strict=True):
         # the full gradients were scaled by exactly the logged coefficient, to norm min(norm, threshold)
         assert ratios == pytest.approx([m["grad_clip/clip_coef"]] * 2, rel=1e-5)
@@ -268,7 +268,7 @@ def test_fsdp1_uses_the_wrapped_modules_norm(make_trainer: Callable[..., Trainer
     assert len(norms) == 3
     assert norms == pytest.approx(before.norms, rel=1e-5)
     assert after.norms == pytest.approx([min(n, 0.05) for n in norms], rel=1e-3)
-    assert not any(k.startswith("grad_clip/norm/") for _, m in logger.logged for k in m)  # total only
+    assert not any(k.startswith("grad_clip/group_norm/") for _, m in logger.logged for k in m)  # total only
 
 
 @pytest.mark.gpu
