@@ -284,7 +284,7 @@ def test_zscore_threshold_follows_its_formula() -> None:
             ValueError,
             r"one of \['agc', 'norm', 'percentile', 'value', 'zscore'\], got 'percentil'\. Did you mean 'percentile'\?",
         ),
-        ({"mode": "percentile", "percentile": 0.0}, ValueError, r"`percentile` must be a percent in \[1, 100\], got 0\.0"),
+        ({"mode": "percentile", "percentile": 0.0}, ValueError, r"`percentile` must be a percent in \[1, 100\], got 0"),
         ({"mode": "percentile", "percentile": 100.5}, ValueError, r"percent in \[1, 100\], got 100\.5"),
         ({"mode": "percentile", "window": 0}, ValueError, r"`window` must be an int >= 1, got 0"),
         ({"norm_type": 0}, ValueError, r"`norm_type` must be a number > 0 or float\('inf'\), got 0"),

@@ -93,6 +93,25 @@ def test_csv_one_row_per_optimizer_step_under_accumulation(make_trainer: MakeTra
     assert csv_series(logger, "weight_decay/no_decay") == [(s, 0.0) for s in steps]
 
 
+@pytest.mark.parametrize("every", [3, None])
+def test_accumulation_with_a_period_counts_optimizer_steps(
+    every: int | None, make_trainer: MakeTrainer, tmp_path: Path
+) -> None:
+    """7 optimizer steps of 2 micro-batches each, a period of 3 (the callback's or the Trainer's): rows at the
+    optimizer steps 0, 2, 5, where `self.log` rows are too (counting batches would give 0, 1, 4 or other rows)."""
+    logger = CSVLogger(tmp_path, name="csv", version=0)
+    trainer = make_trainer(
+        logger=logger, callbacks=[LearningRateLogger(log_every_n_steps=every)],
+        accumulate_grad_batches=2, limit_train_batches=14, log_every_n_steps=3,
+    )  # fmt: skip
+    trainer.fit(SGDInverse())
+    assert trainer.global_step == 7
+    steps = [0, 2, 5]
+    assert csv_series(logger, "lr/decay") == [(s, 0.1 * (1 / (s + 1))) for s in steps]
+    assert csv_series(logger, "lr/no_decay") == [(s, 0.05 * (1 / (s + 1))) for s in steps]
+    assert [s for s, _ in csv_series(logger, "train_loss")] == [2, 5]  # Lightning's own rows: the same axis
+
+
 def test_lightning_monitor_duplicates_under_accumulation_we_do_not(make_trainer: MakeTrainer, tmp_path: Path) -> None:
     ours, theirs = CSVLogger(tmp_path, name="ours", version=0), CSVLogger(tmp_path, name="theirs", version=0)
     for logger, callback in ((ours, LearningRateLogger(log_every_n_steps=1)), (theirs, LearningRateMonitor())):
@@ -168,7 +187,7 @@ class TwoOptimizers(TinyModule):
         return [first, second]
 
 
-def test_two_optimizers_are_qualified_and_logged_on_lightnings_batch_axis(make_trainer: MakeTrainer, tmp_path: Path) -> None:
+def test_two_optimizers_are_qualified_and_logged_on_lightnings_axis(make_trainer: MakeTrainer, tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path, name="csv", version=0)
     trainer = make_trainer(logger=logger, callbacks=[LearningRateLogger()], limit_train_batches=5, log_every_n_steps=4)
     trainer.fit(TwoOptimizers())

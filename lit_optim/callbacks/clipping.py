@@ -271,6 +271,10 @@ class GradientClipping(Callback):
         self._pre_clip = {}
 
     @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")  # Lightning skips callbacks' `teardown` after an exception
+
+    @override
     def state_dict(self) -> dict[str, Any]:
         rules = {idx: rule.state_dict() for idx, rule in self._rules.items()}
         return {
@@ -288,15 +292,10 @@ class GradientClipping(Callback):
         self._rules = {}
         self._pending_rules = {int(k): v for k, v in state_dict.get("rules", {}).items()}
 
-    # -- internals -------------------------------------------------------------------------------------------
-
     def _release_handles(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-
-    def _skips_logged(self) -> int | None:
-        return self._skipped_steps if self.skip_nonfinite else None
 
     def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         self._pre_clip.pop(id(optimizer), None)  # the pre-clip norm is valid until the step ends
@@ -357,7 +356,7 @@ class GradientClipping(Callback):
             if not bool(torch.isfinite(total)):  # the documented host sync of skip_nonfinite
                 self._skip(trainer, optimizer, idx)
                 if log:
-                    log_clipping(trainer, idx, optimizer, {"norm": total}, per_group, self._skips_logged())
+                    log_clipping(trainer, idx, optimizer, {"norm": total}, per_group, self._skipped_steps)
                 return
             self._consecutive_skips[idx] = 0
         metrics: dict[str, Tensor | float] = {"norm": total}
@@ -383,7 +382,8 @@ class GradientClipping(Callback):
             if log:
                 metrics.update(clipped_units=units.float(), clipped=(units > 0).float())
         if log:
-            log_clipping(trainer, idx, optimizer, metrics, per_group, self._skips_logged())
+            skipped = self._skipped_steps if self.skip_nonfinite else None
+            log_clipping(trainer, idx, optimizer, metrics, per_group, skipped)
 
     def _skip(self, trainer: pl.Trainer, optimizer: Optimizer, idx: int) -> None:
         optimizer.zero_grad(set_to_none=True)
