@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, dict[str, float]] = {
     "bench_lr_logger": {"logger_vs_lightning": 1.0},
     "bench_stepper": {"stepper_fit_ratio": 1.03},
     "bench_stack": {"stack_vs_builtin": 1.0, "stack_vs_bare": 1.03},
+    "bench_hooks": {"hooks_vs_lightning": 1.0, "hooks_fit_vs_lightning": 1.0},
 }
 
 

@@ -20,6 +20,8 @@ KEYS = {
     "clip_vs_torch",
     "logger_vs_lightning",
     "stepper_fit_ratio",
+    "hooks_vs_lightning",
+    "hooks_fit_vs_lightning",
 }
 
 
