@@ -309,3 +309,25 @@ def test_resume_after_a_skipped_step_keeps_the_count(make_trainer: Callable[...,
         make_trainer(max_steps=8, callbacks=[GradientClipping(skip_nonfinite=True, max_consecutive_skips=3)]).fit(
             InfAt({1, 2, 3})
         )
+
+
+# -- hook dispatch --------------------------------------------------------------------------------------------
+
+
+def test_unused_per_step_hooks_are_skipped_and_overrides_kept(make_trainer: Callable[..., Trainer]) -> None:
+    clip = GradientClipping()
+    assert clip.on_train_batch_end is None  # Lightning skips a hook that is not callable
+    assert clip.on_before_backward is None
+    assert callable(clip.on_before_optimizer_step)
+
+    class CountsBatches(GradientClipping):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches = 0
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            self.batches += 1
+
+    counter = CountsBatches()
+    make_trainer(max_steps=3, callbacks=[counter]).fit(TinyModule())
+    assert counter.batches == 3

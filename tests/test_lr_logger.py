@@ -430,3 +430,26 @@ def test_epoch_interval_resumed_mid_epoch_does_not_log_that_epoch_again(
     assert csv_series(straight, "lr/decay") == expected
     resumed = run("resumed", ckpt=tmp_path / "mid.ckpt")
     assert csv_series(resumed, "lr/decay") == expected[2:]  # epoch 1 was logged before the save
+
+
+class LBFGSModule(TinyModule):
+    def configure_optimizers(self) -> Any:
+        return torch.optim.LBFGS([{"params": self.parameters(), "name": "all"}], lr=0.1, max_iter=4)
+
+
+def test_lbfgs_closure_evaluations_log_once_per_optimizer_step(make_trainer: MakeTrainer) -> None:
+    """Lightning calls `on_before_optimizer_step` once per closure evaluation (up to max_iter=4 per step)."""
+    from tests.loggers import MemoryLogger
+
+    class CountHook(Callback):
+        calls = 0
+
+        def on_before_optimizer_step(self, *args: Any) -> None:
+            CountHook.calls += 1
+
+    logger = MemoryLogger()
+    make_trainer(max_steps=3, logger=logger, callbacks=[CountHook(), LearningRateLogger(log_every_n_steps=1)]).fit(
+        LBFGSModule()
+    )
+    assert CountHook.calls > 3
+    assert [step for step, metrics in logger.logged if "lr/all" in metrics] == [0, 1, 2]

@@ -268,7 +268,7 @@ class GradientClipping(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         release_lightning_clipping(trainer)
         self._release_handles()
-        self._pre_clip = {}
+        self._pre_clip, self._plans = {}, {}  # hold no tensors or optimizers after the run
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
