@@ -233,6 +233,10 @@ class GradientClipping(Callback):
 
         Args:
             optimizer: the torch optimizer (or Lightning's ``LightningOptimizer`` wrapping it).
+
+        Example:
+            >>> GradientClipping().pre_clip_norm(torch.optim.SGD([torch.zeros(1, requires_grad=True)])) is None
+            True
         """
         inner = getattr(optimizer, "optimizer", optimizer)
         return self._pre_clip.get(id(inner))
@@ -250,8 +254,8 @@ class GradientClipping(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._scaler = getattr(trainer.precision_plugin, "scaler", None)
         self._fsdp = isinstance(trainer.strategy, FSDPStrategy)
-        self._every = int(self.log_every_n_steps or getattr(trainer, "log_every_n_steps", 50) or 0)
-        self._every = self._every if trainer.loggers else 0
+        every = self.log_every_n_steps or getattr(trainer, "log_every_n_steps", 50)
+        self._every = int(every or 0) if trainer.loggers else 0
         self._plans, self._pre_clip, self._logged_at = {}, {}, {}
         self._release_handles()
         for i, wrapped in enumerate(trainer.optimizers):
@@ -303,10 +307,8 @@ class GradientClipping(Callback):
     def _rule(self, idx: int) -> PercentileThreshold | ZScoreThreshold:
         rule = self._rules.get(idx)
         if rule is None:
-            is_p = self.mode == "percentile"
-            rule = PercentileThreshold(self.percentile, self.window) if is_p else ZScoreThreshold(
-                self.z_threshold, self.ema_decay, self.warmup_steps
-            )
+            zscore = ZScoreThreshold(self.z_threshold, self.ema_decay, self.warmup_steps)
+            rule = PercentileThreshold(self.percentile, self.window) if self.mode == "percentile" else zscore
             if idx in self._pending_rules:
                 rule.load_state_dict(self._pending_rules.pop(idx))
             self._rules[idx] = rule
