@@ -149,6 +149,7 @@ def test_lightning_clip_call_without_a_value_is_fine(make_trainer: Callable[...,
     trainer = make_trainer(max_steps=2, callbacks=[GradientClipping()])
     trainer.fit(ManualClips("nothing"))
     assert trainer.global_step == 2
+    assert "clip_gradients" not in vars(trainer.precision_plugin)  # the guard is gone after the run
 
 
 def test_clip_gradients_without_the_callback_then_with_it(make_trainer: Callable[..., Trainer]) -> None:

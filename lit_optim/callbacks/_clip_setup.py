@@ -22,7 +22,6 @@ __all__ = [
     "STATE_KEY_ARGS",
     "Plan",
     "check_decay",
-    "check_flag",
     "check_mode_args",
     "check_patterns",
     "check_percentile",
@@ -60,14 +59,6 @@ DOUBLE_CLIP_ERROR = (
     "`clip_gradients(...)` call from `training_step` (the callback clips in `on_before_optimizer_step`, under "
     "manual optimization too), or remove the callback."
 )
-
-
-def check_flag(name: str, value: object, *, optional: bool = False) -> Any:
-    """Return ``value`` if it is a ``bool`` (or ``None`` when ``optional``), else raise ``TypeError``."""
-    if isinstance(value, bool) or (optional and value is None):
-        return value
-    allowed = "a bool or None" if optional else "a bool"
-    raise TypeError(f"`{name}` must be {allowed}, got {value!r} ({type(value).__name__}).")
 
 
 def check_mode_args(mode: str, given: Mapping[str, object]) -> None:

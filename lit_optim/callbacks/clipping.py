@@ -23,7 +23,6 @@ from lit_optim.callbacks._clip_setup import (
     STATE_KEY_ARGS,
     Plan,
     check_decay,
-    check_flag,
     check_mode_args,
     check_patterns,
     check_percentile,
@@ -35,7 +34,7 @@ from lit_optim.callbacks._clip_setup import (
     resolve_excluded,
     unheld_schedulers_message,
 )
-from lit_optim.clipping.functional import CLIPPED_BY_FUNCTION, check_norm_type, still_scaled
+from lit_optim.clipping.functional import CLIPPED_BY_FUNCTION, check_flag, check_norm_type, still_scaled
 from lit_optim.clipping.norms import (
     AGC_DTENSOR_ERROR,
     agc_,

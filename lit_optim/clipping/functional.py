@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
@@ -16,10 +16,26 @@ from lit_optim._logging import group_names
 from lit_optim._validation import check_choice, check_positive
 from lit_optim.clipping.norms import clip_by_coef_, clip_coef, clip_value_, grouped_norms
 
-__all__ = ["CLIPPED_BY_FUNCTION", "ClipResult", "check_norm_type", "clip_gradients", "optimizer_grads", "still_scaled"]
+__all__ = [
+    "CLIPPED_BY_FUNCTION",
+    "ClipResult",
+    "check_flag",
+    "check_norm_type",
+    "clip_gradients",
+    "optimizer_grads",
+    "still_scaled",
+]
 
 #: optimizers ``clip_gradients`` has clipped: ``GradientClipping`` refuses to clip them a second time
 CLIPPED_BY_FUNCTION: weakref.WeakSet[Optimizer] = weakref.WeakSet()
+
+
+def check_flag(name: str, value: object, *, optional: bool = False) -> Any:
+    """Return ``value`` if it is a ``bool`` (or ``None`` when ``optional``), else raise ``TypeError``."""
+    if isinstance(value, bool) or (optional and value is None):
+        return value
+    allowed = "a bool or None" if optional else "a bool"
+    raise TypeError(f"`{name}` must be {allowed}, got {value!r} ({type(value).__name__}).")
 
 
 def check_norm_type(value: object) -> float:
@@ -119,10 +135,8 @@ def clip_gradients(
             f"got {type(optimizer).__name__}: {optimizer!r}. Pass the optimizer, e.g. `clip_gradients(opt, 1.0)` "
             "with `opt = self.optimizers()`; for a plain list of parameters use `torch.nn.utils.clip_grad_norm_`."
         )
-    for flag, value in (("skip_nonfinite", skip_nonfinite), ("foreach", foreach)):
-        if not (isinstance(value, bool) or (flag == "foreach" and value is None)):
-            allowed = "a bool or None" if flag == "foreach" else "a bool"
-            raise TypeError(f"`{flag}` must be {allowed}, got {value!r} ({type(value).__name__}).")
+    check_flag("skip_nonfinite", skip_nonfinite)
+    check_flag("foreach", foreach, optional=True)
     check_choice("mode", mode, ("norm", "value"))
     unused = ("clip_value", clip_value) if mode == "norm" else ("max_norm", max_norm)
     if unused[1] is not None:
