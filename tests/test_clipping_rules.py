@@ -242,6 +242,48 @@ def test_pre_clip_norm_is_shared_for_the_current_step_only(make_trainer: Callabl
     assert clip.pre_clip_norm(object()) is None
 
 
+def test_pre_clip_norm_under_manual_optimization_with_two_optimizers(make_trainer: Callable[..., Trainer]) -> None:
+    class Reads(TinyModule):
+        def __init__(self, clip: GradientClipping) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.clip = clip
+            self.expected: list[float] = []  # the second optimizer's pre-clip norm, by torch
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            first, second = self.optimizers()  # type: ignore[misc]
+            loss = nn.functional.mse_loss(self(batch[0]), batch[1])
+            first.zero_grad()
+            second.zero_grad()
+            self.manual_backward(loss)
+            expected = torch.nn.utils.get_total_norm([p.grad for p in self.net[2].parameters()]).item()
+            first.step()
+            assert self.clip.pre_clip_norm(first) is None  # its step ended
+            assert self.clip.pre_clip_norm(second) is None  # its clipping has not run yet
+            second.step()
+            self.expected.append(expected)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return [torch.optim.SGD(self.net[0].parameters(), lr=0.1), torch.optim.SGD(self.net[2].parameters(), lr=0.1)]
+
+    class ReadsInHook(Callback):
+        def __init__(self, clip: GradientClipping) -> None:
+            self.clip = clip
+            self.norms: list[float] = []
+
+        def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+            norm = self.clip.pre_clip_norm(optimizer)
+            assert norm is not None
+            self.norms.append(norm.item())
+
+    clip = GradientClipping(0.01)
+    reader = ReadsInHook(clip)
+    model = Reads(clip)
+    make_trainer(max_steps=4, callbacks=[clip, reader]).fit(model)
+    assert reader.norms[1::2] == pytest.approx(model.expected, rel=1e-6)
+
+
 # -- skipped steps --------------------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = [
     "MODE_ARGS",
     "STATE_KEY_ARGS",
     "Plan",
+    "StepNorms",
     "check_decay",
     "check_mode_args",
     "check_patterns",
@@ -279,3 +281,37 @@ def log_clipping(
         metrics["skipped_steps"] = float(skipped_steps)
     prefix = "grad_clip/" if len(trainer.optimizers) <= 1 else f"grad_clip/opt{index}/"
     log_metrics(trainer, {f"{prefix}{k}": v for k, v in to_host(metrics).items()})
+
+
+class StepNorms:
+    """Each optimizer's pre-clip norm of the current step: valid while ``trainer.global_step`` has not moved.
+
+    Lightning advances ``global_step`` right after every optimizer step (also one the fp16 ``GradScaler``
+    skipped, and per optimizer under manual optimization), so a norm is readable from the moment it is put until
+    its optimizer step ends. The Trainer is held weakly and never pickled.
+    """
+
+    def __init__(self) -> None:
+        self._trainer: weakref.ref[pl.Trainer] | None = None
+        self._norms: dict[int, tuple[Tensor, int]] = {}
+
+    def start(self, trainer: pl.Trainer) -> None:
+        """Begin a run."""
+        self._trainer, self._norms = weakref.ref(trainer), {}
+
+    def stop(self) -> None:
+        """End a run: forget the Trainer and the norms."""
+        self._trainer, self._norms = None, {}
+
+    def put(self, optimizer: Optimizer, norm: Tensor, step: int) -> None:
+        """Record ``optimizer``'s pre-clip norm at global step ``step``."""
+        self._norms[id(optimizer)] = (norm, step)
+
+    def get(self, optimizer: object) -> Tensor | None:
+        """The norm put for ``optimizer`` at the current global step, else ``None``."""
+        trainer = self._trainer() if self._trainer is not None else None
+        entry = self._norms.get(id(optimizer))
+        return entry[0] if trainer is not None and entry is not None and entry[1] == trainer.global_step else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_trainer": None, "_norms": {}}

@@ -13,7 +13,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
-from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lit_optim._logging import logging_step, skip_unused_hooks
@@ -22,6 +21,7 @@ from lit_optim.callbacks._clip_setup import (
     DOUBLE_CLIP_ERROR,
     STATE_KEY_ARGS,
     Plan,
+    StepNorms,
     check_decay,
     check_mode_args,
     check_patterns,
@@ -192,8 +192,7 @@ class GradientClipping(Callback):
         self._state_key: str | None = None
         # run time only, set when training starts
         self._plans: dict[int, Plan] = {}  # id(optimizer) -> plan
-        self._pre_clip: dict[int, Tensor] = {}  # id(optimizer) -> this step's pre-clip norm
-        self._handles: list[RemovableHandle] = []
+        self._pre_clip = StepNorms()  # this step's pre-clip norm of each optimizer
         self._logged_at: dict[int, int] = {}  # optimizer index -> logging step last logged
         self._every = 0
         self._scaler: torch.amp.GradScaler | None = None
@@ -237,8 +236,7 @@ class GradientClipping(Callback):
             >>> GradientClipping().pre_clip_norm(torch.optim.SGD([torch.zeros(1, requires_grad=True)])) is None
             True
         """
-        inner = getattr(optimizer, "optimizer", optimizer)
-        return self._pre_clip.get(id(inner))
+        return self._pre_clip.get(getattr(optimizer, "optimizer", optimizer))
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -255,13 +253,12 @@ class GradientClipping(Callback):
         self._fsdp = isinstance(trainer.strategy, FSDPStrategy)
         every = self.log_every_n_steps or getattr(trainer, "log_every_n_steps", 50)
         self._every = int(every or 0) if trainer.loggers else 0
-        self._plans, self._pre_clip, self._logged_at = {}, {}, {}
-        self._release_handles()
+        self._plans, self._logged_at = {}, {}
+        self._pre_clip.start(trainer)
         for i, wrapped in enumerate(trainer.optimizers):
             optimizer = getattr(wrapped, "optimizer", wrapped)
             self._plans[id(optimizer)] = Plan.of(optimizer, i)
             CLIPPED_BY_FUNCTION.discard(optimizer)  # a mark left by an earlier run without this callback
-            self._handles.append(optimizer.register_step_post_hook(self._after_step))
 
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
@@ -270,8 +267,8 @@ class GradientClipping(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         release_lightning_clipping(trainer)
-        self._release_handles()
-        self._pre_clip, self._plans = {}, {}  # hold no tensors or optimizers after the run
+        self._pre_clip.stop()
+        self._plans = {}  # hold no tensors or optimizers after the run
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -294,14 +291,6 @@ class GradientClipping(Callback):
         self._consecutive_skips = {int(k): int(v) for k, v in in_a_row.items()}
         self._rules = {}
         self._pending_rules = {int(k): v for k, v in state_dict.get("rules", {}).items()}
-
-    def _release_handles(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        self._pre_clip.pop(id(optimizer), None)  # the pre-clip norm is valid until the step ends
 
     def _rule(self, idx: int) -> PercentileThreshold | ZScoreThreshold:
         rule = self._rules.get(idx)
@@ -352,7 +341,7 @@ class GradientClipping(Callback):
         if grad_scale is not None:
             total = total / grad_scale
             per_group = None if per_group is None else per_group / grad_scale
-        self._pre_clip[id(optimizer)] = total
+        self._pre_clip.put(optimizer, total, trainer.global_step)
         if self.skip_nonfinite and scaler is None:
             if not bool(torch.isfinite(total)):  # the documented host sync of skip_nonfinite
                 self._skip(trainer, optimizer, idx)
