@@ -265,7 +265,8 @@ def test_pre_clip_norm_under_manual_optimization_with_two_optimizers(make_traine
             return loss
 
         def configure_optimizers(self) -> Any:
-            return [torch.optim.SGD(self.net[0].parameters(), lr=0.1), torch.optim.SGD(self.net[2].parameters(), lr=0.1)]
+            first, second = self.net[0].parameters(), self.net[2].parameters()
+            return [torch.optim.SGD(first, lr=0.1), torch.optim.SGD(second, lr=0.1)]
 
     class ReadsInHook(Callback):
         def __init__(self, clip: GradientClipping) -> None:
