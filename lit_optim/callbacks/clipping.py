@@ -376,7 +376,9 @@ class GradientClipping(Callback):
             log_clipping(trainer, idx, optimizer, metrics, per_group, skipped)
 
     def _skip(self, trainer: pl.Trainer, optimizer: Optimizer, idx: int) -> None:
-        optimizer.zero_grad(set_to_none=True)
+        for group in optimizer.param_groups:  # not `zero_grad`, which an optimizer class may redefine
+            for p in group["params"]:
+                p.grad = None
         self._skipped_steps += 1
         if not self._schedule_warned:
             self._schedule_warned = True
