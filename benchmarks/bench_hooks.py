@@ -9,9 +9,11 @@ configurations, interleaved with the order rotated:
 - ``lit_optim``: ``SchedulerStepper`` stepping ``ScheduleLR(Cosine(warmup=...))``, ``GradientClipping(1.0)``
   (which also measures per-group norms on logging steps) and ``LearningRateLogger``.
 
-All three log to a ``CSVLogger`` every 50 steps. Between ``on_train_start`` and ``on_train_end`` the time spent
-inside Lightning's hook dispatch is summed: every ``_call_callback_hooks`` call (all callbacks, no-op hooks
-included: the dispatch cost of each extra callback counts), the ``configure_gradient_clipping`` and
+All three log to a ``CSVLogger`` every 50 steps. Times are CPU time of the training thread
+(``time.thread_time``; torch runs on that one thread), so other processes sharing the machine do not count.
+Between ``on_train_start`` and ``on_train_end`` the time spent inside Lightning's hook dispatch is summed:
+every ``_call_callback_hooks`` call (all callbacks, no-op hooks included: the dispatch cost of each extra
+callback counts), the ``configure_gradient_clipping`` and
 ``lr_scheduler_step`` module hooks (Lightning's clipping and its scheduler stepping) and the optimizer step
 post-hooks (how ``SchedulerStepper`` steps). The ``bare`` run's hook time (the dispatch every run pays) is
 subtracted from the others, leaving what each stack adds:
@@ -63,11 +65,11 @@ class _Clock:
             if not self.active or self._depth or not when(*args):
                 return fn(*args, **kwargs)
             self._depth += 1
-            start = time.perf_counter()
+            start = time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.hooks += time.perf_counter() - start
+                self.hooks += time.thread_time() - start
                 self._depth -= 1
 
         return wrapper
@@ -86,10 +88,10 @@ class _Window(Callback):
             for key, fn in list(hooks.items()):
                 hooks[key] = self.clock.timed(fn)
         self.clock.active = True
-        self._start = time.perf_counter()
+        self._start = time.thread_time()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.clock.loop = time.perf_counter() - self._start
+        self.clock.loop = time.thread_time() - self._start
         self.clock.active = False
 
 
