@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_optim._distributed import is_distributed
-from lit_optim._logging import group_names, log_metrics
+from lit_optim._logging import group_names, log_metrics, logging_step, skip_unused_hooks
 from lit_optim._validation import check_choice, check_positive_int
 from lit_optim.optim.schedule_free import schedule_free_lr
 from lit_optim.schedules.scheduler import ScheduleLR
@@ -28,22 +28,27 @@ _LOGGED = frozenset({"momentum", "betas[0]", "betas[1]", "weight_decay"})  # sch
 
 
 class LearningRateLogger(Callback):
-    r"""Log ``lr``, momentum, ``betas[1]`` and ``weight_decay`` of every param group at the true global step.
+    r"""Log ``lr``, momentum, ``betas[1]`` and ``weight_decay`` of every param group at Lightning's logging step.
 
     The values are read from ``optimizer.param_groups`` (the truth the optimizer uses, whoever steps the
-    schedule) and written with ``logger.log_metrics(metrics, step=trainer.global_step)`` to every logger of the
-    Trainer, on global rank 0 only.
+    schedule) and written with ``logger.log_metrics(metrics, step=s)`` to every logger of the Trainer, on global
+    rank 0 only, where ``s`` is the step Lightning writes ``self.log`` rows at (the training batches that stepped
+    so far): ``trainer.global_step`` with one optimizer; under manual optimization with several optimizers it
+    advances once per batch (``global_step`` once per optimizer step), so every optimizer's row of a batch, and
+    ``GradientClipping``'s, is that batch's row.
 
     **What a step means.** With ``logging_interval="step"`` the values are read right before a real optimizer
     step (the ``on_before_optimizer_step`` hook, which Lightning calls once per optimizer step, never per
     micro-batch under gradient accumulation), so the row at step ``s`` holds the hyper-parameters that optimizer
-    step ``s`` (0-based, ``trainer.global_step`` before the step) used. An optimizer is logged at its first step
-    in each window ``[k * n - 1, (k + 1) * n - 1)`` of ``n = log_every_n_steps`` global steps: with one optimizer
-    that is steps ``0, n - 1, 2n - 1, ...``, the rows where Lightning logs ``self.log`` metrics (and
-    ``GradientClipping`` its norms), plus the first step so a warmup's start is on record. With
-    ``logging_interval="epoch"`` the values are logged once per training epoch, at its start, at the global step
-    of the epoch's first optimizer step. A change made outside the schedule (for example a plateau reduction
-    after validation) shows up at the next logged step.
+    step ``s`` (0-based, counted in optimizer steps, not batches) used. An optimizer is logged at its first step
+    in each window ``[k * n - 1, (k + 1) * n - 1)`` of ``n = log_every_n_steps`` steps: that is steps
+    ``0, n - 1, 2n - 1, ...``, the rows where Lightning logs ``self.log`` metrics (and ``GradientClipping`` its
+    norms), plus the first step so a warmup's start is on record. With ``logging_interval="epoch"`` the values
+    are logged once per training epoch, at its start, at the step of the epoch's first optimizer step. A change
+    made outside the schedule (for example a plateau reduction after validation) shows up at the next logged step.
+
+    No logged key is a path prefix of another (MLflow's file store cannot hold both ``lr/a`` and ``lr/a/b``):
+    group names are made so (see below).
 
     **Keys.** With one optimizer (the usual case):
 
@@ -59,7 +64,8 @@ class LearningRateLogger(Callback):
 
     ``{group}`` is ``param_group["name"]`` (as set by :func:`lit_optim.param_groups`, e.g. ``decay``,
     ``no_decay``, ``head/decay``), or ``group{i}`` with ``i`` the group's index in ``optimizer.param_groups``
-    when it has no name. A name already used by an earlier group of the same optimizer gets ``-{i}`` appended.
+    when it has no name. A name already used by an earlier group of the same optimizer, or a folder of one or
+    inside one (``head`` next to ``head/decay``), gets ``-{i}`` appended (with ``/`` turned into ``-`` if needed).
     Groups added during training (``optimizer.add_param_group``, e.g. by Lightning's ``BaseFinetuning``) are
     named by the same rules when first seen, and a group keeps its key for the whole run.
 
@@ -144,6 +150,7 @@ class LearningRateLogger(Callback):
         self._has_logger = False
         self._mismatch_warned = False
         self._state_key: str | None = None
+        skip_unused_hooks(self)
 
     @property
     @override
@@ -245,7 +252,7 @@ class LearningRateLogger(Callback):
             index = self._optimizer_index.get(id(optimizer))
             if index is None:  # not one of the Trainer's optimizers
                 return
-        step = trainer.global_step
+        step = logging_step(trainer)  # the rows of `self.log`: once per batch, however many optimizers step in it
         metrics: dict[str, float] | None = None
         window = (step + 1) // self._step_every if self._step_every else 0
         if self._step_every and self._log_window.get(index, -1) != window:
@@ -255,6 +262,7 @@ class LearningRateLogger(Callback):
                 extras = _scheduled_extras(trainer, optimizer, self._group_keys[index])
                 log_metrics(trainer, {**metrics, **extras})
         every = self.check_consistency_every_n_steps
+        step = trainer.global_step
         if every is not None and is_distributed(trainer) and self._check_window.get(index, -1) != step // every:
             self._check_window[index] = step // every
             self._check_consistency(trainer, metrics if metrics is not None else self._metrics(index, optimizer))
