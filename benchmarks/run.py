@@ -27,7 +27,7 @@ from _timing import print_json, print_table, quiet
 
 # module name -> {ratio key: target}
 BENCHMARKS: dict[str, dict[str, float]] = {
-    "bench_groups": {"groups_vs_baseline": 1.5},
+    "bench_groups": {"groups_vs_baseline": 1.5, "layer_decay_vs_baseline": 6.0},
     "bench_schedule": {"schedule_vs_lambdalr": 1.2},
     "bench_clip": {"clip_vs_torch": 1.1},
     "bench_lr_logger": {"logger_vs_lightning": 1.0},
@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, dict[str, float]] = {
     "bench_stack": {"stack_vs_builtin": 1.0, "stack_vs_bare": 1.03},
     "bench_monitor": {"monitor_vs_bare": 1.03, "monitor_hooks_vs_step": 0.02, "monitor_logging_hooks_vs_step": 1.0},
     "bench_hybrid": {"hybrid_vs_by_hand": 1.05},
+    "bench_hooks": {"hooks_vs_lightning": 1.0, "hooks_fit_vs_lightning": 1.0},
 }
 
 

@@ -92,6 +92,13 @@ def check_non_negative(name: str, value: object) -> float:
     return number
 
 
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is ``True`` or ``False`` (not a truthy string such as ``"false"``), else raise."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+    return value
+
+
 def check_positive_int(name: str, value: object) -> int:
     """Return ``value`` if it is an ``int`` >= 1, else raise."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -23,7 +23,7 @@ from lit_optim.optim.routing import build_hybrid, wants_hybrid
 from lit_optim.optim.schedule_free import check_schedule_free_groups, has_train_eval_modes, schedule_warning
 from lit_optim.scheduler_config import lightning_scheduler_config, plateau_scheduler_config
 from lit_optim.schedules._config import plain_config, spec_from_config
-from lit_optim.schedules.params import ParamSchedule
+from lit_optim.schedules.params import ParamSchedule, as_param_schedules
 from lit_optim.schedules.plateau import Plateau
 from lit_optim.schedules.scheduler import as_schedule
 
@@ -196,12 +196,7 @@ def scheduler_config(
     scheduler = spec_from_config(scheduler)  # LightningCLI's / a checkpoint's {"class_path": ..., "init_args": ...}
     # `LightningModule.trainer` raises outside a fit; plain modules have none.
     trainer = module._trainer if isinstance(module, LightningModule) else None
-    if params is not None and not isinstance(params, Mapping):
-        raise TypeError(
-            f"`param_schedules` must map a field name to a ParamSchedule (or its mapping), got {params!r}. "
-            "HINT: `param_schedules={'weight_decay': ParamSchedule(start=0.04, end=0.4)}`."
-        )
-    params = {k: spec_from_config(v) for k, v in (params or {}).items()}
+    params = as_param_schedules(params) if params is not None else {}
     if isinstance(scheduler, Plateau):
         if params:
             raise ValueError(

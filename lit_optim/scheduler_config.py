@@ -21,7 +21,7 @@ from lit_optim.schedules.durations import (
     _unknown_total_error,
     resolve_training_length,
 )
-from lit_optim.schedules.params import ParamSchedule
+from lit_optim.schedules.params import ParamSchedule, as_param_schedules
 from lit_optim.schedules.plateau import Plateau, PlateauLR
 from lit_optim.schedules.scheduler import OPEN_ENDED_STEPS, ScheduleLR, as_schedule
 from lit_optim.schedules.specs import Schedule
@@ -99,6 +99,14 @@ def lightning_scheduler_config(
                 f" {schedule!r} needs it (by its formula or a duration in % of the run); InverseSqrt, Constant, "
                 "Exponential, Step, MultiStep and CosineRestarts with durations in steps or epochs do not.",
             )
+        for label, spec in as_param_schedules(params or {}, "params").items():
+            shape = spec.shape
+            if isinstance(shape, Schedule) and shape.needs_total_steps():
+                raise _unknown_total_error(
+                    trainer,
+                    f" The {label!r} schedule's shape {shape!r} needs it; give it a shape with durations in steps "
+                    "(e.g. `Linear(decay_end=10_000)`).",
+                )
         total = OPEN_ENDED_STEPS
     length = TrainingLength(total_steps=total, steps_per_epoch=steps_per_epoch)
     try:

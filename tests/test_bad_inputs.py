@@ -82,6 +82,31 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
      r"`nesterov` of SGD must be True or False, got 'yes' \(str\)\."),
     ("tensor-lr-of-two-values", lambda: param_groups(M, lr=torch.tensor([0.1, 0.2])), TypeError,
      r"A tensor `lr` must hold one float, got tensor\(\[0\.1000, 0\.2000\]\)\."),
+    ("tensor-lr-of-two-values-in-an-override",
+     lambda: param_groups(M, overrides={"ln_f.*": {"lr": torch.tensor([0.1, 0.2])}}), TypeError,
+     r"A tensor `overrides\['ln_f\.\*'\]\['lr'\]` must hold one float, got tensor\(\[0\.1000, 0\.2000\]\)\."),
+    ("negative-tensor-lr-in-an-override", lambda: param_groups(M, overrides={"ln_f.*": {"lr": torch.tensor(-1.0)}}),
+     ValueError, r"`overrides\['ln_f\.\*'\]\['lr'\]` must be >= 0 and finite, got -1\.0\."),
+    ("negative-tensor-lr_scale-in-an-override",
+     lambda: param_groups(M, overrides={"ln_f.*": {"lr_scale": torch.tensor(-0.5)}}), ValueError,
+     r"`overrides\['ln_f\.\*'\]\['lr_scale'\]` must be >= 0 and finite, got -0\.5\."),
+    ("nan-tensor-weight_decay-in-an-override",
+     lambda: param_groups(M, overrides={"ln_f.*": {"weight_decay": torch.tensor(float("nan"))}}), ValueError,
+     r"`overrides\['ln_f\.\*'\]\['weight_decay'\]` must be a number, got nan\."),
+    ("empty-override-name", lambda: param_groups(M, overrides={"ln_f.*": {"lr": 0.5, "name": " "}}), ValueError,
+     r"`overrides\['ln_f\.\*'\]\['name'\]` must be a non-empty label, got ' '\. HINT: use a short label"),
+    ("layer_id_fn-not-callable", lambda: param_groups(M, layer_decay=0.5, layer_id_fn="tests.models.head_id"),
+     TypeError, r"`layer_id_fn` must be a function name -> int, got 'tests\.models\.head_id' \(str\)\. HINT: pass "
+     r"the function itself"),
+    ("applied_lr_scale-without-lr", lambda: build_optimizer(
+        "adamw", [{"params": [M.ln_f.weight], "applied_lr_scale": 0.5}], lr=0.1), ValueError,
+     r"The parameter group 0 has 'applied_lr_scale' \(0\.5\) but no 'lr': the key records a scale already "
+     r"multiplied into a group's lr, nothing applies it\. HINT: set the group's 'lr'"),
+    ("yaml-string-lr", lambda: param_groups(M, lr="1e-3"), TypeError,  # type: ignore[arg-type]
+     r"`lr` must be a number, got '1e-3' \(str\)\. HINT: pass the number 0\.001; YAML 1\.1 reads"),
+    ("yaml-string-lr_scale-in-an-override", lambda: param_groups(M, overrides={"ln_f.*": {"lr_scale": "5e-1"}}),
+     TypeError, r"`overrides\['ln_f\.\*'\]\['lr_scale'\]` must be a number, got '5e-1' \(str\)\. HINT: pass the "
+     r"number 0\.5"),
     ("muon-with-1d-parameters", lambda: param_groups(M, optimizer="muon"), ValueError,
      r"Muon only optimizes 2-D parameters \(weight matrices\), but parameter 'blocks\.0\.ln1\.weight' has shape "
      r"\(8,\)\. HINT: give Muon the 2-D weights"),

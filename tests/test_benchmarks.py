@@ -24,6 +24,8 @@ KEYS = {
     "monitor_hooks_vs_step",
     "monitor_logging_hooks_vs_step",
     "hybrid_vs_by_hand",
+    "hooks_vs_lightning",
+    "hooks_fit_vs_lightning",
 }
 
 

@@ -120,7 +120,8 @@ def test_fp16_fused_optimizer_value_and_agc_bounds_are_unscaled(
             self.weights.append([p.detach().clone() for p in pl_module.parameters()])
 
     weights, before, after = Weights(), GradRecorder(), GradRecorder()
-    clip = GradientClipping(mode=mode, clip_value=0.05, agc_clipping=1e-3)  # type: ignore[arg-type]
+    bound = {"clip_value": 0.05} if mode == "value" else {"agc_clipping": 1e-3}
+    clip = GradientClipping(mode=mode, **bound)  # type: ignore[arg-type]
     trainer = make_trainer(max_steps=2, plugins=[_fp16_cpu()], callbacks=[weights, before, clip, after])
     trainer.fit(FusedAdamW())
     s = 1024.0  # the scale the fused optimizer's gradients still carry

@@ -217,7 +217,8 @@ def test_clip_gradients_after_the_user_unscaled_does_not_unscale_again(mode: str
     for p in params:
         p.grad.mul_(1024.0)
     scaler.unscale_(opt)  # the user unscaled already (torch's recipe before clipping)
-    result = clip_gradients(opt, max_norm=0.5, clip_value=0.7, mode=mode, scaler=scaler)  # type: ignore[arg-type]
+    bound = {"max_norm": 0.5} if mode == "norm" else {"clip_value": 0.7}
+    result = clip_gradients(opt, mode=mode, scaler=scaler, **bound)  # type: ignore[arg-type]
     torch.testing.assert_close(result.total_norm, torch.nn.utils.get_total_norm(true_grads))
     ref = [nn.Parameter(torch.zeros_like(g)) for g in true_grads]
     for r, g in zip(ref, true_grads, strict=True):
@@ -283,14 +284,18 @@ def test_zscore_threshold_follows_its_formula() -> None:
             ValueError,
             r"one of \['agc', 'norm', 'percentile', 'value', 'zscore'\], got 'percentil'\. Did you mean 'percentile'\?",
         ),
-        ({"percentile": 0.0}, ValueError, r"`percentile` must be in \(0, 100\], got 0\.0"),
-        ({"percentile": 100.5}, ValueError, r"`percentile` must be in \(0, 100\], got 100\.5"),
-        ({"window": 0}, ValueError, r"`window` must be an int >= 1, got 0"),
+        ({"mode": "percentile", "percentile": 0.0}, ValueError, r"`percentile` must be a percent in \[1, 100\], got 0"),
+        ({"mode": "percentile", "percentile": 100.5}, ValueError, r"percent in \[1, 100\], got 100\.5"),
+        ({"mode": "percentile", "window": 0}, ValueError, r"`window` must be an int >= 1, got 0"),
         ({"norm_type": 0}, ValueError, r"`norm_type` must be a number > 0 or float\('inf'\), got 0"),
-        ({"clip_value": -0.5}, ValueError, r"`clip_value` must be > 0"),
-        ({"ema_decay": 1.0}, ValueError, r"`ema_decay` must be in \(0, 1\), got 1\.0"),
-        ({"ema_decay": 0.0}, ValueError, r"`ema_decay` must be in \(0, 1\), got 0\.0"),
-        ({"agc_exclude": "head.*"}, TypeError, r"list of name patterns, .* `agc_exclude=\['head\.\*'\]`"),
+        ({"mode": "value", "clip_value": -0.5}, ValueError, r"`clip_value` must be > 0"),
+        ({"mode": "zscore", "ema_decay": 1.0}, ValueError, r"`ema_decay` must be in \(0, 1\), got 1\.0"),
+        ({"mode": "zscore", "ema_decay": 0.0}, ValueError, r"`ema_decay` must be in \(0, 1\), got 0\.0"),
+        (
+            {"mode": "agc", "agc_exclude": "head.*"},
+            TypeError,
+            r"list of name patterns, .* `agc_exclude=\['head\.\*'\]`",
+        ),
         ({"log_every_n_steps": 0}, ValueError, r"`log_every_n_steps` must be an int >= 1, got 0"),
     ],
 )
@@ -313,7 +318,7 @@ def test_state_key_names_settings_and_instances_coexist() -> None:
     assert b.state_key == "GradientClipping{'mode': 'percentile', 'percentile': 5.0, 'window': 10, 'norm_type': 2.0}"
     restored = pickle.loads(pickle.dumps(b))
     assert restored.state_key == b.state_key
-    assert restored.state_dict() == {"skipped_steps": 0, "consecutive_skips": {}, "optimizer_steps": {}, "rules": {}}
+    assert restored.state_dict() == {"skipped_steps": 0, "consecutive_skips": {}, "rules": {}}
 
 
 def test_sparse_gradients_are_refused_clearly() -> None:

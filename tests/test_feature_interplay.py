@@ -98,8 +98,12 @@ def test_a_schedule_free_point_depends_on_beta1_so_a_betas0_schedule_is_refused(
     with pytest.raises(ValueError, match=r"SGDScheduleFree is schedule-free.*'momentum'"):
         ScheduleLR(sgd, "constant", 10, params={"momentum": ParamSchedule(start=0.9, end=0.95)})
     # weight decay (and betas[1]) do not enter the switch: allowed
-    ScheduleLR(built, "constant", 10, params={"weight_decay": ParamSchedule(start=0.0, end=0.1),
-                                              "betas[1]": ParamSchedule(start=0.99, end=0.999)})
+    ScheduleLR(
+        built,
+        "constant",
+        10,
+        params={"weight_decay": ParamSchedule(start=0.0, end=0.1), "betas[1]": ParamSchedule(start=0.99, end=0.999)},
+    )
 
 
 class _Everything(TinyModule):
@@ -109,8 +113,13 @@ class _Everything(TinyModule):
         from lit_optim import ParamSchedule
 
         return configure_optimizers(
-            self, "adamw_schedulefree", lr=1e-3, overrides={"net.2.*": {"lr_scale": 3.0}}, warmup_steps=2,
-            lr_scaling="sqrt", reference_batch_size=8,
+            self,
+            "adamw_schedulefree",
+            lr=1e-3,
+            overrides={"net.2.*": {"lr_scale": 3.0}},
+            warmup_steps=2,
+            lr_scaling="sqrt",
+            reference_batch_size=8,
             param_schedules={"weight_decay": ParamSchedule(start=0.01, end=0.1, shape="linear")},
         )
 
@@ -123,8 +132,13 @@ def test_no_logged_key_is_a_path_prefix_of_another(tmp_path: Path) -> None:
     from tests.loggers import MemoryLogger
 
     logger = MemoryLogger()
-    trainer = cpu_trainer(tmp_path, max_steps=4, logger=logger, log_every_n_steps=1,
-                          callbacks=[GradientClipping(1.0), LearningRateLogger()])
+    trainer = cpu_trainer(
+        tmp_path,
+        max_steps=4,
+        logger=logger,
+        log_every_n_steps=1,
+        callbacks=[GradientClipping(1.0), LearningRateLogger()],
+    )
     trainer.fit(_Everything())
     keys = sorted({key for _, metrics in logger.logged for key in metrics})
     assert "grad_clip/norm" in keys
@@ -147,9 +161,13 @@ class _Scheduled(TinyModule):
     ("param_schedules", "error", "match"),
     [
         (["weight_decay"], TypeError, r"`param_schedules` must map a field name to a ParamSchedule.*\['weight_dec"),
-        ({"weight_decay": {"ed": 0.1}}, ValueError,
-         r"Unknown ParamSchedule setting 'ed'. Valid: \['end', 'exclude', .*Did you mean 'end'\? \(in the 'weight_"),
-        ({"weight_decay": {"end": 0.1, "shap": "linear"}}, ValueError, r"setting 'shap'.*Did you mean 'shape'\?"),
+        (
+            {"weight_decay": {"ed": 0.1}},
+            ValueError,
+            r"Unknown parameter of ParamSchedule 'ed'. Valid: \['end', 'exclude', .*Did you mean 'end'\? "
+            r"\(in the 'weight_",
+        ),
+        ({"weight_decay": {"end": 0.1, "shap": "linear"}}, ValueError, r"ParamSchedule 'shap'.*Did you mean 'shape'\?"),
     ],
 )
 def test_bad_param_schedules_as_a_yaml_would_write_them(
@@ -181,7 +199,12 @@ class _WeightDecayScheduled(TinyModule):
         from lit_optim import Cosine, ParamSchedule
 
         return configure_optimizers(
-            self, "adamw", lr=1e-3, scheduler=Cosine(warmup=2), lr_scaling="sqrt", reference_batch_size=16,
+            self,
+            "adamw",
+            lr=1e-3,
+            scheduler=Cosine(warmup=2),
+            lr_scaling="sqrt",
+            reference_batch_size=16,
             overrides={"net.2.*": {"lr_scale": 3.0}},
             param_schedules={"weight_decay": ParamSchedule(start=0.04, end=0.4, shape="cosine")},
         )
@@ -205,8 +228,10 @@ def test_lr_range_test_with_param_schedules_and_scaling_leaves_the_run_unchanged
     assert tested.seen[12:] == plain.seen  # lr and weight decay at every batch after it
     assert len({wd for row in plain.seen for _, wd in row}) > 3  # the weight decay did move
     _assert_bit_equal(tested.state_dict(), plain.state_dict())
-    _assert_bit_equal(tested_trainer.lr_scheduler_configs[0].scheduler.state_dict(),
-                      plain_trainer.lr_scheduler_configs[0].scheduler.state_dict())
+    _assert_bit_equal(
+        tested_trainer.lr_scheduler_configs[0].scheduler.state_dict(),
+        plain_trainer.lr_scheduler_configs[0].scheduler.state_dict(),
+    )
 
 
 @pytest.mark.parametrize(
@@ -232,10 +257,14 @@ class _EpsScheduled(TinyModule):
     def configure_optimizers(self) -> Any:
         from lit_optim import ParamSchedule
 
-        return configure_optimizers(self, "adamw", param_schedules={
-            "eps": ParamSchedule(start=1e-8, end=1e-6, shape="linear"),
-            "betas[1]": ParamSchedule(start=0.99, end=0.999, shape="linear"),
-        })
+        return configure_optimizers(
+            self,
+            "adamw",
+            param_schedules={
+                "eps": ParamSchedule(start=1e-8, end=1e-6, shape="linear"),
+                "betas[1]": ParamSchedule(start=0.99, end=0.999, shape="linear"),
+            },
+        )
 
 
 def test_learning_rate_logger_logs_every_scheduled_field(tmp_path: Path) -> None:

@@ -243,3 +243,78 @@ def test_group_matcher_without_coarse_raises_naming_the_convention() -> None:
 
     with pytest.raises(TypeError, match=r"Net\.group_matcher\(coarse=False\) failed: .* timm's convention"):
         layer_ids(Net())
+
+
+class _NeoXLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.Linear(4, 4)
+        self.input_layernorm = nn.LayerNorm(4)
+
+
+def test_an_output_head_named_embed_after_the_blocks_is_on_top() -> None:
+    # GPT-NeoX/Pythia's untied LM head is `embed_out` (after the blocks), TransformerLens' is `unembed`: a name
+    # containing "embed" must not pull the output head down to the embeddings' id 0 (the smallest scale).
+    model = nn.Module()
+    model.gpt_neox = nn.Module()
+    model.gpt_neox.embed_in = nn.Embedding(10, 4)
+    model.gpt_neox.layers = nn.ModuleList([_NeoXLayer(), _NeoXLayer()])
+    model.gpt_neox.final_layer_norm = nn.LayerNorm(4)
+    model.embed_out = nn.Linear(4, 10, bias=False)
+    model.unembed = nn.Module()
+    model.unembed.W_U = nn.Parameter(torch.ones(4, 10))
+    expected = expand(model, {"gpt_neox.embed_in.*": 0, "gpt_neox.layers.0.*": 1, "gpt_neox.layers.1.*": 2,
+                              "gpt_neox.final_layer_norm.*": 3, "embed_out.*": 3, "unembed.*": 3})  # fmt: skip
+    assert layer_ids(model) == expected
+
+
+def test_an_embed_named_parameter_after_the_towers_is_on_top() -> None:
+    model = CLIPLike()
+    model.embed_out = nn.Linear(4, 4)  # registered after both towers
+    ids = layer_ids(model)
+    assert ids["embed_out.weight"] == max(ids.values())
+
+
+def test_the_first_stages_downsample_joins_its_first_block_as_in_timm() -> None:
+    # Every stage's downsample shares its first block's id (timm's ConvNeXt/Swin rule), the first stage's too:
+    # the stage rule, not "registered before the first block", decides parameters inside a stage.
+    model = ConvNeXtLike()
+    model.stages[0].downsample = nn.Linear(4, 4)  # type: ignore[index]
+    expected = expand(model, {"stem.*": 0, "stages.0.downsample.*": 1, "stages.0.blocks.0.*": 1,
+                              "stages.0.blocks.1.*": 2, "stages.1.downsample.*": 3, "stages.1.blocks.0.*": 3,
+                              "stages.1.blocks.1.*": 4, "norm_pre.*": 5, "head.*": 5})  # fmt: skip
+    assert layer_ids(model) == expected
+    timm = TimmConvNeXt()
+    timm.stages[0].downsample = nn.Linear(4, 4)  # type: ignore[index]
+    ids = layer_ids(timm)
+    assert ids["stages.0.downsample.weight"] == ids["stages.0.blocks.0.fc.weight"] == 1
+
+
+def test_a_new_head_on_a_headless_timm_backbone_is_a_layer_above_its_last_block() -> None:
+    # timm.create_model(..., num_classes=0) has no head; timm sorts names no rule matches last, in a layer of their
+    # own. A LightningModule's own head is such a name: one layer above the last block (scale 1 vs layer_decay),
+    # exactly as when the backbone keeps timm's head, never sharing the last block's scale.
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = TimmViT()
+            self.backbone.head = nn.Identity()
+            self.extra_head = nn.Linear(4, 3)
+
+    model = Wrapper()
+    inner = {f"backbone.{k}": v for k, v in TIMM_VIT_IDS.items() if not k.startswith("head")}
+    assert layer_ids(model) == expand(model, {**inner, "extra_head.*": 4})
+    headless = TimmViT()
+    headless.head = nn.Identity()  # alone, timm's own ids: the last block and norm on top
+    assert max(layer_ids(headless).values()) == 3
+
+
+def test_layer_id_fn_may_return_any_integer_type() -> None:
+    # a lookup into a numpy/torch array returns np.int64 / a 0-d int tensor: integers, accepted as such
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    table = torch.tensor([0, 0, 1, 1])
+    names = [n for n, _ in model.named_parameters()]
+    assert layer_ids(model, layer_id_fn=lambda n: table[names.index(n)]) == dict(zip(names, [0, 0, 1, 1], strict=True))
+    assert type(layer_ids(model, layer_id_fn=lambda n: table[names.index(n)])["0.weight"]) is int
+    with pytest.raises(TypeError, match=r"`layer_id_fn` must return an int >= 0, got True \(bool\)"):
+        layer_ids(model, layer_id_fn=lambda n: True)

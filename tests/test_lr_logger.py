@@ -93,6 +93,25 @@ def test_csv_one_row_per_optimizer_step_under_accumulation(make_trainer: MakeTra
     assert csv_series(logger, "weight_decay/no_decay") == [(s, 0.0) for s in steps]
 
 
+@pytest.mark.parametrize("every", [3, None])
+def test_accumulation_with_a_period_counts_optimizer_steps(
+    every: int | None, make_trainer: MakeTrainer, tmp_path: Path
+) -> None:
+    """7 optimizer steps of 2 micro-batches each, a period of 3 (the callback's or the Trainer's): rows at the
+    optimizer steps 0, 2, 5, where `self.log` rows are too (counting batches would give 0, 1, 4 or other rows)."""
+    logger = CSVLogger(tmp_path, name="csv", version=0)
+    trainer = make_trainer(
+        logger=logger, callbacks=[LearningRateLogger(log_every_n_steps=every)],
+        accumulate_grad_batches=2, limit_train_batches=14, log_every_n_steps=3,
+    )  # fmt: skip
+    trainer.fit(SGDInverse())
+    assert trainer.global_step == 7
+    steps = [0, 2, 5]
+    assert csv_series(logger, "lr/decay") == [(s, 0.1 * (1 / (s + 1))) for s in steps]
+    assert csv_series(logger, "lr/no_decay") == [(s, 0.05 * (1 / (s + 1))) for s in steps]
+    assert [s for s, _ in csv_series(logger, "train_loss")] == [2, 5]  # Lightning's own rows: the same axis
+
+
 def test_lightning_monitor_duplicates_under_accumulation_we_do_not(make_trainer: MakeTrainer, tmp_path: Path) -> None:
     ours, theirs = CSVLogger(tmp_path, name="ours", version=0), CSVLogger(tmp_path, name="theirs", version=0)
     for logger, callback in ((ours, LearningRateLogger(log_every_n_steps=1)), (theirs, LearningRateMonitor())):
@@ -159,6 +178,7 @@ class TwoOptimizers(TinyModule):
         first.step()
         second.step()
         second.optimizer.param_groups[0]["lr"] *= 0.5
+        self.log("train_loss", loss)
         return loss
 
     def configure_optimizers(self) -> Any:
@@ -167,21 +187,22 @@ class TwoOptimizers(TinyModule):
         return [first, second]
 
 
-def test_two_optimizers_are_qualified_and_logged_at_their_own_steps(make_trainer: MakeTrainer, tmp_path: Path) -> None:
+def test_two_optimizers_are_qualified_and_logged_on_lightnings_axis(make_trainer: MakeTrainer, tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path, name="csv", version=0)
-    trainer = make_trainer(logger=logger, callbacks=[LearningRateLogger(log_every_n_steps=4)], limit_train_batches=5)
+    trainer = make_trainer(logger=logger, callbacks=[LearningRateLogger()], limit_train_batches=5, log_every_n_steps=4)
     trainer.fit(TwoOptimizers())
     assert trainer.global_step == 10  # Lightning counts both optimizers' steps
     assert {c for c in csv_columns(logger) if "/" in c} == {
         "lr/SGD/body", "momentum/SGD/body", "weight_decay/SGD/body",
         "lr/Adam/group0", "momentum/Adam/group0", "beta2/Adam/group0", "weight_decay/Adam/group0",
     }  # fmt: skip
-    assert csv_series(logger, "lr/SGD/body") == [(0, 0.1), (4, 0.1), (8, 0.1)]
-    assert csv_series(logger, "momentum/SGD/body") == [(0, 0.5), (4, 0.5), (8, 0.5)]
-    # Adam steps are the odd global steps 2k+1, taken with lr 0.01 * 0.5**k; each optimizer is logged at its first
-    # step in every window (s + 1) // 4.
-    assert csv_series(logger, "lr/Adam/group0") == [(1, 0.01), (3, 0.01 * 0.5), (7, 0.01 * 0.5**3)]
-    assert csv_series(logger, "beta2/Adam/group0") == [(1, 0.99), (3, 0.99), (7, 0.99)]
+    # one row per batch b (Lightning's own axis, where `self.log` writes), for both optimizers: the first batch and
+    # then the batch ending each window, (b + 1) % 4 == 0. Adam's k-th step is taken with lr 0.01 * 0.5**k.
+    assert csv_series(logger, "lr/SGD/body") == [(0, 0.1), (3, 0.1)]
+    assert csv_series(logger, "momentum/SGD/body") == [(0, 0.5), (3, 0.5)]
+    assert csv_series(logger, "lr/Adam/group0") == [(0, 0.01), (3, 0.01 * 0.5**3)]
+    assert csv_series(logger, "beta2/Adam/group0") == [(0, 0.99), (3, 0.99)]
+    assert [s for s, _ in csv_series(logger, "train_loss")] == [3]  # `self.log`'s row of batch 3 is the same row
 
 
 class Unfreeze(BaseFinetuning):
@@ -409,3 +430,26 @@ def test_epoch_interval_resumed_mid_epoch_does_not_log_that_epoch_again(
     assert csv_series(straight, "lr/decay") == expected
     resumed = run("resumed", ckpt=tmp_path / "mid.ckpt")
     assert csv_series(resumed, "lr/decay") == expected[2:]  # epoch 1 was logged before the save
+
+
+class LBFGSModule(TinyModule):
+    def configure_optimizers(self) -> Any:
+        return torch.optim.LBFGS([{"params": self.parameters(), "name": "all"}], lr=0.1, max_iter=4)
+
+
+def test_lbfgs_closure_evaluations_log_once_per_optimizer_step(make_trainer: MakeTrainer) -> None:
+    """Lightning calls `on_before_optimizer_step` once per closure evaluation (up to max_iter=4 per step)."""
+    from tests.loggers import MemoryLogger
+
+    class CountHook(Callback):
+        calls = 0
+
+        def on_before_optimizer_step(self, *args: Any) -> None:
+            CountHook.calls += 1
+
+    logger = MemoryLogger()
+    make_trainer(max_steps=3, logger=logger, callbacks=[CountHook(), LearningRateLogger(log_every_n_steps=1)]).fit(
+        LBFGSModule()
+    )
+    assert CountHook.calls > 3
+    assert [step for step, metrics in logger.logged if "lr/all" in metrics] == [0, 1, 2]

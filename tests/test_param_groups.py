@@ -679,3 +679,54 @@ def test_a_no_decay_rule_excluding_an_already_excluded_parameter_is_not_matching
     model = OneRuleEach()
     groups = param_groups(model, no_decay=["gamma"])  # already no-decay by the 1-D rule; the rule did match
     assert [g["name"] for g in groups] == ["no_decay", "decay"]
+
+
+def test_an_override_that_only_names_keeps_its_own_groups() -> None:
+    # `{"head": {"name": ...}}` asks for the head's own groups (to log its lr apart); merging them back into
+    # "decay"/"no_decay" because the settings are equal would silently drop the request.
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    groups = param_groups(model, lr=0.1, overrides={"1.*": {"name": "head"}})
+    assert named(model, groups) == {
+        "decay": ["0.weight"],
+        "no_decay": ["0.bias"],
+        "head/decay": ["1.weight"],
+        "head/no_decay": ["1.bias"],
+    }
+    assert {g["lr"] for g in groups} == {0.1}
+    # two overrides with the same name and settings still share one group
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 1))
+    groups = param_groups(model, overrides={"1.weight": {"name": "mid"}, "2.weight": {"name": "mid"}})
+    assert named(model, groups)["mid/decay"] == ["1.weight", "2.weight"]
+
+
+def test_no_weight_decay_keywords_of_the_swin_repo_are_honoured() -> None:
+    # microsoft/Swin-Transformer (and models built on it) declare `no_weight_decay_keywords()`: every parameter
+    # whose name contains one gets no decay; its `relative_position_bias_table` is 2-D, so no other rule catches it
+    class WindowAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.relative_position_bias_table = nn.Parameter(torch.zeros(9, 2))
+            self.qkv = nn.Linear(2, 6)
+
+    class SwinTransformer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, 4, 2))
+            self.layers = nn.ModuleList(WindowAttention() for _ in range(2))
+
+        def no_weight_decay(self) -> set[str]:
+            return {"absolute_pos_embed"}
+
+        def no_weight_decay_keywords(self) -> set[str]:
+            return {"relative_position_bias_table"}
+
+    model = nn.Module()
+    model.backbone = SwinTransformer()  # as a LightningModule holds it: keywords apply under its prefix
+    model.head = nn.Linear(2, 1)
+    model.head.relative_position_bias_table = nn.Parameter(torch.zeros(2, 2))  # outside the declaring module
+    groups = named(model, param_groups(model))
+    assert groups["no_decay"] == ["backbone.absolute_pos_embed", "backbone.layers.0.relative_position_bias_table",
+                                  "backbone.layers.0.qkv.bias", "backbone.layers.1.relative_position_bias_table",
+                                  "backbone.layers.1.qkv.bias", "head.bias"]  # fmt: skip
+    assert groups["decay"] == ["backbone.layers.0.qkv.weight", "backbone.layers.1.qkv.weight", "head.weight",
+                               "head.relative_position_bias_table"]  # fmt: skip

@@ -167,7 +167,7 @@ def test_specs_without_the_new_options_keep_their_repr() -> None:
         (lambda: CosineRestarts(cycles=2.5), TypeError, r"`cycles` must be an int >= 1, got 2\.5"),
         (lambda: CosineRestarts(cycles=2, period_mult=2), ValueError, r"`period_mult` must be 1, got 2"),
         (lambda: CosineRestarts(period=5, cycle_limit=0), ValueError, r"`cycle_limit` must be an int >= 1"),
-        (lambda: CosineRestarts(period=5, cycle_decay=0.0), ValueError, r"`cycle_decay` must be > 0"),
+        (lambda: CosineRestarts(period=5, cycle_decay=0.0), ValueError, r"`cycle_decay` must be in \(0, 1\]"),
         (lambda: CosineRestarts(period=5, warmup_prefix="no"), TypeError, r"`warmup_prefix` must be True or False"),
         (lambda: WarmupStableDecay(cycles=1.0), ValueError,
          r"`cycles` shapes a cosine decay; with decay_shape='linear' it would be ignored"),

@@ -14,37 +14,41 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_optim._distributed import is_distributed
-from lit_optim._logging import group_names, log_metrics
+from lit_optim._logging import group_names, log_metrics, logging_step, skip_unused_hooks
 from lit_optim._validation import check_choice, check_positive_int
 from lit_optim.optim.schedule_free import schedule_free_lr
-from lit_optim.schedules.params import ParamScheduler
+from lit_optim.schedules.scheduler import ScheduleLR
 
 __all__ = ["LearningRateLogger"]
 
 _INTERVALS = ("epoch", "step")
 _ON_MISMATCH = ("raise", "warn")
 _Keys = tuple[str, str, str, str]  # lr, momentum, beta2, weight_decay keys of one group
-_Field = tuple[str, str, int | None]  # a scheduled field: its label ("eps", "betas[2]"), group key and index
-_BUILT_IN = frozenset({"momentum", "betas[0]", "betas[1]", "weight_decay"})  # logged under the keys above
+_LOGGED = frozenset({"momentum", "betas[0]", "betas[1]", "weight_decay"})  # scheduled fields the keys cover
 
 
 class LearningRateLogger(Callback):
-    r"""Log ``lr``, momentum, ``betas[1]`` and ``weight_decay`` of every param group at the true global step.
+    r"""Log ``lr``, momentum, ``betas[1]`` and ``weight_decay`` of every param group at Lightning's logging step.
 
     The values are read from ``optimizer.param_groups`` (the truth the optimizer uses, whoever steps the
-    schedule) and written with ``logger.log_metrics(metrics, step=trainer.global_step)`` to every logger of the
-    Trainer, on global rank 0 only.
+    schedule) and written with ``logger.log_metrics(metrics, step=s)`` to every logger of the Trainer, on global
+    rank 0 only, where ``s`` is the step Lightning writes ``self.log`` rows at (the training batches that stepped
+    so far): ``trainer.global_step`` with one optimizer; under manual optimization with several optimizers it
+    advances once per batch (``global_step`` once per optimizer step), so every optimizer's row of a batch, and
+    ``GradientClipping``'s, is that batch's row.
 
     **What a step means.** With ``logging_interval="step"`` the values are read right before a real optimizer
     step (the ``on_before_optimizer_step`` hook, which Lightning calls once per optimizer step, never per
     micro-batch under gradient accumulation), so the row at step ``s`` holds the hyper-parameters that optimizer
-    step ``s`` (0-based, ``trainer.global_step`` before the step) used. An optimizer is logged at its first step
-    in each window ``[k * n - 1, (k + 1) * n - 1)`` of ``n = log_every_n_steps`` global steps: with one optimizer
-    that is steps ``0, n - 1, 2n - 1, ...``, the rows where Lightning logs ``self.log`` metrics (and
-    ``GradientClipping`` its norms), plus the first step so a warmup's start is on record. With
-    ``logging_interval="epoch"`` the values are logged once per training epoch, at its start, at the global step
-    of the epoch's first optimizer step. A change made outside the schedule (for example a plateau reduction
-    after validation) shows up at the next logged step.
+    step ``s`` (0-based, counted in optimizer steps, not batches) used. An optimizer is logged at its first step
+    in each window ``[k * n - 1, (k + 1) * n - 1)`` of ``n = log_every_n_steps`` steps: that is steps
+    ``0, n - 1, 2n - 1, ...``, the rows where Lightning logs ``self.log`` metrics (and ``GradientClipping`` its
+    norms), plus the first step so a warmup's start is on record. With ``logging_interval="epoch"`` the values
+    are logged once per training epoch, at its start, at the step of the epoch's first optimizer step. A change
+    made outside the schedule (for example a plateau reduction after validation) shows up at the next logged step.
+
+    No logged key is a path prefix of another (MLflow's file store cannot hold both ``lr/a`` and ``lr/a/b``):
+    group names are made so (see below).
 
     **Keys.** With one optimizer (the usual case):
 
@@ -55,12 +59,13 @@ class LearningRateLogger(Callback):
     - ``weight_decay/{group}``: ``param_group["weight_decay"]``, when the group has it;
     - ``effective_lr/{group}``: for a ``schedulefree`` optimizer with its own ``warmup_steps``
       (``AdamWScheduleFree``, ``SGDScheduleFree``), the lr its next step uses, ``lr`` times its warmup factor;
-    - ``{field}/{group}``: any other hyper-parameter a :class:`~lit_optim.ParamSchedule` of the run moves
-      (``eps/{group}``, a custom key), by its label.
+    - ``{field}/{group}`` for every other field a ``ScheduleLR(params=...)`` of that optimizer schedules
+      (``eps/{group}``, ``beta3/{group}`` for ``betas[2]``, ``key_1/{group}`` for ``key[1]``).
 
     ``{group}`` is ``param_group["name"]`` (as set by :func:`lit_optim.param_groups`, e.g. ``decay``,
     ``no_decay``, ``head/decay``), or ``group{i}`` with ``i`` the group's index in ``optimizer.param_groups``
-    when it has no name. A name already used by an earlier group of the same optimizer gets ``-{i}`` appended.
+    when it has no name. A name already used by an earlier group of the same optimizer, or a folder of one or
+    inside one (``head`` next to ``head/decay``), gets ``-{i}`` appended (with ``/`` turned into ``-`` if needed).
     Groups added during training (``optimizer.add_param_group``, e.g. by Lightning's ``BaseFinetuning``) are
     named by the same rules when first seen, and a group keeps its key for the whole run.
 
@@ -141,11 +146,11 @@ class LearningRateLogger(Callback):
         self._optimizer_prefix: list[str] = []  # "" with one optimizer, "SGD/" with several
         self._group_names: dict[int, list[str]] = {}  # per optimizer: the name of each group, kept for the run
         self._group_keys: dict[int, list[_Keys]] = {}  # per optimizer: the keys of each group
-        self._scheduled: dict[int, list[_Field]] = {}  # per optimizer id: the other fields its ParamSchedules move
         self._step_every = 0  # resolved logging period; 0 = no step logging
         self._has_logger = False
         self._mismatch_warned = False
         self._state_key: str | None = None
+        skip_unused_hooks(self)
 
     @property
     @override
@@ -179,7 +184,6 @@ class LearningRateLogger(Callback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._index_optimizers(trainer.optimizers)
-        self._scheduled = _scheduled_fields(trainer)
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -187,6 +191,7 @@ class LearningRateLogger(Callback):
             metrics: dict[str, float] = {}
             for index, optimizer in enumerate(trainer.optimizers):
                 metrics.update(self._metrics(index, _unwrap(optimizer)))
+                metrics.update(_scheduled_extras(trainer, optimizer, self._group_keys[index]))
             log_metrics(trainer, metrics)
 
     @override
@@ -244,19 +249,20 @@ class LearningRateLogger(Callback):
         index = self._optimizer_index.get(id(optimizer))
         if index is None:
             self._index_optimizers(trainer.optimizers)
-            self._scheduled = _scheduled_fields(trainer)
             index = self._optimizer_index.get(id(optimizer))
             if index is None:  # not one of the Trainer's optimizers
                 return
-        step = trainer.global_step
+        step = logging_step(trainer)  # the rows of `self.log`: once per batch, however many optimizers step in it
         metrics: dict[str, float] | None = None
         window = (step + 1) // self._step_every if self._step_every else 0
         if self._step_every and self._log_window.get(index, -1) != window:
             self._log_window[index] = window
             if self._has_logger and trainer.is_global_zero:
                 metrics = self._metrics(index, optimizer)
-                log_metrics(trainer, metrics)
+                extras = _scheduled_extras(trainer, optimizer, self._group_keys[index])
+                log_metrics(trainer, {**metrics, **extras})
         every = self.check_consistency_every_n_steps
+        step = trainer.global_step
         if every is not None and is_distributed(trainer) and self._check_window.get(index, -1) != step // every:
             self._check_window[index] = step // every
             self._check_consistency(trainer, metrics if metrics is not None else self._metrics(index, optimizer))
@@ -269,15 +275,7 @@ class LearningRateLogger(Callback):
             names = group_names(groups, known=self._group_names.get(index, ()))
             keys = [_keys(prefix, name) for name in names]
             self._group_names[index], self._group_keys[index] = names, keys
-        metrics = _read(groups, keys, self._flags)
-        prefix = self._optimizer_prefix[index] if index < len(self._optimizer_prefix) else ""
-        for label, key, item in self._scheduled.get(id(_unwrap(optimizer)), ()):
-            for group, name in zip(groups, self._group_names[index], strict=False):
-                value = group.get(key)
-                value = value[item] if item is not None and isinstance(value, (tuple, list)) else value
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    metrics[f"{label}/{prefix}{name}"] = float(value)
-        return metrics
+        return _read(groups, keys, self._flags)
 
     def _check_consistency(self, trainer: Trainer, metrics: Mapping[str, float]) -> None:
         device = trainer.strategy.root_device
@@ -303,17 +301,6 @@ class LearningRateLogger(Callback):
             rank_zero_warn(message + " Later mismatches are not reported.", category=UserWarning)
 
 
-def _scheduled_fields(trainer: Trainer) -> dict[int, list[_Field]]:
-    """Per optimizer (by id): the fields its schedulers' ``ParamSchedule`` entries move beyond the built-in four."""
-    fields: dict[int, list[_Field]] = {}
-    for config in trainer.lr_scheduler_configs:
-        params = getattr(config.scheduler, "params", None)
-        if isinstance(params, ParamScheduler):
-            extra = [(label, key, item) for label, (key, item, _) in params.fields.items() if label not in _BUILT_IN]
-            fields.setdefault(id(_unwrap(config.scheduler.optimizer)), []).extend(extra)
-    return fields
-
-
 def _unwrap(optimizer: Any) -> Any:
     """The torch optimizer inside a wrapper that keeps it as ``.optimizer`` (DeepSpeed, LightningOptimizer)."""
     inner = getattr(optimizer, "optimizer", None)
@@ -335,6 +322,17 @@ def _optimizer_names(optimizers: Sequence[Any]) -> list[str]:
 def _keys(prefix: str, name: str) -> _Keys:
     qualified = f"{prefix}{name}"
     return f"lr/{qualified}", f"momentum/{qualified}", f"beta2/{qualified}", f"weight_decay/{qualified}"
+
+
+def _scheduled_extras(trainer: Trainer, optimizer: Optimizer, keys: Sequence[_Keys]) -> dict[str, float]:
+    """``{field}/{group}`` of the fields a ``ScheduleLR(params=...)`` schedules that the keys above do not cover."""
+    raw, names = _unwrap(optimizer), [lr_key.partition("/")[2] for lr_key, *_ in keys]  # as in `lr/{name}`
+    metrics: dict[str, float] = {}
+    for config in trainer.lr_scheduler_configs:
+        scheduler = config.scheduler
+        if isinstance(scheduler, ScheduleLR) and scheduler.params is not None and scheduler.optimizer is raw:
+            metrics.update(scheduler.params.metrics(raw.param_groups, names, skip=_LOGGED))
+    return metrics
 
 
 def _read(groups: Sequence[Mapping[str, Any]], keys: Sequence[_Keys], flags: tuple[bool, bool]) -> dict[str, float]:

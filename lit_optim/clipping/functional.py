@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
@@ -15,7 +16,26 @@ from lit_optim._logging import group_names
 from lit_optim._validation import check_choice, check_positive
 from lit_optim.clipping.norms import clip_by_coef_, clip_coef, clip_value_, grouped_norms
 
-__all__ = ["ClipResult", "check_norm_type", "clip_gradients", "optimizer_grads", "still_scaled"]
+__all__ = [
+    "CLIPPED_BY_FUNCTION",
+    "ClipResult",
+    "check_flag",
+    "check_norm_type",
+    "clip_gradients",
+    "optimizer_grads",
+    "still_scaled",
+]
+
+#: optimizers ``clip_gradients`` has clipped: ``GradientClipping`` refuses to clip them a second time
+CLIPPED_BY_FUNCTION: weakref.WeakSet[Optimizer] = weakref.WeakSet()
+
+
+def check_flag(name: str, value: object, *, optional: bool = False) -> Any:
+    """Return ``value`` if it is a ``bool`` (or ``None`` when ``optional``), else raise ``TypeError``."""
+    if isinstance(value, bool) or (optional and value is None):
+        return value
+    allowed = "a bool or None" if optional else "a bool"
+    raise TypeError(f"`{name}` must be {allowed}, got {value!r} ({type(value).__name__}).")
 
 
 def check_norm_type(value: object) -> float:
@@ -59,11 +79,11 @@ class ClipResult:
 
 def clip_gradients(
     optimizer: Optimizer | LightningOptimizer,
-    max_norm: float = 1.0,
+    max_norm: float | None = None,
     norm_type: float = 2.0,
     *,
     mode: Literal["norm", "value"] = "norm",
-    clip_value: float = 1.0,
+    clip_value: float | None = None,
     skip_nonfinite: bool = False,
     scaler: torch.amp.GradScaler | None = None,
     foreach: bool | None = None,
@@ -79,11 +99,12 @@ def clip_gradients(
 
     Args:
         optimizer: the optimizer (or Lightning's wrapper from ``self.optimizers()``).
-        max_norm: largest allowed global norm (``mode="norm"``), as in ``torch.nn.utils.clip_grad_norm_``.
+        max_norm: largest allowed global norm (``mode="norm"``, default 1.0), as in
+            ``torch.nn.utils.clip_grad_norm_``; passing it with ``mode="value"`` raises (it would be ignored).
         norm_type: the p of the p-norm; ``float("inf")`` for the max norm.
         mode: ``"norm"`` scales all gradients by ``min(max_norm / (norm + 1e-6), 1)``; ``"value"`` clamps each
             element to ``[-clip_value, clip_value]``.
-        clip_value: the clamp bound of ``mode="value"``.
+        clip_value: the clamp bound of ``mode="value"`` (default 1.0); passing it with ``mode="norm"`` raises.
         skip_nonfinite: set every gradient to ``None`` when the global norm is inf/nan, so ``opt.step()``
             changes nothing (one host sync). Ignored while the gradients still carry ``scaler``'s scale: the
             ``GradScaler`` skips such steps itself.
@@ -95,6 +116,8 @@ def clip_gradients(
 
     Raises:
         ValueError: on an unknown ``mode`` or a non-positive ``max_norm``, ``norm_type`` or ``clip_value``.
+        TypeError: when ``optimizer`` is not an optimizer (e.g. ``model.parameters()``, torch's
+            ``clip_grad_norm_`` convention) or a flag is not a ``bool``.
 
     Example:
         >>> layer = torch.nn.Linear(2, 1)
@@ -106,11 +129,27 @@ def clip_gradients(
         >>> [round(v, 4) for v in layer.weight.grad.flatten().tolist() + layer.bias.grad.tolist()]
         [0.6, 0.0, 0.8]
     """
+    if not isinstance(optimizer, (Optimizer, LightningOptimizer)):
+        raise TypeError(
+            f"`clip_gradients` takes the optimizer (it clips every param group and names them in `group_norms`), "
+            f"got {type(optimizer).__name__}: {optimizer!r}. Pass the optimizer, e.g. `clip_gradients(opt, 1.0)` "
+            "with `opt = self.optimizers()`; for a plain list of parameters use `torch.nn.utils.clip_grad_norm_`."
+        )
+    check_flag("skip_nonfinite", skip_nonfinite)
+    check_flag("foreach", foreach, optional=True)
     check_choice("mode", mode, ("norm", "value"))
-    max_norm = check_positive("max_norm", max_norm)
+    unused = ("clip_value", clip_value) if mode == "norm" else ("max_norm", max_norm)
+    if unused[1] is not None:
+        bound = "max_norm" if mode == "norm" else "clip_value"
+        raise ValueError(
+            f"`clip_gradients(mode={mode!r})` does not use `{unused[0]}`, got `{unused[0]}={unused[1]!r}`; it would "
+            f"be ignored. Pass the bound of mode {mode!r} as `{bound}={unused[1]!r}`."
+        )
+    max_norm = check_positive("max_norm", 1.0 if max_norm is None else max_norm)
     norm_type = check_norm_type(norm_type)
-    clip_value = check_positive("clip_value", clip_value)
+    clip_value = check_positive("clip_value", 1.0 if clip_value is None else clip_value)
     opt = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
+    CLIPPED_BY_FUNCTION.add(opt)
     grads = optimizer_grads(opt)
     total, per_group = grouped_norms(grads, norm_type, foreach)
     scale = scaler.get_scale() if scaler is not None and still_scaled(scaler, opt) else 1.0

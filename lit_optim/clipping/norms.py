@@ -31,6 +31,8 @@ __all__ = [
     "grouped_norms",
     "has_dtensor",
     "local_tensor",
+    "plain_scale_",
+    "plain_total_norm",
 ]
 
 _EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by (total_norm + 1e-6)
@@ -181,7 +183,33 @@ def clip_coef(threshold: Tensor | float, total_norm: Tensor) -> Tensor:
         >>> clip_coef(1.0, torch.tensor(4.0)).item() == torch.tensor(1.0 / (4.0 + 1e-6)).item()
         True
     """
-    return torch.clamp(threshold / (total_norm + _EPS), max=1.0)
+    if isinstance(threshold, Tensor):
+        return torch.clamp(threshold / (total_norm + _EPS), max=1.0)
+    # torch computes `max_norm / (total_norm + 1e-6)` as `reciprocal() * max_norm`: the same kernels, in place
+    coef = total_norm + _EPS
+    return coef.reciprocal_().mul_(threshold).clamp_(max=1.0)
+
+
+def plain_total_norm(tensors: list[Tensor], norm_type: float, foreach: bool | None = None) -> Tensor:
+    """``torch.nn.utils.get_total_norm`` of plain, non-empty tensors on one device with one dtype (no grouping).
+
+    The caller guarantees the precondition (``GradientClipping`` checks it once per optimizer, from the
+    parameters); the result is bit-identical to torch's, which takes the same single-bucket path.
+    """
+    if _use_foreach(foreach, tensors[0].device):
+        norms = list(torch._foreach_norm(tensors, norm_type))
+    else:
+        norms = [torch.linalg.vector_norm(t, norm_type) for t in tensors]
+    return torch.linalg.vector_norm(torch.stack(norms), norm_type)
+
+
+def plain_scale_(tensors: list[Tensor], coef: Tensor, foreach: bool | None = None) -> None:
+    """Multiply plain tensors on ``coef``'s device with one dtype in place by ``coef`` (no grouping)."""
+    if _use_foreach(foreach, tensors[0].device):
+        torch._foreach_mul_(tensors, coef)
+    else:
+        for t in tensors:
+            t.mul_(coef)
 
 
 @torch.no_grad()

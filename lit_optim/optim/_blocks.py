@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["Chain", "find_chains"]
+__all__ = ["Chain", "find_chains", "iter_modules", "iter_params"]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
@@ -26,8 +26,39 @@ class Chain:
     paths: list[str] = field(default_factory=list)
 
 
+def iter_modules(module: nn.Module, stop: Callable[[nn.Module], bool] | None = None) -> Iterator[nn.Module]:
+    """``module.modules()`` (each once, pre-order) without a generator per level: linear in deep trees.
+
+    ``stop(m)`` true: ``m`` is yielded but its submodules are not.
+    """
+    seen: set[int] = set()
+    stack = [module]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if stop is None or not stop(current):
+            stack.extend(child for child in reversed(current._modules.values()) if child is not None)
+
+
+def iter_params(module: nn.Module) -> Iterator[nn.Parameter]:
+    """``module.parameters()`` (each once, in module order), linear in deep trees like :func:`iter_modules`."""
+    if not module._modules:  # a leaf layer (most calls): no traversal
+        yield from (param for param in module._parameters.values() if param is not None)
+        return
+    seen: set[int] = set()
+    for current in iter_modules(module):
+        for param in current._parameters.values():
+            if param is not None and id(param) not in seen:
+                seen.add(id(param))
+                yield param
+
+
 def _has_params(module: nn.Module) -> bool:
-    return next(module.parameters(), None) is not None
+    own = any(param is not None for param in module._parameters.values())
+    return own or next(iter_params(module), None) is not None
 
 
 def _param_children(module: nn.Module) -> list[nn.Module]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["MATCH_PREV_GROUP", "defines_group_matcher", "matcher_layer_ids"]
+__all__ = ["MATCH_PREV_GROUP", "defines_group_matcher", "matcher_layer_ids", "matcher_layers"]
 
 #: The suffix that puts a name into the layer of the key sorted just before it (timm's ``MATCH_PREV_GROUP``).
 MATCH_PREV_GROUP = 99999
@@ -91,6 +91,14 @@ def matcher_layer_ids(module: nn.Module, names: Iterable[str]) -> dict[str, int]
         >>> matcher_layer_ids(Net(), ["stem.weight", "blocks.0.weight", "norm.weight", "head.weight"])
         {'stem.weight': 0, 'blocks.0.weight': 1, 'norm.weight': 1, 'head.weight': 2}
     """
+    return matcher_layers(module, names)[0]
+
+
+def matcher_layers(module: nn.Module, names: Iterable[str]) -> tuple[dict[str, int], int]:
+    """:func:`matcher_layer_ids`, and the id of names no rule matches (timm's last layer, a new one if none).
+
+    Parameters outside ``module`` sort there too: as names of ``module`` that no rule matches would.
+    """
     owner = type(module).__name__
     try:
         spec = module.group_matcher(coarse=False)  # type: ignore[operator]
@@ -111,8 +119,9 @@ def matcher_layer_ids(module: nn.Module, names: Iterable[str]) -> dict[str, int]
         )
     layer_of: dict[_Key, int] = {}
     layer = -1
-    for key in sorted(set(keys.values())):
+    unmatched: _Key = (math.inf,)
+    for key in sorted(set(keys.values()) | {unmatched}):  # (inf,) sorts last: the ids before it do not move
         if layer < 0 or key[-1] != MATCH_PREV_GROUP:
             layer += 1
         layer_of[key] = layer
-    return {name: layer_of[key] for name, key in keys.items()}
+    return {name: layer_of[key] for name, key in keys.items()}, layer_of[unmatched]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import glob
 import re
 from collections.abc import Callable, Iterable, Sequence
 
@@ -25,13 +26,25 @@ _type_cache: dict[type[nn.Module], tuple[bool, bool]] = {}
 
 
 def _type_flags(cls: type[nn.Module]) -> tuple[bool, bool]:
-    """(is a normalization layer, declares ``no_weight_decay``), cached per class."""
+    """(is a normalization layer, declares ``no_weight_decay`` or ``no_weight_decay_keywords``), cached per class."""
     flags = _type_cache.get(cls)
     if flags is None:
         is_norm = any(_NORM_NAME.search(base.__name__) for base in cls.__mro__)
-        flags = (is_norm, callable(getattr(cls, "no_weight_decay", None)))
-        _type_cache[cls] = flags
+        declares = any(callable(getattr(cls, method, None)) for method in _DECLARING)
+        flags = _type_cache[cls] = (is_norm, declares)
     return flags
+
+
+#: timm's ``no_weight_decay()`` (names) and microsoft/Swin-Transformer's ``no_weight_decay_keywords()`` (a
+#: parameter whose name contains one, e.g. its 2-D ``relative_position_bias_table``).
+_DECLARING = ("no_weight_decay", "no_weight_decay_keywords")
+
+
+def _declared(module: nn.Module, prefix: str) -> list[str]:
+    """Full names and globs a module declares as no-decay, under its prefix."""
+    names = [prefix + str(name) for name in getattr(module, "no_weight_decay", list)()]
+    keywords: Iterable[object] = getattr(module, "no_weight_decay_keywords", list)()
+    return names + [f"{prefix}*{glob.escape(str(keyword))}*" for keyword in keywords]
 
 
 class Walk:
@@ -51,7 +64,7 @@ class Walk:
             is_norm, declares = _type_flags(type(mod))
             prefix = module_name + "." if module_name else ""
             if declares:
-                self.declared.extend(prefix + str(name) for name in mod.no_weight_decay())
+                self.declared.extend(_declared(mod, prefix))
             if not own:
                 continue
             module_flag = is_norm or (not decay_embeddings and isinstance(mod, _EMBEDDING_TYPES))

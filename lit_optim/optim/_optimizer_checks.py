@@ -11,7 +11,7 @@ from torch.optim import Optimizer
 
 from lit_optim._validation import check_non_negative
 
-__all__ = ["check_hyperparameter_values", "check_params_fit"]
+__all__ = ["check_hyperparameter_values", "check_params_fit", "check_rate"]
 
 
 _defaults_cache: dict[type[Optimizer], dict[str, Any]] = {}
@@ -52,6 +52,21 @@ def _fits(value: object, default: Any) -> bool:
             and all((v is None and d is None) or _is_number(v) for v, d in zip(value, default, strict=True))
         )
     return True
+
+
+def check_rate(name: str, value: object) -> float:
+    """Check an ``lr``/``lr_scale``/``weight_decay``: a finite number >= 0, or a tensor holding one such float.
+
+    torch accepts a tensor ``lr``; it is checked like a number (once, when grouping), never silently kept.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise TypeError(f"A tensor `{name}` must hold one float, got {value!r}.")
+        value = float(value.detach().reshape(()).item())
+    try:
+        return check_non_negative(name, value)
+    except TypeError as error:
+        raise TypeError(f"{error}{_hint(value)}") from None
 
 
 def _hint(value: object) -> str:

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from lit_optim._validation import check_non_negative, closest_match, unknown_key_error
-from lit_optim.optim._optimizer_checks import check_hyperparameter_values
+from lit_optim._validation import closest_match, unknown_key_error
+from lit_optim.optim._optimizer_checks import check_hyperparameter_values, check_rate
 from lit_optim.optim.optimizers import _torch_optimizers, hyperparameter_names, resolve_optimizer
 
 __all__ = ["Override", "combine_overrides", "parse_overrides"]
@@ -111,10 +111,15 @@ def parse_overrides(
                     "lit_optim's 'lr_scale' and 'name'.",
                 )
         for key in ("lr", "lr_scale", "weight_decay"):
-            if key in settings and not isinstance(settings[key], torch.Tensor):
-                check_non_negative(f"overrides[{shown}][{key!r}]", settings[key])
+            if key in settings:
+                check_rate(f"overrides[{shown}][{key!r}]", settings[key])
         if "name" in settings and not isinstance(settings["name"], str):
             raise TypeError(f"`overrides[{shown}]['name']` must be a string, got {settings['name']!r}.")
+        if "name" in settings and not settings["name"].strip():
+            raise ValueError(
+                f"`overrides[{shown}]['name']` must be a non-empty label, got {settings['name']!r}. HINT: use a "
+                "short label such as 'head', or drop 'name' to label the groups after the pattern."
+            )
         if isinstance(pattern, nn.Module):
             label, matched, matched_names = _match_module(pattern, module, params)
         elif isinstance(pattern, str):

@@ -6,7 +6,9 @@ scale 1). Ids come from, in this order of precedence:
 1. ``layer_id_fn(name) -> int``, when given (``top`` is its largest id);
 2. timm's ``group_matcher(coarse=False)``, when the model or a submodule's class defines it: ids exactly as
    timm's ``param_groups_layer_decay`` assigns them (see :mod:`lit_optim.optim._group_matcher`); parameters
-   outside that submodule get ``top``. Several such submodules are parallel towers, aligned at the top;
+   outside that submodule sort with the names no rule matches, as timm sorts a head: in its head's layer, or
+   one above its last block when it has none (``num_classes=0`` and a head of your own). Several such
+   submodules are parallel towers, aligned at that layer;
 3. the model's structure: its blocks, numbered ``1..N`` in depth order. Blocks are the children of an
    ``nn.ModuleList`` (or an ``nn.Sequential`` of composite modules); a child that is itself a container of
    composite modules, or a class named ``*Stage*`` holding one block list, is a stage whose blocks count one by
@@ -14,23 +16,25 @@ scale 1). Ids come from, in this order of precedence:
    Several block lists: numbered siblings (``layer1``, ``layer2``, ...) stack in that order; an ``encoder`` and
    a ``decoder`` stack encoder first; towers named after a modality (``vision_model``, ``text_model``) each
    count their own depth, aligned at the top; any other combination raises. Outside the blocks: embeddings
-   (``nn.Embedding``, a name part containing ``embed`` or ending in ``_token``) and parameters registered
-   before the first block get 0, parameters between blocks the id of the block before them, and parameters
-   after the last block, or held directly by a module around the blocks (a model's own ``logit_scale``),
-   ``N + 1``.
+   (``nn.Embedding``, a name part containing ``embed`` but not an output layer such as GPT-NeoX's ``embed_out`` or
+   an ``unembed``, or ending in ``_token``/``_tokens``) and parameters registered before the first block get 0,
+   parameters between blocks the id of the block before them, and parameters after the last block, or held
+   directly by a module around the blocks (a model's own ``logit_scale``), ``N + 1``.
 
 Ids are computed over every parameter, frozen ones included, so freezing never shifts them.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 
 from torch import nn
 
 from lit_optim._validation import check_ratio
-from lit_optim.optim._blocks import Chain, find_chains
-from lit_optim.optim._group_matcher import defines_group_matcher, matcher_layer_ids
+from lit_optim.optim._blocks import Chain, find_chains, iter_modules, iter_params
+from lit_optim.optim._group_matcher import defines_group_matcher, matcher_layers
+from lit_optim.optim._table import text_table
 
 __all__ = ["format_layer_ids", "layer_ids"]
 
@@ -38,8 +42,15 @@ _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 
 
 def _is_embedding_name(name: str) -> bool:
-    """``embed`` in a name part, or a learned token (``cls_token``, ``reg_token``, ``dist_token``, ``mask_token``)."""
-    return any("embed" in part.lower() or part.endswith("_token") for part in name.split("."))
+    """``embed`` in a name part, or learned tokens (``cls_token``, ``mask_token``, DINOv2's ``register_tokens``).
+
+    Not an output layer named after the embedding it inverts: GPT-NeoX's ``embed_out``, TransformerLens' ``unembed``.
+    """
+    for part in name.lower().split("."):
+        output = part.startswith("unembed") or part.endswith("_out")
+        if part.endswith(("_token", "_tokens")) or ("embed" in part and not output):
+            return True
+    return False
 
 
 def _ancestors(paths: Sequence[str]) -> set[str]:
@@ -52,48 +63,55 @@ def _ancestors(paths: Sequence[str]) -> set[str]:
 
 
 def _from_fn(names: Sequence[str], layer_id_fn: Callable[[str], int]) -> tuple[list[int], int]:
-    ids = []
+    if not callable(layer_id_fn):
+        raise TypeError(
+            f"`layer_id_fn` must be a function name -> int, got {layer_id_fn!r} ({type(layer_id_fn).__name__}). "
+            "HINT: pass the function itself (a dotted path is read only from OptimizerMixin's hparams)."
+        )
+    ids: list[int] = []
     for name in names:
         try:
-            layer_id = layer_id_fn(name)
+            returned: object = layer_id_fn(name)
         except Exception as error:
             raise ValueError(
                 f"`layer_id_fn` raised {error!r} for parameter {name!r}; it must return an int >= 0 for every "
                 "parameter name (frozen ones included). HINT: use dict.get(name, default) or a fallback id."
             ) from error
-        if isinstance(layer_id, bool) or not isinstance(layer_id, int):
+        try:  # any integer type: numpy's, a 0-d integer tensor
+            if isinstance(returned, bool):
+                raise TypeError
+            layer_id = operator.index(returned)  # type: ignore[arg-type]
+        except TypeError:
             raise TypeError(
-                f"`layer_id_fn` must return an int >= 0, got {layer_id!r} ({type(layer_id).__name__}) "
+                f"`layer_id_fn` must return an int >= 0, got {returned!r} ({type(returned).__name__}) "
                 f"for parameter {name!r}."
-            )
+            ) from None
         if layer_id < 0:
             raise ValueError(f"`layer_id_fn` must return an int >= 0, got {layer_id!r} for parameter {name!r}.")
         ids.append(layer_id)
     return ids, max(ids)
 
 
-def _matcher_owners(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    if defines_group_matcher(module):
-        return [(prefix, module)]
-    found = []
-    for name, child in module.named_children():
-        found += _matcher_owners(child, prefix + name + ".")
-    return found
+def _matcher_owners(module: nn.Module) -> list[nn.Module]:
+    """The outermost modules whose class defines ``group_matcher``, in module order."""
+    return [m for m in iter_modules(module, stop=defines_group_matcher) if defines_group_matcher(m)]
 
 
-def _from_matchers(owners: list[tuple[str, nn.Module]], params: Sequence[nn.Parameter]) -> tuple[list[int], int]:
-    per_owner: list[dict[int, int]] = []
-    for _, owner in owners:
+def _from_matchers(owners: list[nn.Module], params: Sequence[nn.Parameter]) -> tuple[list[int], int]:
+    relative: dict[int, tuple[int, int]] = {}  # id(param) -> (its id in its owner, the owner's index)
+    tops = []  # each owner's unmatched layer (its head's; one above its last block when it has no head)
+    for index, owner in enumerate(owners):
         named = dict(owner.named_parameters())
-        by_name = matcher_layer_ids(owner, named)
-        per_owner.append({id(p): by_name[n] for n, p in named.items()})
-    tops = [max(ids.values()) for ids in per_owner]
+        by_name, unmatched = matcher_layers(owner, named)
+        tops.append(unmatched)
+        for name, param in named.items():
+            relative.setdefault(id(param), (by_name[name], index))
     top = max(tops)
     ids = []
     for param in params:
-        found = next(((d, t) for d, t in zip(per_owner, tops, strict=True) if id(param) in d), None)
-        ids.append(top if found is None else found[0][id(param)] + top - found[1])
-    return ids, top
+        found = relative.get(id(param))
+        ids.append(top if found is None else found[0] + top - tops[found[1]])
+    return ids, max(ids)
 
 
 def _chain_ids(
@@ -102,13 +120,15 @@ def _chain_ids(
     """Ids (by parameter index) of the parameters in the chain's scope, and the chain's top id (N + 1)."""
     block_of: dict[int, int] = {}
     stage_first: dict[int, int] = {}  # a stage's parameter outside its blocks -> the stage's first block id
+    stages: set[int] = set()
     for number, (block, stage) in enumerate(chain.blocks, start=1):
-        for param in block.parameters():
+        for param in iter_params(block):
             block_of.setdefault(id(param), number)
-        if stage is not None:
-            for param in stage.parameters():
+        if stage is not None and id(stage) not in stages:  # once per stage, at its first block
+            stages.add(id(stage))
+            for param in iter_params(stage):
                 stage_first.setdefault(id(param), number)
-    scope = None if chain.scope is None else {id(p) for p in chain.scope.parameters()}
+    scope = None if chain.scope is None else {id(p) for p in iter_params(chain.scope)}
     top = len(chain.blocks) + 1
     positions = [i for i, p in enumerate(params) if id(p) in block_of]
     first, last = positions[0], positions[-1]
@@ -124,10 +144,10 @@ def _chain_ids(
             ids[index] = 0
         elif names[index].rpartition(".")[0] in holders:  # held by a module around the blocks: order unknown
             ids[index] = top
-        elif index < first:
-            ids[index] = 0
         elif key in stage_first and stage_first[key] > previous:  # e.g. a stage's downsampling before its blocks
             ids[index] = stage_first[key]
+        elif index < first:
+            ids[index] = 0
         else:
             ids[index] = top if index > last else previous
     return ids, top
@@ -137,7 +157,7 @@ def _from_structure(
     module: nn.Module, params: Sequence[nn.Parameter], names: Sequence[str]
 ) -> tuple[list[int], int]:
     chains = find_chains(module)
-    embeddings = {id(p) for m in module.modules() if isinstance(m, _EMBEDDING_TYPES) for p in m.parameters()}
+    embeddings = {id(p) for m in iter_modules(module) if isinstance(m, _EMBEDDING_TYPES) for p in iter_params(m)}
     holders = _ancestors([path for chain in chains for path in chain.paths])
     results = [_chain_ids(chain, params, names, embeddings, holders) for chain in chains]
     top = max(chain_top for _, chain_top in results)
@@ -210,8 +230,4 @@ def format_layer_ids(
     ids = layer_ids(module, layer_id_fn=layer_id_fn)
     top = max(ids.values())
     rows = [(name, str(layer), f"{layer_decay ** (top - layer):.4g}") for name, layer in ids.items()]
-    headers = ("name", "layer", "scale")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
+    return text_table(("name", "layer", "scale"), rows)

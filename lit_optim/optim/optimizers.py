@@ -146,6 +146,12 @@ def _check_group(index: int, group: Mapping[str, Any], cls: type[Optimizer], nam
         raise ValueError(f"The {label} has no 'params' key; every group dict needs one.")
     if "lr_scale" in group:
         raise ValueError(f"The {label} has an 'lr_scale' key: {_TIMM_LR_SCALE}")
+    if "applied_lr_scale" in group and "lr" not in group:
+        raise ValueError(
+            f"The {label} has 'applied_lr_scale' ({group['applied_lr_scale']!r}) but no 'lr': the key records a scale "
+            "already multiplied into a group's lr, nothing applies it. HINT: set the group's 'lr' to base lr x scale, "
+            "or build the groups with lit_optim.param_groups(model, overrides={...: {'lr_scale': ...}})."
+        )
     if names is not None:
         fixed = _fixed_defaults(cls)
         allowed = names | GROUP_KEYS | TORCH_GROUP_KEYS

@@ -15,8 +15,9 @@ from torch import nn
 
 from lit_optim._validation import check_non_negative, check_ratio
 from lit_optim.optim._no_decay import NoDecayRule, Walk, check_rules_matched, split_rules
-from lit_optim.optim._optimizer_checks import check_params_fit
+from lit_optim.optim._optimizer_checks import check_params_fit, check_rate
 from lit_optim.optim._overrides import Override, combine_overrides, parse_overrides
+from lit_optim.optim._table import text_table
 from lit_optim.optim.layer_ids import assign_layer_ids
 from lit_optim.optim.optimizers import resolve_optimizer
 
@@ -38,15 +39,6 @@ def _check_flag(name: str, value: object) -> bool:
             "is truthy; pass the bool."
         )
     return value
-
-
-def _check_lr(value: object) -> None:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or not value.is_floating_point():
-            raise TypeError(f"A tensor `lr` must hold one float, got {value!r}.")
-        check_non_negative("lr", float(value.detach().reshape(()).item()))  # once, when grouping
-    else:
-        check_non_negative("lr", value)
 
 
 def _freeze(value: Any) -> Any:
@@ -80,14 +72,16 @@ def param_groups(
     product, for inspection only: nothing reads it, and it is deliberately not named ``lr_scale``, which timm's
     schedulers would multiply in a second time), ``weight_decay`` and the overrides' other hyper-parameters.
     Groups with identical hyper-parameters are merged (the merged group takes the name of its part with the fewest
-    override labels, the first of those); groups come in module order.
+    override labels, the first of those), except that an override's explicit ``name`` always keeps its own groups;
+    groups come in module order.
 
     **No weight decay** for: every bias (leaf name ending in ``bias`` or starting with ``bias_``, as attention's
     ``bias_k``); every parameter of a normalization layer
     (any class, or base class, whose name ends in ``Norm`` or ``Norm<k>d``: all torch norms and custom
     ``RMSNorm`` s); every parameter with ``ndim <= 1``; names a submodule lists in ``no_weight_decay()`` (the
     timm convention), resolved with that submodule's prefix (names that do not exist are ignored, as timm
-    does); embeddings when ``decay_embeddings=False``; and the extra ``no_decay`` rules.
+    does), and names under it containing a keyword from its ``no_weight_decay_keywords()`` (the Swin repo's);
+    embeddings when ``decay_embeddings=False``; and the extra ``no_decay`` rules.
 
     **Tied parameters** appear once, under their first name (module order); they get no decay if any of
     their occurrences would (e.g. a ``lm_head`` tied to an excluded embedding). Globs match any of their names;
@@ -147,7 +141,7 @@ def param_groups(
             f"`module` must be an nn.Module (the model), got {type(module).__name__}. HINT: pass the model itself, "
             "param_groups(model), not model.parameters(): the rules need the module tree and parameter names."
         )
-    _check_lr(lr)
+    check_rate("lr", lr)
     check_non_negative("weight_decay", weight_decay)
     _check_flag("decay_embeddings", decay_embeddings)
     _check_flag("include_frozen", include_frozen)
@@ -197,9 +191,12 @@ def param_groups(
     for (layer_id, combo, no_dec), params in buckets.items():
         settings: dict[str, Any] = {}
         labels = []
+        named = []  # labels the user gave explicitly: their groups never merge into differently named ones
         for k in combo:
             settings.update(parsed[k].settings)
             labels.append(parsed[k].label)
+            if "name" in parsed[k].settings:
+                named.append(parsed[k].label)
         settings.pop("name", None)
         scale = float(settings.pop("lr_scale", 1.0))
         if layer_decay is not None:
@@ -216,7 +213,7 @@ def param_groups(
         parts = [f"layer_{layer_id:0{width}d}"] if layer_decay is not None else []
         parts += ["+".join(labels)] if labels else []
         group["name"] = "/".join([*parts, "no_decay" if no_dec else "decay"])
-        identity = tuple(sorted((k, _freeze(v)) for k, v in group.items() if k not in ("params", "name")))
+        identity = (*sorted((k, _freeze(v)) for k, v in group.items() if k not in ("params", "name")), tuple(named))
         existing = merged.get(identity)
         if existing is None:
             merged[identity] = group
@@ -319,10 +316,7 @@ def format_groups(groups: Iterable[Mapping[str, Any]] | torch.optim.Optimizer) -
                 others,
             ]
         )
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
+    return text_table(headers, rows)
 
 
 def _short(value: Any) -> str:

@@ -11,13 +11,14 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from lit_optim._validation import unknown_key_error
 from lit_optim.schedules._anneal import AnnealedSchedule, DecaySchedule
 from lit_optim.schedules.base import Schedule, WarmedSchedule, shown_fields
 from lit_optim.schedules.durations import Duration, parse_duration
 from lit_optim.schedules.params import ParamSchedule
 from lit_optim.schedules.plateau import Plateau
 
-__all__ = ["plain_config", "spec_from_config", "spec_to_config"]
+__all__ = ["build_spec", "plain_config", "spec_from_config", "spec_to_config"]
 
 _SPEC_TYPES = (Schedule, Plateau, ParamSchedule)
 _BASES = (Schedule, WarmedSchedule, AnnealedSchedule, DecaySchedule)  # abstract: never built from a config
@@ -69,7 +70,24 @@ def spec_from_config(value: Any) -> Any:
             f"`class_path` {path!r} is not a lit_optim schedule spec; use one of lit_optim's schedules "
             "(e.g. 'lit_optim.Cosine', 'lit_optim.Plateau')."
         )
-    return cls(**dict(value.get("init_args") or {}))
+    return build_spec(cls, value.get("init_args") or {})
+
+
+def build_spec(cls: type[Any], args: Mapping[str, Any]) -> Any:
+    """``cls(**args)`` for a spec dataclass, after checking every key is one of its arguments.
+
+    Example:
+        >>> from lit_optim import Cosine
+        >>> build_spec(Cosine, {"min_lr_ab": 0.1})
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown parameter of Cosine 'min_lr_ab'. Valid: [...]. Did you mean 'min_lr_abs'?
+    """
+    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in args:
+        if key not in valid:
+            raise unknown_key_error(f"parameter of {cls.__name__}", str(key), valid)
+    return cls(**dict(args))
 
 
 def plain_config(value: Any) -> Any:

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from lit_optim._validation import check_choice, check_ratio
+from lit_optim._validation import check_bool, check_choice, check_ratio
 from lit_optim.schedules._anneal import AnnealedSchedule
 from lit_optim.schedules.base import Warmup, steps_of
 from lit_optim.schedules.durations import Duration, DurationLike
@@ -71,8 +71,7 @@ class Cyclic(AnnealedSchedule):
                 f"`gamma` scales mode 'exp_range' only; with mode={self.mode!r} it would be ignored "
                 f"(got gamma={self.gamma!r}). Use mode='exp_range' or leave `gamma` at 1.0."
             )
-        if not isinstance(self.cycle_momentum, bool):
-            raise TypeError(f"`cycle_momentum` must be True or False, got {self.cycle_momentum!r}.")
+        check_bool("cycle_momentum", self.cycle_momentum)
         check_ratio("base_momentum", self.base_momentum)
         check_ratio("max_momentum", self.max_momentum)
 

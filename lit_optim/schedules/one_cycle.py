@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from lit_optim._validation import check_choice, check_positive, check_ratio
+from lit_optim._validation import check_bool, check_choice, check_positive, check_ratio
 from lit_optim.schedules.base import Schedule
 
 __all__ = ["OneCycle"]
@@ -60,6 +60,8 @@ class OneCycle(Schedule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_bool("three_phase", self.three_phase)
+        check_bool("cycle_momentum", self.cycle_momentum)
         pct = check_ratio("pct_start", self.pct_start)
         if pct == 1 or (self.three_phase and pct >= 0.5):
             limit = "0.5 with `three_phase=True`" if self.three_phase else "1"

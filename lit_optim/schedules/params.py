@@ -19,11 +19,20 @@ import dataclasses
 import fnmatch
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lit_optim._validation import closest_match, unknown_key_error
+from lit_optim._validation import check_bool, closest_match
+from lit_optim.schedules._param_checks import (
+    absolute_lr_option,
+    assigned,
+    changed_param_schedules,
+    check_not_flattened,
+    field_hint,
+    glob_list,
+    own_number,
+)
 from lit_optim.schedules.base import Schedule
 from lit_optim.schedules.durations import TrainingLength
 
@@ -33,10 +42,13 @@ _FIELD = re.compile(r"^\s*([A-Za-z_][A-Za-z_0-9]*)\s*(?:\[\s*(\d+)\s*\])?\s*$")
 _RESERVED = {
     "lr": "the lr has its own schedule: pass it as `scheduler=`",
     "initial_lr": "it is the lr's base value",
+    "applied_lr_scale": "it records the scale applied once, when the groups were built (a schedule on it would "
+    "change nothing); the lr schedule's factor (`scheduler=`) multiplies every group's lr",
+    "lr_scale": "a group's lr scale is applied once, when the groups are built (a schedule on it would change "
+    "nothing); the lr schedule's factor (`scheduler=`) multiplies every group's lr",
     "params": "it holds the tensors",
     "name": "it is the group's label",
 }
-_NEGATIVE_HINTS = {"momentum": "betas[0]", "beta1": "betas[0]", "beta2": "betas[1]"}
 
 
 def parse_field(name: object) -> tuple[str, int | None]:
@@ -109,14 +121,25 @@ class ParamSchedule:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"ParamSchedule `{name}` must be a finite number >= 0, got {value!r}.")
-        if not isinstance(self.relative, bool):
-            raise TypeError(f"ParamSchedule `relative` must be True or False, got {self.relative!r}.")
+        check_bool("relative", self.relative)
         from lit_optim.schedules._config import spec_from_config  # both modules import this one
         from lit_optim.schedules.scheduler import as_schedule
 
         object.__setattr__(self, "shape", as_schedule(spec_from_config(self.shape)))
-        object.__setattr__(self, "groups", None if self.groups is None else _globs("groups", self.groups))
-        object.__setattr__(self, "exclude", _globs("exclude", self.exclude))
+        absolute = absolute_lr_option(self.shape)
+        if absolute is not None:
+            raise ValueError(
+                f"The ParamSchedule shape {self.shape!r} has an absolute lr ({absolute}), which has no meaning for "
+                "another hyper-parameter. Give the values as ParamSchedule `start`/`end` and a shape without it "
+                "(e.g. `min_lr` as a ratio, `Warmup(start_factor=...)`)."
+            )
+        if getattr(self.shape, "cycle_momentum", False):
+            raise ValueError(
+                f"The ParamSchedule shape {self.shape!r} cycles momentum, which has no meaning here (only its lr "
+                "factor shapes the value). Use `cycle_momentum=False`, or a `momentum`/`betas[0]` ParamSchedule."
+            )
+        object.__setattr__(self, "groups", None if self.groups is None else glob_list("groups", self.groups))
+        object.__setattr__(self, "exclude", glob_list("exclude", self.exclude))
         if not isinstance(self.scale, Mapping):
             raise TypeError(f"ParamSchedule `scale` must be a mapping {{glob: multiplier}}, got {self.scale!r}.")
         for glob, multiplier in self.scale.items():
@@ -128,11 +151,16 @@ class ParamSchedule:
         """The value at optimizer ``step`` of a group whose own (initial) value is ``own``."""
         assert isinstance(self.shape, Schedule)  # converted in __post_init__
         f = self.shape.factor(step, total_steps)
+        start, end = self.ends(own)
+        return multiplier * (start * f + end * (1.0 - f))  # exactly `start` at f=1 and `end` at f=0
+
+    def ends(self, own: float, multiplier: float = 1.0) -> tuple[float, float]:
+        """``(start, end)`` values of a group whose own value is ``own`` (factor 1 and factor 0 of the shape)."""
         if self.relative:
             start, end = own * (1.0 if self.start is None else self.start), own * self.end
         else:
             start, end = (own if self.start is None else self.start), self.end
-        return multiplier * (end + (start - end) * f)
+        return (start, end) if multiplier == 1.0 else (multiplier * start, multiplier * end)
 
     def resolve(self, length: TrainingLength) -> ParamSchedule:
         """A copy whose shape's durations are resolved to optimizer steps."""
@@ -140,14 +168,37 @@ class ParamSchedule:
         return dataclasses.replace(self, shape=self.shape.resolve(length))
 
 
-def _globs(name: str, value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
+def as_param_schedules(schedules: object, what: str = "param_schedules") -> dict[str, ParamSchedule]:
+    """``{field: ParamSchedule}`` from ParamSchedules or their mappings (``{"end": ...}`` or ``class_path`` form).
+
+    Raises:
+        TypeError: ``schedules`` is not a mapping, or one of its values is neither a ParamSchedule nor a mapping.
+    """
+    if not isinstance(schedules, Mapping):
         raise TypeError(
-            f"ParamSchedule `{name}` must be a list of group-name globs, got the string {value!r}; write [{value!r}]."
+            f"`{what}` must map a field name to a ParamSchedule, e.g. {{'weight_decay': ParamSchedule(end=0.4)}}; "
+            f"got {schedules!r}."
         )
-    if not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
-        raise TypeError(f"ParamSchedule `{name}` must be a list of group-name globs, got {value!r}.")
-    return tuple(value)
+    specs = {}
+    for name, spec in schedules.items():
+        try:
+            spec = _from_mapping(spec) if isinstance(spec, Mapping) else spec
+        except ValueError as err:
+            raise ValueError(f"{err} (in the {name!r} schedule of `{what}`)") from err
+        if not isinstance(spec, ParamSchedule):
+            raise TypeError(
+                f"The schedule for {name!r} must be a ParamSchedule (or its mapping), got {spec!r}; e.g. "
+                f"ParamSchedule(end={spec!r}) moves each group's own value to it."
+            )
+        specs[str(name)] = spec
+    return specs
+
+
+def _from_mapping(config: Mapping[str, Any]) -> Any:
+    """A ParamSchedule from its arguments or its ``{"class_path": ..., "init_args": ...}`` config."""
+    from lit_optim.schedules._config import build_spec, spec_from_config  # _config imports this module
+
+    return spec_from_config(config) if "class_path" in config else build_spec(ParamSchedule, config)
 
 
 class ParamScheduler:
@@ -168,23 +219,13 @@ class ParamScheduler:
         length: TrainingLength,
         optimizer_name: str,
     ) -> None:
-        if not isinstance(schedules, Mapping):
-            raise TypeError(f"`params` must map a field name to a ParamSchedule, got {schedules!r}.")
         self.total_steps = length.total_steps
         self.fields: dict[str, tuple[str, int | None, ParamSchedule]] = {}
-        for name, spec in schedules.items():
+        for name, spec in as_param_schedules(schedules, "params").items():
             key, index = parse_field(name)
             label = _label(key, index)
             if label in self.fields:
                 raise ValueError(f"Two schedules for {label!r} ({name!r} and another spelling): give one.")
-            if isinstance(spec, Mapping):
-                settings = [f.name for f in dataclasses.fields(ParamSchedule)]
-                unknown = next((str(k) for k in spec if k not in settings), None)
-                if unknown is not None:
-                    raise unknown_key_error("ParamSchedule setting", unknown, settings, f"(in the {label!r} schedule)")
-                spec = ParamSchedule(**spec)
-            if not isinstance(spec, ParamSchedule):
-                raise TypeError(f"The schedule for {label!r} must be a ParamSchedule (or its mapping), got {spec!r}.")
             self.fields[label] = (key, index, spec.resolve(length))
         self._optimizer_name = optimizer_name
         self.multipliers: dict[str, list[float]] = {}
@@ -204,6 +245,7 @@ class ParamScheduler:
                             f"{names}.{f' Did you mean {hint!r}?' if hint else ''}"
                         )
             bases = self.bases[label]
+            first = not bases
             for i in range(len(bases), len(groups)):
                 bases.append(
                     self._own(groups[i], names[i], key, index, spec)
@@ -211,7 +253,15 @@ class ParamScheduler:
                     else None
                 )
             if not any(b is not None for b in bases):
-                raise ValueError(f"The {label!r} schedule selects no param group; groups are {names}.")
+                hint = (
+                    " An absolute weight_decay schedule leaves groups with weight decay 0 (the no-decay groups) "
+                    f"alone: name the groups to schedule, e.g. `groups={names}`."
+                    if key == "weight_decay" and not spec.relative and spec.groups is None
+                    else ""
+                )
+                raise ValueError(f"The {label!r} schedule selects no param group; groups are {names}.{hint}")
+            if first:  # at construction: a group added later (e.g. unfrozen) simply joins the curve
+                check_not_flattened(label, spec, names, bases)
             self.multipliers[label] = [_multiplier(spec, n) for n in names]
 
     def _chosen(self, name: str, group: dict[str, Any], key: str, spec: ParamSchedule) -> bool:
@@ -225,7 +275,7 @@ class ParamScheduler:
     def _own(self, group: dict[str, Any], name: str, key: str, index: int | None, spec: ParamSchedule) -> float:
         label = _label(key, index)
         if key not in group:
-            hint = _NEGATIVE_HINTS.get(key) if "betas" in group else ("momentum" if key == "betas" else None)
+            hint = field_hint(key, group)
             valid = sorted(k for k in group if k not in ("params", "name", "initial_lr"))
             near = None if hint else closest_match(key, valid)
             raise ValueError(
@@ -238,30 +288,51 @@ class ParamScheduler:
         if index is None:
             if isinstance(value, (tuple, list)):
                 raise ValueError(f"{key!r} of group {name!r} is a tuple {value!r}: schedule one item, e.g. '{key}[0]'.")
-            return float(value)
+            return own_number(value, label, name)
         if not isinstance(value, (tuple, list)) or index >= len(value):
             raise ValueError(f"{label!r}: {key!r} of group {name!r} is {value!r}, which has no item {index}.")
-        if key == "betas":
-            for end in (spec.start, spec.end):
-                if end is not None and not spec.relative and end >= 1:
-                    raise ValueError(f"{label!r} values must be < 1 (torch's Adam-family check), got {end!r}.")
-        return float(value[index])
+        own = own_number(value[index], label, name)
+        if key == "betas":  # the curve's ends as this group gets them (relative, scaled)
+            for end in spec.ends(own, _multiplier(spec, name)):
+                if end >= 1:
+                    raise ValueError(
+                        f"{label!r} values must be < 1 (torch's Adam-family check), got {end!r} for group {name!r} "
+                        f"(its own value {own!r})."
+                    )
+        return own
 
     def apply(self, groups: list[dict[str, Any]], step: int) -> None:
         """Set every scheduled field of every selected group to its value at optimizer ``step``."""
-        if len(groups) > len(next(iter(self.bases.values()))):
-            self.adopt(groups)
+        if len(groups) > len(next(iter(self.multipliers.values()))):
+            self.adopt(groups)  # groups added since (or re-added after a resume, whose own values were restored)
         for label, (key, index, spec) in self.fields.items():
             for group, own, multiplier in zip(groups, self.bases[label], self.multipliers[label], strict=False):
                 if own is None:
                     continue
                 value = spec.value(step, self.total_steps, own, multiplier)
                 if index is None:
-                    group[key] = value
+                    group[key] = assigned(group[key], value)
                 else:
                     items = list(group[key])
-                    items[index] = value
+                    items[index] = assigned(items[index], value)
                     group[key] = type(group[key])(items)
+
+    def metrics(self, groups: list[dict[str, Any]], names: list[str], skip: Collection[str] = ()) -> dict[str, float]:
+        """``{"{field}/{name}": value}`` of every scheduled field but those in ``skip``, for a logger.
+
+        ``betas[2]`` is written ``beta3`` (as ``beta2`` is ``betas[1]``) and ``key[1]`` ``key_1``: no brackets,
+        which some loggers (MLflow) refuse.
+        """
+        values: dict[str, float] = {}
+        for label, (key, index, _) in self.fields.items():
+            if label in skip:
+                continue
+            metric = key if index is None else (f"beta{index + 1}" if key == "betas" else f"{key}_{index}")
+            for group, name in zip(groups, names, strict=False):
+                value = group.get(key)
+                if value is not None and (index is None or index < len(value)):
+                    values[f"{metric}/{name}"] = float(value if index is None else value[index])
+        return values
 
     def state_dict(self) -> dict[str, Any]:
         """The groups' own values per field (what the curves start from), as plain values."""
@@ -275,6 +346,12 @@ class ParamScheduler:
         for label, values in dict(state.get("bases", {})).items():
             if label in self.bases:
                 self.bases[label] = [None if v is None else float(v) for v in values]
+
+    def changes(self, state: Mapping[str, Any], step: int) -> list[str]:
+        """How the schedules differ from those saved in ``state`` (``{}`` for a checkpoint without any), as messages."""
+        saved = dict(state.get("specs", {}))
+        now = {label: repr(spec) for label, (_, _, spec) in self.fields.items()}
+        return changed_param_schedules(saved, now, step)
 
 
 def _multiplier(spec: ParamSchedule, name: str) -> float:

@@ -13,9 +13,10 @@ from torch.optim import Optimizer
 
 from lit_optim._validation import unknown_key_error
 from lit_optim.schedules._output import new_figure, save_png, write_csv
+from lit_optim.schedules._param_checks import field_hint
 from lit_optim.schedules.base import Schedule
 from lit_optim.schedules.durations import TrainingLength, resolve_training_length
-from lit_optim.schedules.params import ParamSchedule
+from lit_optim.schedules.params import ParamSchedule, parse_field
 from lit_optim.schedules.scheduler import ScheduleLR
 
 __all__ = ["LRCurve", "preview_schedule"]
@@ -192,6 +193,7 @@ def preview_schedule(
         resolved = resolve_training_length(length)
     names, lrs = _groups(base_lrs)
     extras = _group_values(base_lrs, values, names)
+    _check_own_values(params or {}, values or {}, names, extras)
     optimizer = torch.optim.SGD(
         [
             {**extra, "params": [torch.zeros(1, requires_grad=True)], "lr": lr, "name": name}
@@ -232,6 +234,31 @@ def preview_schedule(
 
 
 _NOT_VALUES = frozenset({"params", "lr", "initial_lr", "name"})
+
+
+def _check_own_values(
+    params: Mapping[str, Any], values: Mapping[str, Any], names: list[str], extras: list[dict[str, Any]]
+) -> None:
+    """Every scheduled field comes from the user's groups or ``values``, never from the stand-in SGD's defaults."""
+    keys = {parse_field(label)[0]: label for label in params}
+    for key in values:
+        if key not in keys:
+            raise unknown_key_error(
+                "`values` key",
+                str(key),
+                keys,
+                "It is not a scheduled field: `values` gives the groups' own values of the fields in `params`.",
+            )
+    for key, label in keys.items():
+        missing = [name for name, extra in zip(names, extras, strict=True) if key not in extra]
+        if not missing:
+            continue
+        hint = field_hint(key, extras[names.index(missing[0])])
+        raise ValueError(
+            f"The preview of the {label!r} schedule needs each group's own {key!r}; groups {missing} have no "
+            f"{key!r}{f' (for this optimizer write {hint!r})' if hint else ''}. Pass `values={{{key!r}: ...}}` "
+            "(one value, or a list per group) or the optimizer itself as `base_lrs`."
+        )
 
 
 def _group_values(base_lrs: Any, values: Mapping[str, Any] | None, names: list[str]) -> list[dict[str, Any]]:

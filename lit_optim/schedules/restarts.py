@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import cast
 
-from lit_optim._validation import check_positive, check_positive_int
+from lit_optim._validation import check_bool, check_positive, check_positive_int, check_ratio
 from lit_optim.schedules._anneal import AnnealedSchedule
 from lit_optim.schedules.base import optional_field, steps_of
 from lit_optim.schedules.durations import Duration, DurationLike
@@ -34,7 +34,8 @@ class CosineRestarts(AnnealedSchedule):
         period_mult: factor :math:`k \ge 1` by which each cycle is longer than the previous one (timm's
             ``cycle_mul``; torch's ``T_mult`` as an int).
         cycles: split the steps after the warmup into this many equal cycles, instead of ``period``.
-        cycle_decay: :math:`\gamma`, the peak of cycle :math:`i` is :math:`\gamma^i` times the base lr (timm).
+        cycle_decay: :math:`\gamma` in ``(0, 1]``: the peak of cycle :math:`i` is :math:`\gamma^i` times the base lr
+            (timm).
         cycle_limit: after this many cycles, hold the floor (timm's ``cycle_limit``); ``None`` cycles forever.
         warmup_prefix: ``True`` starts the cycles after the warmup; ``False`` counts them from the run's first
             step, so the warmup overlaps the first cycle (timm's ``warmup_prefix=False``, its default).
@@ -77,11 +78,10 @@ class CosineRestarts(AnnealedSchedule):
             check_positive_int("cycles", self.cycles)
             if mult != 1:
                 raise ValueError(f"`cycles` splits the run evenly: `period_mult` must be 1, got {self.period_mult!r}.")
-        check_positive("cycle_decay", self.cycle_decay)
+        check_ratio("cycle_decay", self.cycle_decay)  # a peak above the base lr is not a decay
         if self.cycle_limit is not None:
             check_positive_int("cycle_limit", self.cycle_limit)
-        if not isinstance(self.warmup_prefix, bool):
-            raise TypeError(f"`warmup_prefix` must be True or False, got {self.warmup_prefix!r}.")
+        check_bool("warmup_prefix", self.warmup_prefix)
 
     def needs_total_steps(self) -> bool:
         """Whether the run's total is needed: with ``cycles`` or a duration in ``%`` of the run."""

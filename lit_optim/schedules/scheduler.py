@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from lit_optim.schedules._param_checks import assigned, changed_param_schedules
 from lit_optim.schedules.base import Schedule
 from lit_optim.schedules.catalogue import build_schedule
 from lit_optim.schedules.durations import TrainingLength
@@ -52,7 +53,9 @@ class ScheduleLR(LRScheduler):
 
     **Other hyper-parameters** (``params={"weight_decay": ParamSchedule(start=0.04, end=0.4)}``) are set at
     every step next to the lr, from the same step count: see :class:`~lit_optim.schedules.ParamSchedule`. The
-    groups' own values they start from are saved in :meth:`state_dict`, so resume is exact.
+    groups' own values they start from are saved in :meth:`state_dict`, so resume is exact; a ``params`` schedule
+    changed, added or dropped since the checkpoint warns as a changed lr schedule does. A group added later
+    takes its own values for the step it was added with and follows the curves from the next step on.
 
     Args:
         optimizer: the optimizer whose groups to drive.
@@ -119,6 +122,7 @@ class ScheduleLR(LRScheduler):
                 )
         _check_schedule_free_momentum(optimizer, self._cycles_momentum, self.params)
         super().__init__(optimizer, last_epoch)
+        _warn_floor_above_lr(self.schedule, optimizer.param_groups)
 
     def get_lr(self) -> list[float | Tensor]:
         """The lr of every param group at step ``last_epoch``."""
@@ -162,6 +166,14 @@ class ScheduleLR(LRScheduler):
                 f"{self.schedule!r} over {self.total_steps} steps. The new schedule continues from the saved "
                 f"progress (step {state_dict['last_epoch']})."
             )
+        params_state = state_dict.get("params", {})
+        if self.params is not None:
+            changes = self.params.changes(params_state, int(state_dict["last_epoch"]))
+        else:
+            saved_specs = dict(params_state.get("specs", {}))
+            changes = changed_param_schedules(saved_specs, {}, int(state_dict["last_epoch"]))
+        for message in changes:
+            rank_zero_warn(message)
         self.last_epoch = int(state_dict["last_epoch"])
         self._step_count = int(state_dict.get("_step_count", self.last_epoch + 1))
         self.base_lrs = list(state_dict.get("base_lrs", self.base_lrs))
@@ -177,7 +189,7 @@ class ScheduleLR(LRScheduler):
         if self._cycles_momentum:
             self._set_momentum()
         if self.params is not None:
-            self.params.load_state_dict(state_dict.get("params", {}))
+            self.params.load_state_dict(params_state)
             self.params.apply(self.optimizer.param_groups, self.last_epoch)
 
     def _adopt_new_groups(self, groups: list[dict[str, Any]]) -> None:
@@ -190,11 +202,35 @@ class ScheduleLR(LRScheduler):
 
     def _set_momentum(self) -> None:
         momentum = self.schedule.momentum(self.last_epoch, self.total_steps)
+        if momentum is None:  # only called when the spec cycles momentum
+            return
         for group in self.optimizer.param_groups:
             if "betas" in group:
-                group["betas"] = (momentum, *group["betas"][1:])
+                group["betas"] = (assigned(group["betas"][0], momentum), *group["betas"][1:])
             elif "momentum" in group:
-                group["momentum"] = momentum
+                group["momentum"] = assigned(group["momentum"], momentum)
+
+
+def _warn_floor_above_lr(schedule: Schedule, groups: list[dict[str, Any]]) -> None:
+    """Warn when an absolute lr of the spec is above a group's initial lr: that group's lr moves up towards it."""
+    warmup = getattr(schedule, "warmup", None)
+    for option, value in (
+        ("min_lr_abs", getattr(schedule, "min_lr_abs", None)),
+        ("start_lr", getattr(warmup, "start_lr", None)),
+    ):
+        if value is None:
+            continue
+        below = {
+            str(g.get("name", f"group{i}")): float(g["initial_lr"])
+            for i, g in enumerate(groups)
+            if g["initial_lr"] < value
+        }
+        for name, lr in below.items():
+            rank_zero_warn(
+                f"{option}={value!r} is above the initial lr of param group {name!r} ({lr!r}): that group's lr rises "
+                f"towards {value!r} where the others fall. Use a ratio (`min_lr`, `Warmup(start_factor=)`) to keep "
+                "every group below its own lr, or lower the absolute value."
+            )
 
 
 def as_schedule(schedule: Schedule | str | Mapping[str, Any]) -> Schedule:
