@@ -27,6 +27,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "inverse_sqrt": {"warmup": "5%"},
     "one_cycle": {},
     "wsd": {"warmup": "5%", "decay": "20%", "decay_shape": "1-sqrt"},
+    "cyclic": {"up": 100, "down": 150, "mode": "triangular2", "min_lr": 0.1},
 }
 
 LENGTH = TrainingLength.from_loop(max_epochs=10, batches_per_epoch=100)
