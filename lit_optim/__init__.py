@@ -1,5 +1,6 @@
 """lit_optim: optimizers, parameter groups, schedules, clipping and LR logging for PyTorch Lightning."""
 
+from lit_optim._version import __version__
 from lit_optim.callbacks import (
     ClipResult,
     GradientClipping,
@@ -57,8 +58,6 @@ from lit_optim.schedules import (
     preview_schedule,
     resolve_training_length,
 )
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "BatchScaling",

@@ -54,7 +54,7 @@ def is_path_prefix(key: str, other: str) -> bool:
     MLflow's file store writes ``a/b`` as a file and ``a/b/c`` under a folder ``a/b``: both cannot exist, so no
     two keys a callback logs may be in this relation (nor may a key be repeated).
 
-    Example:
+    Examples:
         >>> is_path_prefix("grad_clip/norm", "grad_clip/norm/decay"), is_path_prefix("lr/a", "lr/ab")
         (True, False)
     """
@@ -77,7 +77,7 @@ def group_names(groups: Sequence[Mapping[str, Any]], known: Sequence[str] = ()) 
 
     ``known`` are the names already given to the first groups (groups added later keep the earlier names).
 
-    Example:
+    Examples:
         >>> group_names([{"name": "decay"}, {}, {"name": "decay"}, {"name": "decay/bias"}])
         ['decay', 'group1', 'decay-2', 'decay-bias-3']
     """

@@ -25,7 +25,7 @@ __all__ = [
 def closest_match(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
     """Return the choice closest to ``name`` (case-insensitive), or ``None`` when none is ``cutoff`` similar.
 
-    Example:
+    Examples:
         >>> closest_match("weight_decy", ["lr", "weight_decay", "momentum"])
         'weight_decay'
     """
@@ -43,7 +43,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 def unknown_key_error(what: str, key: str, choices: Iterable[str], hint: str = "") -> ValueError:
     """Build the error for an unknown name, listing the valid ones and the closest match.
 
-    Example:
+    Examples:
         >>> str(unknown_key_error("hyper-parameter", "lr_sclae", ["lr", "lr_scale"]))
         "Unknown hyper-parameter 'lr_sclae'. Valid: ['lr', 'lr_scale']. Did you mean 'lr_scale'?"
     """
@@ -55,7 +55,7 @@ def unknown_key_error(what: str, key: str, choices: Iterable[str], hint: str = "
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     """Return ``value`` if it is one of ``choices``, else raise ``ValueError``.
 
-    Example:
+    Examples:
         >>> check_choice("interval", "steps", ["epoch", "step"])
         Traceback (most recent call last):
         ...

@@ -116,7 +116,7 @@ def configure_optimizers(
     Returns:
         ``{"optimizer": opt}``, plus ``"lr_scheduler"`` (a Lightning scheduler config) when ``scheduler`` is set.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> config = configure_optimizers(nn.Linear(4, 2), "sgd", lr=0.1, momentum=0.9)
         >>> [(g["name"], g["lr"], g["weight_decay"], g["momentum"]) for g in config["optimizer"].param_groups]
@@ -220,7 +220,7 @@ def optimizer_settings(hparams: Mapping[str, Any], ignored: frozenset[str] = fro
     other key is left to the user's module, except a close misspelling of one of our keys (``weight_decy``,
     ``learning_rate``), which raises. Keys listed in ``ignored`` are the user's own: never read, never checked.
 
-    Example:
+    Examples:
         >>> optimizer_settings({"lr": 0.1, "hidden": 32, "optimizer_kwargs": {"betas": (0.9, 0.95)}})
         {'lr': 0.1, 'betas': (0.9, 0.95)}
         >>> optimizer_settings({"optimizer": "sgd", "lr": 0.1, "momentum": 0.9})
@@ -330,7 +330,7 @@ class OptimizerMixin(LightningModule):
     Checkpoints hold plain data (an optimizer class as its dotted path, a ``layer_id_fn`` function as its dotted
     path, a schedule spec as its config), so they load with ``weights_only=True``.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> class Model(OptimizerMixin):
         ...     def __init__(self, hidden: int = 4, lr: float = 0.01, optimizer: str = "sgd") -> None:

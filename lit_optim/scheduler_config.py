@@ -65,7 +65,7 @@ def lightning_scheduler_config(
         ValueError: no Trainer, the run's total is unknown and the schedule needs it (set ``max_steps``), or a
             duration does not fit the run.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lit_optim.schedules.specs import Cosine
         >>> opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)
@@ -168,7 +168,7 @@ def plateau_scheduler_config(
         ValueError: a warmup in epochs or as a fraction with no ``trainer`` to resolve it, or one that does not
             fit the run.
 
-    Example:
+    Examples:
         >>> import torch
         >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
         >>> config = plateau_scheduler_config(opt, Plateau("val_loss"))

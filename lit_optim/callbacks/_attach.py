@@ -18,7 +18,7 @@ def ensure_callback(trainer: Trainer, cls: type[C]) -> C:
     A new one is inserted before the first checkpoint callback: Lightning runs checkpoint callbacks last anyway, and
     what the new callback does in a hook (a plateau step, a mode switch) must land in the checkpoint.
 
-    Example:
+    Examples:
         >>> from lightning.pytorch import Trainer
         >>> from lightning.pytorch.callbacks import Timer
         >>> trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)

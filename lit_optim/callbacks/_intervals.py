@@ -92,7 +92,7 @@ def infer_interval(
     ambiguous. A scheduler that is not a torch ``LRScheduler`` (timm's, stepped through
     ``LightningModule.lr_scheduler_step``) keeps its configured interval.
 
-    Example:
+    Examples:
         >>> import torch
         >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
         >>> infer_interval(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=1000), "epoch", 10, 1000)

@@ -29,7 +29,7 @@ class PlateauMonitorError(ValueError, MisconfigurationException):
     Plain Lightning raises ``MisconfigurationException`` here, so ``except MisconfigurationException`` keeps working
     with the stepper, as does ``except ValueError``.
 
-    Example:
+    Examples:
         >>> issubclass(PlateauMonitorError, ValueError), issubclass(PlateauMonitorError, MisconfigurationException)
         (True, True)
     """

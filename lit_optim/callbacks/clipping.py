@@ -135,7 +135,7 @@ class GradientClipping(Callback):
             ``agc_exclude`` pattern, or with ``mode="agc"`` on sharded (DTensor) parameters.
         TypeError: on a flag that is not a ``bool``.
 
-    Example:
+    Examples:
         >>> GradientClipping(max_norm=0.5).state_key
         "GradientClipping{'mode': 'norm', 'max_norm': 0.5, 'norm_type': 2.0}"
         >>> GradientClipping(0.5, mode="value")
@@ -232,7 +232,7 @@ class GradientClipping(Callback):
         Args:
             optimizer: the torch optimizer (or Lightning's ``LightningOptimizer`` wrapping it).
 
-        Example:
+        Examples:
             >>> GradientClipping().pre_clip_norm(torch.optim.SGD([torch.zeros(1, requires_grad=True)])) is None
             True
         """

@@ -95,7 +95,7 @@ class LearningRateLogger(Callback):
         ValueError: If ``logging_interval`` or ``on_mismatch`` is not a known option, or an interval is < 1.
         TypeError: If an interval is not an ``int`` or a flag is not a ``bool``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lit_optim import LearningRateLogger
         >>> net = torch.nn.Linear(2, 1)

@@ -74,8 +74,9 @@ class LRRangeTest(Callback):
         early_stop_threshold: stop when the smoothed loss exceeds this multiple (> 1) of its best; ``None`` never
             stops.
         beta: smoothing of the loss, in [0, 1).
-        skip_begin, skip_end: points the rule ignores at each end; ``None`` takes the rule's defaults
+        skip_begin: points the rule ignores at the start; ``None`` takes the rule's default
             (:func:`~lit_optim.schedules.lr_range.default_skips`).
+        skip_end: points the rule ignores at the end; ``None`` takes the rule's default.
         apply: set the suggested base lr (every group at its ratio, ``ScheduleLR`` base lrs included) before
             training. Needs no scheduler or lit_optim's ``ScheduleLR``; with another scheduler, set ``apply=False``
             and use ``result.suggestion`` yourself. When ``hparams["lr"]`` is the lr the groups were built from
@@ -91,7 +92,7 @@ class LRRangeTest(Callback):
     Raises:
         ValueError: a bad setting (upside-down range, too few steps for the rule's skips, unknown mode or rule).
 
-    Example:
+    Examples:
         >>> test = LRRangeTest(min_lr=1e-6, max_lr=1.0, num_steps=50, rule="valley")
         >>> test.result is None
         True

@@ -105,7 +105,7 @@ class OptimizerMonitor(Callback):
             ``GradientClipping`` that cannot share its pre-clip 2-norm.
         TypeError: when ``spike_on`` is a string or an argument has the wrong type.
 
-    Example:
+    Examples:
         >>> OptimizerMonitor(spike_on=["loss"], action="skip").state_key
         "OptimizerMonitor{'spike_on': ('loss',), 'action': 'skip'}"
         >>> OptimizerMonitor(action="skipp")

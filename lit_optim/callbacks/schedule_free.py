@@ -57,7 +57,7 @@ class ScheduleFreeMode(Callback):
     ``train()`` and ``eval()`` must be idempotent (calling one twice is a no-op), as the ``schedulefree``
     package's are.
 
-    Example:
+    Examples:
         >>> from lightning.pytorch import Trainer
         >>> trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
         >>> ensure_schedule_free_mode(trainer) is ensure_schedule_free_mode(trainer)
@@ -134,7 +134,7 @@ def ensure_schedule_free_mode(trainer: Trainer) -> ScheduleFreeMode:
 
     A new one is inserted before the first checkpoint callback (as Lightning runs those last anyway).
 
-    Example:
+    Examples:
         >>> from lightning.pytorch import Trainer
         >>> trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
         >>> mode = ensure_schedule_free_mode(trainer)

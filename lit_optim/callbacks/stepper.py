@@ -90,7 +90,7 @@ class SchedulerStepper(Callback):
     Raises:
         ValueError: on an unknown interval or option.
 
-    Example:
+    Examples:
         >>> SchedulerStepper(intervals={"StepLR": "step"}).intervals
         {'StepLR': 'step'}
     """
@@ -338,7 +338,7 @@ def ensure_stepper(trainer: Trainer) -> SchedulerStepper:
     that they save state after the other callbacks' ``on_validation_end``, and a plateau step must land in
     that checkpoint.
 
-    Example:
+    Examples:
         >>> from lightning.pytorch import Trainer
         >>> trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
         >>> stepper = ensure_stepper(trainer)

@@ -119,7 +119,7 @@ def clip_gradients(
         TypeError: when ``optimizer`` is not an optimizer (e.g. ``model.parameters()``, torch's
             ``clip_grad_norm_`` convention) or a flag is not a ``bool``.
 
-    Example:
+    Examples:
         >>> layer = torch.nn.Linear(2, 1)
         >>> opt = torch.optim.SGD([{"params": [layer.weight], "name": "w"}, {"params": [layer.bias]}], lr=0.1)
         >>> layer.weight.grad, layer.bias.grad = torch.tensor([[3.0, 0.0]]), torch.tensor([4.0])

@@ -96,7 +96,7 @@ def grouped_norms(
     plain tensors); ``group_norms`` has one entry per group (0 for an empty group). DTensors are reduced
     across their mesh so both are global.
 
-    Example:
+    Examples:
         >>> total, per_group = grouped_norms([[torch.tensor([3.0])], [torch.tensor([4.0])]])
         >>> total.item(), per_group.tolist()
         (5.0, [3.0, 4.0])
@@ -179,7 +179,7 @@ def _grouped_norms_distributed(
 def clip_coef(threshold: Tensor | float, total_norm: Tensor) -> Tensor:
     """``min(threshold / (total_norm + 1e-6), 1)``, the factor ``torch.nn.utils.clip_grad_norm_`` applies.
 
-    Example:
+    Examples:
         >>> clip_coef(1.0, torch.tensor(4.0)).item() == torch.tensor(1.0 / (4.0 + 1e-6)).item()
         True
     """
@@ -257,7 +257,7 @@ def agc_(params: Sequence[Tensor], clipping: float, eps: float = 1e-3) -> Tensor
     ``G_i <- G_i * clipping * max(||W_i||, eps) / ||G_i||`` when ``||G_i|| / max(||W_i||, eps) > clipping``.
     Returns the number of clipped units as a 0-d tensor (no host sync).
 
-    Example:
+    Examples:
         >>> w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))
         >>> w.grad = torch.tensor([[0.6, 0.8]])  # ||G|| / ||W|| = 1 / 5 > 0.1
         >>> agc_([w], clipping=0.1).item(), w.grad.tolist()

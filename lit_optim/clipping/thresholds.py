@@ -23,7 +23,7 @@ class PercentileThreshold:
     (linear interpolation) over the finite norms in the window. The window is a ring buffer on the device;
     non-finite norms are stored as NaN and ignored by ``torch.nanquantile``.
 
-    Example:
+    Examples:
         >>> rule = PercentileThreshold(percentile=50.0, window=3)
         >>> [round(rule.update(torch.tensor(v)).item(), 3) for v in (1.0, 3.0, 2.0, 10.0)]
         [1.0, 2.0, 2.0, 3.0]
@@ -90,7 +90,7 @@ class ZScoreThreshold:
     (the variance update uses the new :math:`\mu`), where :math:`z` is ``z_threshold`` and :math:`a` is
     ``ema_decay``. The returned threshold is :math:`\tau` (``inf`` during warm-up).
 
-    Example:
+    Examples:
         >>> rule = ZScoreThreshold(z_threshold=2.0, ema_decay=0.5, warmup_steps=2)
         >>> [rule.update(torch.tensor(v)).item() for v in (1.0, 3.0, 100.0)]
         [inf, inf, 4.0]

@@ -39,7 +39,7 @@ class SpikeDetector:
         ema_decay: :math:`a`, in (0, 1).
         warmup_steps: finite values that only initialise the statistics (>= 1).
 
-    Example:
+    Examples:
         >>> detector = SpikeDetector(threshold=3.0, ema_decay=0.9, warmup_steps=3)
         >>> [detector.update(v) for v in (1.0, 1.2, 0.8, 1.1, 9.0, float("nan"), 1.0)]
         [False, False, False, False, True, True, False]

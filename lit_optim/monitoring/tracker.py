@@ -22,7 +22,7 @@ __all__ = ["SpikeTracker"]
 class SpikeTracker:
     """Detectors for several named signals, fed through a device buffer of ``capacity`` rows.
 
-    Example:
+    Examples:
         >>> tracker = SpikeTracker(["loss"], threshold=3.0, ema_decay=0.9, warmup_steps=2)
         >>> for v in (1.0, 1.1, 0.9, 50.0):
         ...     full = tracker.record([torch.tensor(v)])

@@ -51,7 +51,7 @@ def update_stats(
 ) -> GroupStats:
     """Compare parameters after a step with their :func:`snapshot` from before it.
 
-    Example:
+    Examples:
         >>> w = torch.tensor([3.0, 4.0])
         >>> before = snapshot([[w]])
         >>> w.sub_(torch.tensor([0.3, 0.4]))  # an update of norm 0.5 on weights of norm 5
@@ -91,7 +91,7 @@ def second_moment_means(
     of the mean. Returns ``(total, per_group, present)``, where ``present[i]`` says whether group ``i`` had any
     such parameter, or ``None`` when no group had one (SGD).
 
-    Example:
+    Examples:
         >>> p = torch.zeros(2)
         >>> total, per_group, present = second_moment_means([[p]], {p: {"exp_avg_sq": torch.tensor([4.0, 16.0])}})
         >>> total.item(), per_group.tolist(), present

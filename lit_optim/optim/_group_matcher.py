@@ -80,7 +80,7 @@ def _key_from_callable(name: str, matcher: Callable[[str], Any], owner: str) -> 
 def matcher_layer_ids(module: nn.Module, names: Iterable[str]) -> dict[str, int]:
     r"""Layer id per name (relative to ``module``) from ``module.group_matcher(coarse=False)``, as timm assigns.
 
-    Example:
+    Examples:
         >>> class Net(nn.Module):
         ...     def __init__(self) -> None:
         ...         super().__init__()

@@ -10,7 +10,7 @@ __all__ = ["text_table"]
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns two spaces apart, a dashed rule under the headers, no trailing spaces.
 
-    Example:
+    Examples:
         >>> print(text_table(["name", "n"], [["a", "1"], ["bb", "22"]]))
         name  n
         ----  --

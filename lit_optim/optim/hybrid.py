@@ -78,7 +78,7 @@ class HybridOptimizer(Optimizer):
             sharded (DTensor) parameters.
         TypeError: on a value that is not a ``torch.optim.Optimizer`` (or is itself a hybrid).
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
         >>> opt = HybridOptimizer({

@@ -194,7 +194,7 @@ def assign_layer_ids(
 def layer_ids(module: nn.Module, *, layer_id_fn: Callable[[str], int] | None = None) -> dict[str, int]:
     """The layer id of every parameter (frozen ones included), by its first name, as layer-wise decay uses them.
 
-    Example:
+    Examples:
         >>> model = nn.Module()
         >>> model.embed = nn.Embedding(5, 2)
         >>> model.blocks = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
@@ -215,7 +215,7 @@ def format_layer_ids(
 ) -> str:
     """A table of every parameter's layer id and layer-decay scale, to check the assignment before training.
 
-    Example:
+    Examples:
         >>> model = nn.Module()
         >>> model.blocks = nn.ModuleList([nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)])
         >>> model.head = nn.Linear(2, 1, bias=False)

@@ -40,7 +40,7 @@ def scale_lr(lr: float, rule: LRScalingRule, global_batch_size: int, reference_b
     Linear is Goyal et al.'s rule for SGD; sqrt keeps the update noise constant and is the usual choice for
     Adam-family optimizers (timm picks it for them automatically; here you choose).
 
-    Example:
+    Examples:
         >>> scale_lr(0.1, "linear", 1024, 256), scale_lr(1e-3, "sqrt", 1024, 256)
         (0.4, 0.002)
     """
@@ -64,7 +64,7 @@ class BatchScaling:
         base_lr: the configured lr (at the reference batch).
         lr: the resolved lr (what the optimizer gets).
 
-    Example:
+    Examples:
         >>> scaling = BatchScaling("sqrt", 64, batch_size=32, world_size=2, accumulation=4, base_lr=1e-3)
         >>> scaling.global_batch_size, round(scaling.lr, 6)
         (256, 0.002)

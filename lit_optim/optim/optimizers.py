@@ -68,7 +68,7 @@ def resolve_optimizer(optimizer: OptimizerLike) -> type[Optimizer]:
         TypeError: for anything that is neither a string nor an ``Optimizer`` subclass.
         ImportError: for a schedule-free name without the ``schedulefree`` package (names the extra).
 
-    Example:
+    Examples:
         >>> resolve_optimizer("adamw")
         <class 'torch.optim.adamw.AdamW'>
     """
@@ -97,7 +97,7 @@ _names_cache: dict[type[Optimizer], frozenset[str] | None] = {}
 def hyperparameter_names(optimizer: type[Optimizer]) -> frozenset[str] | None:
     """The hyper-parameter names ``optimizer.__init__`` accepts, or ``None`` if it takes ``**kwargs``.
 
-    Example:
+    Examples:
         >>> sorted(hyperparameter_names(torch.optim.SGD))[:4]
         ['dampening', 'differentiable', 'foreach', 'fused']
     """
@@ -239,7 +239,7 @@ def build_optimizer(
         TypeError: for an ``optimizer`` that is neither a name nor an ``Optimizer`` subclass, ``params`` that are
             a module or not tensors/dicts, or a value of the wrong type.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> opt = build_optimizer("AdamW", nn.Linear(2, 1).parameters(), lr=0.01, betas=(0.9, 0.95))
         >>> type(opt).__name__, opt.param_groups[0]["lr"], opt.param_groups[0]["betas"]

@@ -130,7 +130,7 @@ def param_groups(
             key, a pattern matching no parameter, an ambiguous overlap, or no trainable parameter.
         TypeError: on a pattern or rule of the wrong type.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
         >>> groups = param_groups(model, lr=0.1, weight_decay=0.05, overrides={"2.*": {"lr_scale": 0.5}})
         >>> [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in groups]
@@ -283,7 +283,7 @@ def format_groups(groups: Iterable[Mapping[str, Any]] | torch.optim.Optimizer) -
     Args:
         groups: group dicts, or an optimizer whose ``param_groups`` to show.
 
-    Example:
+    Examples:
         >>> print(format_groups(param_groups(nn.Linear(3, 2), lr=0.1)))
         name      tensors  parameters  lr   lr_scale  weight_decay  other
         --------  -------  ----------  ---  --------  ------------  -----

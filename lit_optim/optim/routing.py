@@ -86,7 +86,7 @@ def build_hybrid(
             parameter routed to Muon, no parameter for the main optimizer, fallback settings that reach no
             parameter, or Muon on sharded (DTensor) parameters.
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Embedding(10, 8), nn.ModuleList([nn.Linear(8, 8)]), nn.Linear(8, 10))
         >>> opt = build_hybrid(model, "muon", lr=0.02)
         >>> [(g["name"], len(g["params"])) for g in opt.param_groups]
@@ -189,7 +189,7 @@ def wants_hybrid(
 
     It does for a matrix-only optimizer (``"muon"``), an override with an ``"optimizer"`` key, or fallback settings.
 
-    Example:
+    Examples:
         >>> wants_hybrid("muon", None), wants_hybrid("adamw", {"*": {"optimizer": "sgd"}}), wants_hybrid("sgd", {})
         (True, True, False)
     """

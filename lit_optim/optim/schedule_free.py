@@ -51,7 +51,7 @@ def schedule_free_class(name: str) -> type[Optimizer] | None:
         ImportError: the name is a schedule-free optimizer but the ``schedulefree`` package is not installed
             (the message names the extra to install).
 
-    Example:
+    Examples:
         >>> schedule_free_class("adamw") is None
         True
         >>> schedule_free_class("AdamW_ScheduleFree").__name__  # doctest: +SKIP
@@ -79,7 +79,7 @@ def has_train_eval_modes(optimizer: Optimizer | type[Optimizer]) -> bool:
         TypeError: it has only one of the two methods: the mode could be entered but never left, so the weights
             used for evaluation and saved in checkpoints would be wrong.
 
-    Example:
+    Examples:
         >>> import torch
         >>> has_train_eval_modes(torch.optim.AdamW)
         False
@@ -104,7 +104,7 @@ def train_mode(optimizer: Optimizer) -> bool | None:
     Reads ``param_groups[0]["train_mode"]`` (the ``schedulefree`` optimizers) or an attribute ``train_mode``
     (``schedulefree.ScheduleFreeWrapper``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> train_mode(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)) is None
         True
@@ -124,7 +124,7 @@ def check_schedule_free_groups(optimizer: Optimizer) -> None:
             ``y + (1 - 1/beta1)(z - y)``, so 0 divides by zero at the first validation), or ``warmup_steps``
             not an int >= 0 (a negative one was silently no warmup).
 
-    Example:
+    Examples:
         >>> import torch
         >>> check_schedule_free_groups(torch.optim.AdamW([torch.zeros(1, requires_grad=True)], betas=(0.0, 0.9)))
         Traceback (most recent call last):
@@ -149,7 +149,7 @@ def set_mode(optimizers: Iterable[Optimizer], train: bool) -> None:
 
     A mode the optimizer already reports is not entered again (the switch moves the parameters).
 
-    Example:
+    Examples:
         >>> import torch
         >>> set_mode([torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)], train=True)  # no modes: no-op
     """
@@ -165,7 +165,7 @@ def schedule_free_lr(group: Mapping[str, Any]) -> float | None:
     (``schedulefree``'s formula). ``None`` for a group without ``warmup_steps`` (not schedule-free, or
     ``RAdamScheduleFree``, which has no warmup of its own).
 
-    Example:
+    Examples:
         >>> schedule_free_lr({"lr": 0.1, "k": 1, "warmup_steps": 4, "train_mode": True})
         0.05
         >>> schedule_free_lr({"lr": 0.1}) is None
@@ -185,7 +185,7 @@ def schedule_warning(schedule: Any, optimizer: type[Optimizer]) -> str | None:
     :class:`~lit_optim.schedules.Constant` and a warmup (``Constant(warmup=...)``) fit; any decaying schedule or a
     plateau reduction works against the averaging (the authors tune without one).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lit_optim.schedules import Constant, Cosine
         >>> schedule_warning(Constant(warmup=100), torch.optim.AdamW) is None
@@ -235,7 +235,7 @@ def recompute_batchnorm(
     Returns:
         The number of batches run (0 when the model has no batch norm: nothing is run).
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
         >>> recompute_batchnorm(model, [torch.randn(8, 2) for _ in range(5)], precise=True)

@@ -25,7 +25,7 @@ class AnnealedSchedule(WarmedSchedule):
     ``min_lr * lr_0`` (a ratio of each group's own lr) or ``min_lr_abs`` (one absolute lr for every group, as
     timm's ``lr_min`` and torch's ``eta_min``/``base_lr`` are), never both.
 
-    Example:
+    Examples:
         >>> from lit_optim.schedules import Cosine
         >>> Cosine(min_lr_abs=0.01).lr_terms(5, 10)  # halfway: lr = initial_lr * 0.5 + 0.005
         (0.5, 0.005)

@@ -27,7 +27,7 @@ _BASES = (Schedule, WarmedSchedule, AnnealedSchedule, DecaySchedule)  # abstract
 def spec_to_config(spec: Schedule | Plateau | ParamSchedule) -> dict[str, Any]:
     """``{"class_path": ..., "init_args": {...}}`` of a spec, with plain values only (durations as strings).
 
-    Example:
+    Examples:
         >>> from lit_optim import Cosine
         >>> spec_to_config(Cosine(warmup="5%", min_lr=0.1))["init_args"]
         {'warmup': {'duration': '5%', 'shape': 'linear', 'start_factor': 0.0}, 'min_lr': 0.1}
@@ -47,7 +47,7 @@ def spec_from_config(value: Any) -> Any:
         ValueError: ``class_path`` cannot be imported.
         TypeError: it names something that is not a lit_optim schedule spec.
 
-    Example:
+    Examples:
         >>> spec_from_config({"class_path": "lit_optim.Cosine", "init_args": {"min_lr": 0.1}})
         Cosine(warmup=None, min_lr=0.1)
     """
@@ -76,7 +76,7 @@ def spec_from_config(value: Any) -> Any:
 def build_spec(cls: type[Any], args: Mapping[str, Any]) -> Any:
     """``cls(**args)`` for a spec dataclass, after checking every key is one of its arguments.
 
-    Example:
+    Examples:
         >>> from lit_optim import Cosine
         >>> build_spec(Cosine, {"min_lr_ab": 0.1})
         Traceback (most recent call last):
@@ -93,7 +93,7 @@ def build_spec(cls: type[Any], args: Mapping[str, Any]) -> Any:
 def plain_config(value: Any) -> Any:
     """``value`` with every spec, warmup and duration in it replaced by plain data that parses back exactly.
 
-    Example:
+    Examples:
         >>> plain_config({"name": "cosine", "warmup": 1 / 3})
         {'name': 'cosine', 'warmup': 0.3333333333333333}
     """

@@ -13,7 +13,7 @@ __all__ = ["new_figure", "save_png", "write_csv"]
 def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[float]]) -> Path:
     """Write ``step,<header...>`` and one row per step (values as ``repr``, so they read back exactly).
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> out = write_csv(Path(tempfile.mkdtemp()) / "a" / "c.csv", ["lr"], [[0.1], [0.2]])
         >>> out.read_text().splitlines()

@@ -100,7 +100,7 @@ class Warmup:
         start_lr: an absolute lr to start from, the same for every group, instead of ``start_factor``
             (not with ``"exponential"``, whose ratio would differ per group).
 
-    Example:
+    Examples:
         >>> w = Warmup(duration=4, start_factor=0.2)
         >>> [round(w.factor(s, 4), 3) for s in range(4)]
         [0.2, 0.4, 0.6, 0.8]
@@ -171,7 +171,7 @@ class Warmup:
 def as_warmup(value: Warmup | DurationLike | Mapping[str, Any] | None) -> Warmup | None:
     """A :class:`Warmup` from a warmup, a duration (linear from 0), a mapping of its arguments, or ``None``.
 
-    Example:
+    Examples:
         >>> as_warmup({"duration": "5%", "shape": "cosine"})
         Warmup(duration=Duration('5%'), shape='cosine', start_factor=0.0)
     """
@@ -192,7 +192,7 @@ class Schedule:
     Subclasses are frozen dataclasses; ``_durations`` names their duration fields so :meth:`resolve` can
     turn epochs and fractions into steps once.
 
-    Example:
+    Examples:
         >>> from lit_optim.schedules import Step
         >>> Step(every="1ep", gamma=0.5).resolve(TrainingLength(total_steps=100, steps_per_epoch=30))
         Step(warmup=None, min_lr=0.0, every=Duration('30steps'), gamma=0.5)
@@ -235,7 +235,7 @@ class Schedule:
         One that does not (e.g. ``InverseSqrt(warmup=500)``) can drive a run of unknown length (an iterable
         dataset or ``max_epochs=-1`` without ``max_steps``).
 
-        Example:
+        Examples:
             >>> from lit_optim.schedules import Cosine, InverseSqrt
             >>> Cosine().needs_total_steps(), InverseSqrt(warmup=500).needs_total_steps()
             (True, False)

@@ -70,7 +70,7 @@ def build_schedule(name: str, **params: Any) -> Schedule:
     Raises:
         ValueError: an unknown name or parameter (the message lists the valid ones).
 
-    Example:
+    Examples:
         >>> build_schedule("cosine", warmup="5%", min_lr=0.1)
         Cosine(warmup=Warmup(duration=Duration('5%'), shape='linear', start_factor=0.0), min_lr=0.1)
     """

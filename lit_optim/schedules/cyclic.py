@@ -46,7 +46,7 @@ class Cyclic(AnnealedSchedule):
         min_lr: the floor as a ratio of each group's lr.
         min_lr_abs: the floor as one absolute lr for every group, instead of ``min_lr``.
 
-    Example:
+    Examples:
         >>> s = Cyclic(up=2, mode="triangular2", min_lr=0.2)
         >>> [round(s.factor(i, 10), 4) for i in range(9)]
         [0.2, 0.6, 1.0, 0.6, 0.2, 0.4, 0.6, 0.4, 0.2]

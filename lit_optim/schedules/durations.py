@@ -43,7 +43,7 @@ class TrainingLength:
         steps_per_epoch: optimizer steps in one epoch (per rank), or ``None`` when epochs are not known
             (then a duration in epochs cannot be resolved).
 
-    Example:
+    Examples:
         >>> TrainingLength(total_steps=1000, steps_per_epoch=100)
         TrainingLength(total_steps=1000, steps_per_epoch=100)
     """
@@ -71,7 +71,7 @@ class TrainingLength:
         Raises:
             ValueError: a count below 1, or ``max_epochs=-1`` without ``max_steps`` (the total is unknown).
 
-        Example:
+        Examples:
             >>> TrainingLength.from_loop(max_epochs=3, batches_per_epoch=10, accumulate_grad_batches=4)
             TrainingLength(total_steps=9, steps_per_epoch=3)
             >>> TrainingLength.from_loop(max_epochs=-1, batches_per_epoch=10, max_steps=25)
@@ -109,7 +109,7 @@ class Duration:
         value: the amount, > 0.
         unit: ``"step"``, ``"epoch"`` or ``"fraction"``.
 
-    Example:
+    Examples:
         >>> d = Duration(2, "epoch")
         >>> d
         Duration('2ep')
@@ -197,7 +197,7 @@ def parse_duration(value: Any, name: str = "duration") -> Duration:
         TypeError: ``value`` is of another type.
         ValueError: an unknown unit, a malformed string, or a value that is not > 0.
 
-    Example:
+    Examples:
         >>> parse_duration("5%"), parse_duration(500), parse_duration("2ep"), parse_duration(0.25)
         (Duration('5%'), Duration('500steps'), Duration('2ep'), Duration('25%'))
     """
@@ -243,7 +243,7 @@ def resolve_training_length(trainer: pl.Trainer) -> TrainingLength:
     Only the attributes named above are read, so a Trainer-like description works too (as in the
     example: 10 batches per epoch accumulated by 3 is 4 steps per epoch, the last one over a single batch).
 
-    Example:
+    Examples:
         >>> from types import SimpleNamespace
         >>> trainer = SimpleNamespace(estimated_stepping_batches=8, num_training_batches=10,
         ...                           accumulate_grad_batches=3, max_steps=-1, max_epochs=2)

@@ -48,7 +48,7 @@ def sweep_lr(
     Lightning's ``Tuner.lr_find`` places them: step 0 uses ``min_lr`` and step *k* >= 1 uses the formula with
     :math:`(k+1)/N` in place of :math:`k/(N-1)` (its scheduler skips the point :math:`1/N`).
 
-    Example:
+    Examples:
         >>> [sweep_lr(k, 3, 1e-4, 1e-2) for k in range(3)]
         [0.0001, 0.001, 0.01]
         >>> [round(sweep_lr(k, 5, 0.0, 1.0, "linear"), 2) for k in range(5)]
@@ -79,7 +79,7 @@ class LossTracker:
     With ``lightning=True`` the correction is :math:`1 - \beta^{k+2}`, as ``Tuner.lr_find`` computes it
     from a fresh Trainer (it counts the step just taken).
 
-    Example:
+    Examples:
         >>> tracker = LossTracker(beta=0.5)
         >>> [tracker.add(loss) for loss in (1.0, 1.0, 10.0)], tracker.smoothed
         ([False, False, True], [1.0, 1.0, 6.142857142857143])
@@ -115,7 +115,7 @@ def default_skips(rule: str, num_steps: int) -> tuple[int, int]:
     ``steepest`` skips 10 and 1 (Lightning's ``suggestion()``), ``valley`` and ``minimum`` skip
     ``num_steps // 10`` and 5 (fastai's ``lr_find``).
 
-    Example:
+    Examples:
         >>> default_skips("steepest", 100), default_skips("valley", 100)
         ((10, 1), (10, 5))
     """
@@ -147,7 +147,7 @@ def suggest_lr(
     Raises:
         ValueError: an unknown rule, lists of different lengths, or negative skips.
 
-    Example:
+    Examples:
         >>> lrs = [k / 8 for k in range(1, 7)]
         >>> losses = [1.0, 0.99, 0.9, 0.5, 0.45, 3.0]
         >>> suggest_lr(lrs, losses, "steepest", skip_begin=0, skip_end=0)
@@ -208,7 +208,7 @@ class LRRangeResult:
         mode: ``"exponential"`` or ``"linear"`` (the plot's x scale).
         batch_scale: the run's ``lr_scaling`` factor (its base lr over the configured ``lr``; 1.0 without scaling).
 
-    Example:
+    Examples:
         >>> result = LRRangeResult((1e-3, 1e-2), (1.0, 0.5), (1.0, 0.5), {"decay": 1.0}, 1e-3, "minimum", 1e-3, 1)
         >>> result.group_lrs()
         {'decay': 0.001}

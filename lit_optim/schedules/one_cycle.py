@@ -43,7 +43,7 @@ class OneCycle(Schedule):
         base_momentum: momentum at the peak lr, in ``(0, 1]``.
         max_momentum: momentum at the start and end, in ``(0, 1]``.
 
-    Example:
+    Examples:
         >>> s = OneCycle(pct_start=0.5, anneal="linear", div_factor=10.0, final_div_factor=10.0)
         >>> [round(s.factor(i, 6), 4) for i in range(6)]
         [0.1, 0.55, 1.0, 0.67, 0.34, 0.01]

@@ -77,7 +77,7 @@ class Plateau:
     Raises:
         ValueError: on an option outside its allowed values.
 
-    Example:
+    Examples:
         >>> Plateau("val_loss", factor=0.5, patience=2)
         Plateau(monitor='val_loss', mode='min', factor=0.5, patience=2, threshold=0.0001, ...)
     """
@@ -133,7 +133,7 @@ class Plateau:
     def warmup_factor(self, step: int, warmup_steps: int) -> float:
         """Warmup multiplier at optimizer step ``step`` of a ``warmup_steps``-long warmup (1.0 once it is over).
 
-        Example:
+        Examples:
             >>> Plateau("val_loss", warmup=4).warmup_factor(1, 4)
             0.25
         """
@@ -144,7 +144,7 @@ class Plateau:
     def is_better(self, value: float, best: float) -> bool:
         """Torch's improvement test; a non-finite ``value`` is never better.
 
-        Example:
+        Examples:
             >>> Plateau("val_loss", threshold=0.1).is_better(0.85, 1.0)
             True
         """
@@ -188,7 +188,7 @@ class PlateauLR(LRScheduler):
     Raises:
         ValueError: ``min_lr`` per group does not match the groups, or a warmup that cannot be resolved.
 
-    Example:
+    Examples:
         >>> import torch
         >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         >>> sched = PlateauLR(opt, Plateau("val_loss", factor=0.5, patience=0))

@@ -34,7 +34,7 @@ class LRCurve:
         params: per scheduled hyper-parameter (``"weight_decay"``, ``"betas[0]"``...), per step, the value of each
             group (``nan`` for a group the schedule leaves alone); empty without ``params``.
 
-    Example:
+    Examples:
         >>> curve = preview_schedule("linear", 4, base_lrs={"body": 0.1, "head": 1.0})
         >>> print(curve)
         step  body   head
@@ -179,7 +179,7 @@ def preview_schedule(
     Raises:
         ValueError: no groups, or what :class:`ScheduleLR` raises for the spec and run.
 
-    Example:
+    Examples:
         >>> from lit_optim.schedules import Cosine
         >>> curve = preview_schedule(Cosine(warmup="10%"), 1000, base_lrs=[3e-4, 3e-5])
         >>> len(curve), curve.names, curve.lrs[100]

@@ -46,7 +46,7 @@ class CosineRestarts(AnnealedSchedule):
     Raises:
         ValueError: neither or both of ``period`` and ``cycles``; ``period_mult`` below 1 or with ``cycles``.
 
-    Example:
+    Examples:
         >>> s = CosineRestarts(period=2, period_mult=2)
         >>> [round(s.factor(i, 10), 4) for i in range(7)]
         [1.0, 0.5, 1.0, 0.8536, 0.5, 0.1464, 1.0]

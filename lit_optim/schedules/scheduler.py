@@ -72,7 +72,7 @@ class ScheduleLR(LRScheduler):
         ValueError: a bad total, a duration that cannot be resolved or does not fit the run, or a momentum
             schedule on an optimizer without ``momentum``/``betas``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lit_optim.schedules import Cosine
         >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)

@@ -43,7 +43,7 @@ class Constant(WarmedSchedule):
         warmup: a :class:`Warmup` or its duration (linear from 0).
         min_lr: unused by this schedule (kept for a uniform signature).
 
-    Example:
+    Examples:
         >>> s = Constant(warmup=Warmup(duration=2, start_factor=0.5))
         >>> [s.factor(i, 5) for i in range(5)]
         [0.5, 0.75, 1.0, 1.0, 1.0]
@@ -68,7 +68,7 @@ class Linear(DecaySchedule):
         min_lr_abs: the final lr as one absolute lr for every group, instead of ``min_lr``.
         decay_end: where the decay ends, counted from the run's start (a duration); the floor holds after it.
 
-    Example:
+    Examples:
         >>> [round(Linear(min_lr=0.2).factor(i, 4), 4) for i in range(5)]
         [1.0, 0.8, 0.6, 0.4, 0.2]
     """
@@ -96,7 +96,7 @@ class Cosine(DecaySchedule):
             ``lr_decay_iters``); its final value holds after it.
         cycles: the number of cosine waves :math:`k` over the decay, > 0.
 
-    Example:
+    Examples:
         >>> s = Cosine(warmup=2, min_lr=0.1)
         >>> [round(s.factor(i, 6), 4) for i in range(7)]
         [0.0, 0.5, 1.0, 0.8682, 0.55, 0.2318, 0.1]
@@ -131,7 +131,7 @@ class Polynomial(DecaySchedule):
         min_lr_abs: the final lr as one absolute lr for every group, instead of ``min_lr``.
         decay_end: where the decay ends, counted from the run's start.
 
-    Example:
+    Examples:
         >>> [Polynomial(power=2.0).factor(i, 4) for i in range(5)]
         [1.0, 0.5625, 0.25, 0.0625, 0.0]
     """
@@ -160,7 +160,7 @@ class Step(WarmedSchedule):
         warmup: a :class:`Warmup` or its duration.
         min_lr: the floor, as a ratio of each group's initial lr.
 
-    Example:
+    Examples:
         >>> [round(Step(every=2, gamma=0.5).factor(i, 10), 4) for i in range(6)]
         [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
     """
@@ -194,7 +194,7 @@ class MultiStep(WarmedSchedule):
         warmup: a :class:`Warmup` or its duration.
         min_lr: the floor, as a ratio of each group's initial lr.
 
-    Example:
+    Examples:
         >>> [MultiStep(milestones=(1, 3), gamma=0.5).factor(i, 10) for i in range(5)]
         [1.0, 0.5, 0.5, 0.25, 0.25]
     """
@@ -231,7 +231,7 @@ class Exponential(WarmedSchedule):
         warmup: a :class:`Warmup` or its duration.
         min_lr: the floor, as a ratio of each group's initial lr.
 
-    Example:
+    Examples:
         >>> [Exponential(gamma=0.5, min_lr=0.2).factor(i, 10) for i in range(4)]
         [1.0, 0.5, 0.25, 0.2]
     """
@@ -265,7 +265,7 @@ class InverseSqrt(WarmedSchedule):
     Raises:
         ValueError: neither ``timescale`` nor ``warmup`` is given.
 
-    Example:
+    Examples:
         >>> [InverseSqrt(warmup=4).factor(i, 100) for i in (0, 4, 16, 64)]
         [0.0, 1.0, 0.5, 0.25]
     """

@@ -44,7 +44,7 @@ class WarmupStableDecay(AnnealedSchedule):
         ValueError: ``cycles`` with a decay shape other than cosine; (when resolved) warmup, stable phase and
             decay together longer than the run.
 
-    Example:
+    Examples:
         >>> s = WarmupStableDecay(warmup=2, decay=4, decay_shape="1-sqrt")
         >>> [round(s.factor(i, 10), 4) for i in range(11)]
         [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.2929, 0.134, 0.0]
