@@ -20,33 +20,15 @@ from typing import Any
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import Logger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._loop import NullLogger
 from benchmarks._timing import interleaved_medians, print_json, print_table
 from lit_optim import LearningRateLogger
 from tests.models import TinyModule
 
 GROUPS = 8
-
-
-class NullLogger(Logger):
-    """Accepts metrics and drops them, so the timing is the callbacks' own work."""
-
-    @property
-    def name(self) -> str:
-        return "null"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        pass
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
 
 
 class ManyGroups(TinyModule):

@@ -23,50 +23,19 @@ from __future__ import annotations
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import Logger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _loop import LoopTimer, NullLogger
 from _models import TinyTransformer
 from _timing import interleaved_medians, print_json, print_table, quiet
 
 from lit_optim import OptimizerMonitor, param_groups
-
-
-class _LoopTimer(Callback):
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._start = 0.0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.seconds = time.perf_counter() - self._start
-
-
-class _NullLogger(Logger):
-    """Accepts metrics and drops them, so the timing is the callback's own work."""
-
-    @property
-    def name(self) -> str:
-        return "null"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        pass
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
 
 
 def _adamw(module: L.LightningModule) -> Any:
@@ -75,14 +44,14 @@ def _adamw(module: L.LightningModule) -> Any:
 
 def _fit(kind: str, steps: int, root: str) -> float:
     torch.manual_seed(0)
-    timer = _LoopTimer()
+    timer = LoopTimer()
     callbacks: list[Callback] = [timer]
     if kind == "quiet":
         callbacks.append(OptimizerMonitor(log_every_n_steps=10**6))
     elif kind == "logging":
         callbacks.append(OptimizerMonitor(log_every_n_steps=1))
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=steps, logger=_NullLogger(), callbacks=callbacks,
+        accelerator="cpu", devices=1, max_steps=steps, logger=NullLogger(), callbacks=callbacks,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10**6,
         default_root_dir=root,
     )  # fmt: skip
@@ -94,7 +63,7 @@ def _hook_seconds(log_every: int, steps: int, repeats: int, root: str, **kwargs:
     """Median seconds of the monitor's hooks for one optimizer step, driven directly after a short fit."""
     monitor = OptimizerMonitor(log_every_n_steps=log_every, **kwargs)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=2, logger=_NullLogger(), callbacks=[monitor], log_every_n_steps=1,
+        accelerator="cpu", devices=1, max_steps=2, logger=NullLogger(), callbacks=[monitor], log_every_n_steps=1,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
     )  # fmt: skip
     model = TinyTransformer(steps=2, configure=_adamw)

@@ -20,7 +20,6 @@ import math
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +29,11 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _loop import LoopTimer
 from _models import TinyTransformer
 from _timing import print_json, print_table, quiet
 
 from lit_optim import Cosine, GradientClipping, LearningRateLogger, configure_optimizers
-
-
-class _LoopTimer(Callback):
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._start = 0.0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.seconds = time.perf_counter() - self._start
 
 
 def _bare(module: L.LightningModule) -> Any:
@@ -72,7 +60,7 @@ def _stack(module: L.LightningModule) -> Any:
 
 def _fit(kind: str, steps: int, root: str) -> float:
     torch.manual_seed(0)
-    timer = _LoopTimer()
+    timer = LoopTimer()
     callbacks: list[Callback] = [timer]
     trainer_kwargs: dict[str, Any] = {}
     configure = {"bare": _bare, "builtin": _builtin, "stack": _stack}[kind]
