@@ -24,6 +24,8 @@ __all__ = ["SchedulerStepper", "ensure_stepper"]
 
 _STEP_COUNT = "lit_optim_step_count"
 _EPOCHS = "lit_optim_epochs"  # training epochs whose end an epoch scheduler has been stepped for
+_LEFT_AT = "lit_optim_left_at"  # an epoch scheduler's progress after the stepper's last step of it
+_YIELDED = "lit_optim_user_stepped"  # an epoch scheduler the user steps by hand (manual optimization)
 _NEVER = sys.maxsize  # Lightning steps a config when (batch_idx + 1) % frequency == 0: never with this.
 
 
@@ -184,9 +186,13 @@ class SchedulerStepper(Callback):
             scheduler = config.scheduler
             if interval == "epoch":
                 done = getattr(scheduler, _EPOCHS, None)
-                if not isinstance(done, int) or done > trainer.current_epoch:  # a fresh scheduler (or a new run)
+                fresh = not isinstance(done, int) or done > trainer.current_epoch  # a fresh scheduler (or a new run)
+                if fresh:
                     scheduler.__dict__[_EPOCHS] = trainer.current_epoch
-                claim.expected = progress_of(scheduler)
+                    scheduler.__dict__[_LEFT_AT] = progress_of(scheduler)
+                # restored: where the stepper left it, so a hand step saved in the checkpoint is seen as one
+                claim.expected = getattr(scheduler, _LEFT_AT, None)
+                claim.yielded = not fresh and bool(getattr(scheduler, _YIELDED, False))
             elif interval == "step":
                 progress = progress_of(scheduler) or 0
                 # optimizer steps counted towards `frequency`, saved with the scheduler (see _after_optimizer_step)
@@ -204,8 +210,8 @@ class SchedulerStepper(Callback):
         for optimizer in {id(c.optimizer): c.optimizer for c in self._claims if c.interval == "step"}.values():
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
         # A run resumed from a checkpoint taken on an epoch's last step starts at the next epoch without calling
-        # `on_train_epoch_start`: the epoch end it skipped is stepped here.
-        self._step_epochs(trainer, trainer.current_epoch, at_start=True)
+        # `on_train_epoch_start`: the epoch end it skipped is stepped here (unless the user stepped it by hand).
+        self._step_epochs(trainer, trainer.current_epoch, at_start=False)
 
     def _interval(
         self, index: int, scheduler: Any, name: str | None, configured: str, trainer: Trainer, total: float
@@ -294,7 +300,7 @@ class SchedulerStepper(Callback):
                 if (epoch + 1) % claim.frequency == 0:
                     claim.step()
             scheduler.__dict__[_EPOCHS] = max(done, through)
-            claim.expected = progress_of(scheduler)
+            claim.expected = scheduler.__dict__[_LEFT_AT] = progress_of(scheduler)
 
     def _stepped_elsewhere(self, claim: Claim, trainer: Trainer, at_start: bool) -> bool:
         """Whether the user stepped this epoch scheduler too; hand it over, or raise if it was stepped twice."""
@@ -312,7 +318,7 @@ class SchedulerStepper(Callback):
                 "call, or (manual optimization) make it in `training_step` (e.g. `if self.trainer.is_last_batch: "
                 "sch.step()`), where the stepper sees it and leaves the scheduler to you."
             )
-        claim.yielded = True
+        claim.yielded = scheduler.__dict__[_YIELDED] = True  # saved with it: a resumed run leaves it to the user
         self._warn_once(
             f"yielded-{claim.index}",
             f"{name} is stepped by your `training_step` (manual optimization): SchedulerStepper leaves it to you "
