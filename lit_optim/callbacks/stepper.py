@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from lightning.pytorch import LightningModule, Trainer
@@ -15,7 +15,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lit_optim._validation import check_choice
-from lit_optim.callbacks._attach import ensure_callback
+from lit_optim.callbacks._attach import after_module_hook, ensure_callback
 from lit_optim.callbacks._checks import check_manual_lengths, check_shared_optimizers, warn_unfinished
 from lit_optim.callbacks._intervals import Claim, Interval, infer_interval, progress_of
 from lit_optim.callbacks._plateau import Moment, check_plateau, reduction_count, step_plateaus
@@ -51,8 +51,10 @@ class SchedulerStepper(Callback):
     - plateau schedulers (torch ``ReduceLROnPlateau``, lit_optim ``PlateauLR``) with the monitored value averaged
       over ranks (``strategy.reduce``), so all ranks take the same decision even when the metric was logged
       without ``sync_dist``; ranks that did not log it are left out of the mean. A metric logged by validation
-      steps them after each (non-sanity) validation run; a training metric logged with ``on_epoch=True`` (or any
-      metric in a run without validation) at the end of each training epoch, as plain Lightning does.
+      steps them after each (non-sanity) validation run; a training metric logged with ``on_epoch=True`` or in
+      ``LightningModule.on_train_epoch_end`` (or any metric in a run without validation) at the end of each
+      training epoch, right after the module's ``on_train_epoch_end`` (wrapped during the fit), as plain Lightning
+      does, and before checkpoint callbacks save.
 
     A config that leaves ``trainer.lr_scheduler_configs`` during the fit (``StochasticWeightAveraging`` swaps
     in its ``SWALR``, ``LearningRateFinder`` runs its own) is not stepped while it is out; configs added during
@@ -116,6 +118,7 @@ class SchedulerStepper(Callback):
         self.skipped_steps = skipped_steps
         self._claims: list[Claim] = []
         self._handles: list[RemovableHandle] = []
+        self._undo: list[Callable[[], None]] = []  # hooks wrapped on the module during a fit
         self._metrics_before: dict[str, Any] = {}
         self._epoch_metrics_before: dict[str, Any] = {}
         self._warned: set[str] = set()
@@ -148,7 +151,8 @@ class SchedulerStepper(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._flush()
         self._step_epochs(trainer, trainer.current_epoch + 1, at_start=False)
-        self._step_plateaus(trainer, "train_epoch", self._epoch_metrics_before)
+        # training-epoch plateaus step right after `LightningModule.on_train_epoch_end` (see `_claim`), which may log
+        # their metric, and before the checkpoint callbacks save
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -207,6 +211,8 @@ class SchedulerStepper(Callback):
             self._claims.append(claim)
         check_shared_optimizers(self._claims)
         check_manual_lengths(self._claims, trainer, pl_module)
+        if any(c.is_plateau for c in self._claims):
+            self._undo.append(after_module_hook(pl_module, "on_train_epoch_end", self._after_module_epoch_end))
         for optimizer in {id(c.optimizer): c.optimizer for c in self._claims if c.interval == "step"}.values():
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
         # A run resumed from a checkpoint taken on an epoch's last step starts at the next epoch without calling
@@ -243,6 +249,9 @@ class SchedulerStepper(Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for undo in self._undo:
+            undo()
+        self._undo = []
         self._trainer = None
         for claim in self._claims:  # kept until the next fit, so `reductions` can be read after training
             claim.config.frequency = claim.frequency
@@ -325,6 +334,10 @@ class SchedulerStepper(Callback):
             "and no longer steps it.",
         )
         return True
+
+    def _after_module_epoch_end(self) -> None:
+        if self._trainer is not None and self._trainer.training:
+            self._step_plateaus(self._trainer, "train_epoch", self._epoch_metrics_before)
 
     def _step_plateaus(self, trainer: Trainer, moment: Moment, metrics_before: Mapping[str, Any]) -> None:
         plateaus = [c for c in self._claims if c.is_plateau and self._active(c)]
