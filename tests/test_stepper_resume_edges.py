@@ -147,3 +147,68 @@ def test_plateau_on_a_training_metric_resumes_mid_cooldown(tmp_path: Path, where
     ckpt = tmp_path / "straight" / "ckpt" / f"epoch={epoch - 1}-step={epoch * BATCHES}.ckpt"
     resumed = _fit_plateau(tmp_path / "resumed", where, stepper=True, ckpt_path=str(ckpt)).lrs
     assert resumed == straight[epoch * BATCHES :]
+
+
+class Mixed(TinyModule):
+    """One optimizer driven by a per-step warmup, a per-epoch StepLR, a per-epoch ExponentialLR with frequency 2
+    and a ReduceLROnPlateau on val_loss (torch's schedulers chain); every batch holds the same samples, so a resumed
+    run re-reading an epoch's batches trains on the same data."""
+
+    def train_dataloader(self) -> Any:
+        x, y = self.val_dataloader().dataset.tensors
+        data = torch.utils.data.TensorDataset(x[:4].repeat(2 * BATCHES, 1), y[:4].repeat(2 * BATCHES, 1))
+        return torch.utils.data.DataLoader(data, batch_size=4)
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        plateau = tl.ReduceLROnPlateau(opt, factor=0.5, patience=0, cooldown=1, threshold=0.5)
+        return [opt], [
+            {"scheduler": tl.LinearLR(opt, 0.1, 1.0, total_iters=6), "interval": "step"},
+            {"scheduler": tl.StepLR(opt, 1, 0.7), "interval": "epoch"},
+            {"scheduler": tl.ExponentialLR(opt, 0.9), "interval": "epoch", "frequency": 2},
+            {"scheduler": plateau, "monitor": "val_loss"},
+        ]
+
+
+def _fit_mixed(root: Path, ckpt_path: str | None = None) -> tuple[list[float], dict[str, torch.Tensor]]:
+    recorder, model = Recorder(), Mixed()
+    callbacks: list[Callback] = [
+        SchedulerStepper(intervals={"ExponentialLR": "epoch"}),
+        recorder,
+        ModelCheckpoint(dirpath=root / "steps", save_top_k=-1, every_n_train_steps=1),
+        ModelCheckpoint(dirpath=root / "val_end", monitor="val_loss", save_top_k=-1, save_on_train_epoch_end=False),
+        ModelCheckpoint(dirpath=root / "train_end", save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True),
+    ]
+    trainer = cpu_trainer(
+        root,
+        max_epochs=6,
+        accumulate_grad_batches=2,
+        val_check_interval=0.5,
+        check_val_every_n_epoch=2,
+        limit_val_batches=1,
+        callbacks=callbacks,
+    )
+    trainer.fit(model, ckpt_path=ckpt_path)
+    return recorder.lrs, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed:UserWarning")
+@pytest.mark.filterwarnings("ignore:.*your dataloader is not resumable")
+@pytest.mark.filterwarnings("ignore:.*has no length to compare:RuntimeWarning")
+def test_step_epoch_and_plateau_schedulers_together_resume_exactly(tmp_path: Path) -> None:
+    """4 optimizer steps per epoch (8 batches, accumulation 2), validation twice in every second epoch. A step
+    checkpoint taken just before a validation run is left out: Lightning does not rerun that validation on resume."""
+    lrs, weights = _fit_mixed(tmp_path / "straight")
+    assert len(lrs) == 24
+    for folder, name, step in [
+        ("steps", "epoch=0-step=3", 3),  # mid-epoch
+        ("steps", "epoch=2-step=12", 12),  # the last step of an epoch without validation
+        ("train_end", "epoch=1-step=8", 8),  # after the epoch-end validation and the epoch's end
+        ("val_end", "epoch=3-step=14", 14),  # at the end of a mid-epoch validation run
+        ("val_end", "epoch=3-step=16", 16),  # at the end of an epoch-end validation run
+    ]:
+        ckpt = tmp_path / "straight" / folder / f"{name}.ckpt"
+        resumed, resumed_weights = _fit_mixed(tmp_path / f"resumed-{folder}-{step}", ckpt_path=str(ckpt))
+        assert resumed == lrs[step:], (folder, step)
+        for key, value in weights.items():
+            assert torch.equal(resumed_weights[key], value), (folder, step, key)
