@@ -61,7 +61,8 @@ class SchedulerStepper(Callback):
     the fit are left to Lightning.
 
     Refused when fitting starts: a lit_optim schedule (``ScheduleLR``/``PlateauLR``) sharing its optimizer with
-    any other torch scheduler (``ReduceLROnPlateau``, ``StepLR``, another lit_optim schedule) (each would overwrite the other's learning rate), and,
+    any other torch scheduler (``ReduceLROnPlateau``, ``StepLR``, another lit_optim schedule; each would overwrite
+    the other's learning rate), and,
     under manual optimization with several optimizers and ``max_steps`` set, a schedule whose length was resolved
     from the run (``global_step`` counts every optimizer's steps, so no optimizer's own count is known).
 
