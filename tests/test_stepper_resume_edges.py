@@ -212,3 +212,30 @@ def test_step_epoch_and_plateau_schedulers_together_resume_exactly(tmp_path: Pat
         assert resumed == lrs[step:], (folder, step)
         for key, value in weights.items():
             assert torch.equal(resumed_weights[key], value), (folder, step, key)
+
+
+class BrokenStep(tl.StepLR):
+    """A scheduler whose ``step()`` raises from its second epoch end on."""
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        if self.last_epoch >= 1:
+            raise ValueError("step broke")
+        super().step(*args, **kwargs)
+
+
+class BrokenWithPlateau(TinyModule):
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        plateau = tl.ReduceLROnPlateau(opt, patience=0)
+        return [opt], [BrokenStep(opt, 1, 0.5), {"scheduler": plateau, "monitor": "val_loss", "frequency": 3}]
+
+
+def test_a_scheduler_whose_step_raises_leaves_the_module_and_configs_as_they_were(tmp_path: Path) -> None:
+    stepper = SchedulerStepper(intervals={"BrokenStep": "epoch"})
+    trainer = cpu_trainer(tmp_path, max_epochs=4, limit_train_batches=2, limit_val_batches=1, callbacks=[stepper])
+    model = BrokenWithPlateau()
+    with pytest.raises(ValueError, match="step broke"):
+        trainer.fit(model)
+    assert trainer.current_epoch == 1  # raised at the second epoch end, no hang
+    assert "on_train_epoch_end" not in model.__dict__  # the stepper's wrapper is gone: the module is reusable
+    assert [(c.frequency, c.interval) for c in trainer.lr_scheduler_configs] == [(1, "epoch"), (3, "epoch")]

@@ -172,6 +172,10 @@ class SchedulerStepper(Callback):
         self._release()
 
     @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._release()  # Lightning calls no `teardown` after an exception: leave the module and configs as they were
+
+    @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._release()
 
