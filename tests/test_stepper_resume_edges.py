@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.optim import lr_scheduler as tl
 
 from lit_optim import SchedulerStepper
+from tests.ddp import run_ddp
 from tests.models import TinyModule
 from tests.trainers import cpu_trainer
 
@@ -239,3 +240,40 @@ def test_a_scheduler_whose_step_raises_leaves_the_module_and_configs_as_they_wer
     assert trainer.current_epoch == 1  # raised at the second epoch end, no hang
     assert "on_train_epoch_end" not in model.__dict__  # the stepper's wrapper is gone: the module is reusable
     assert [(c.frequency, c.interval) for c in trainer.lr_scheduler_configs] == [(1, "epoch"), (3, "epoch")]
+
+
+DDP_EPOCH_END_METRIC_SCRIPT = """
+import json, sys
+from pathlib import Path
+import torch
+from lightning.pytorch import Trainer
+from torch.optim import lr_scheduler as tl
+from tests.models import TinyModule
+from lit_optim import SchedulerStepper
+
+class EpochEndMetric(TinyModule):
+    def on_train_epoch_start(self):
+        self.lrs.append(self.optimizers().param_groups[0]["lr"])
+
+    def on_train_epoch_end(self):  # no sync_dist: rank 0 improves, rank 1 never does; their mean improves
+        self.log("flat", 1.0 / (1 + self.current_epoch) if self.global_rank == 0 else 10.0)
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        plateau = tl.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "flat"}}
+
+model = EpochEndMetric(n=16)
+model.lrs = []
+trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=4, limit_train_batches=1,
+                  limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, callbacks=[SchedulerStepper()])
+trainer.fit(model)
+(Path(sys.argv[1]) / f"rank{trainer.global_rank}.json").write_text(json.dumps({"lrs": model.lrs}))
+"""
+
+
+@pytest.mark.ddp
+def test_ddp_plateau_on_a_metric_logged_by_the_modules_epoch_end_hook_is_rank_identical(tmp_path: Path) -> None:
+    rank0, rank1 = run_ddp(DDP_EPOCH_END_METRIC_SCRIPT, tmp_path, timeout=150)
+    assert rank0 == rank1 == {"lrs": [0.1, 0.1, 0.1, 0.1]}  # the rank mean improves; rank 1 alone would reduce
