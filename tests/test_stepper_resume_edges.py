@@ -14,7 +14,7 @@ from torch.optim import lr_scheduler as tl
 
 from lit_optim import SchedulerStepper
 from tests.ddp import run_ddp
-from tests.models import TinyModule
+from tests.models import TinyModule, manual_sgd_step
 from tests.trainers import cpu_trainer
 
 BATCHES = 4
@@ -42,11 +42,7 @@ class HandSteppedEpoch(TinyModule):
         return {"optimizer": opt, "lr_scheduler": tl.StepLR(opt, step_size=1, gamma=0.5)}
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
-        opt = self.optimizers()
-        loss = torch.nn.functional.mse_loss(self(batch[0]), batch[1])
-        self.manual_backward(loss)
-        opt.step()  # type: ignore[union-attr]
-        opt.zero_grad()  # type: ignore[union-attr]
+        loss = manual_sgd_step(self, batch)
         if self.trainer.is_last_batch:
             self.lr_schedulers().step()  # type: ignore[union-attr]
         return loss
