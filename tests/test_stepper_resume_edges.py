@@ -273,3 +273,11 @@ trainer.fit(model)
 def test_ddp_plateau_on_a_metric_logged_by_the_modules_epoch_end_hook_is_rank_identical(tmp_path: Path) -> None:
     rank0, rank1 = run_ddp(DDP_EPOCH_END_METRIC_SCRIPT, tmp_path, timeout=150)
     assert rank0 == rank1 == {"lrs": [0.1, 0.1, 0.1, 0.1]}  # the rank mean improves; rank 1 alone would reduce
+
+
+def test_two_steppers_on_one_trainer_are_refused_naming_the_duplicate(tmp_path: Path) -> None:
+    # e.g. one in `callbacks=[...]` in code and one from a LightningCLI config: each would step every scheduler
+    trainer = cpu_trainer(tmp_path, max_epochs=2, callbacks=[SchedulerStepper(), SchedulerStepper()])
+    with pytest.raises(ValueError, match=r"The Trainer has 2 SchedulerStepper callbacks.*Keep one"):
+        trainer.fit(HandSteppedEpoch())
+    assert trainer.global_step == 0

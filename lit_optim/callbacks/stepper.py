@@ -60,7 +60,7 @@ class SchedulerStepper(Callback):
     in its ``SWALR``, ``LearningRateFinder`` runs its own) is not stepped while it is out; configs added during
     the fit are left to Lightning.
 
-    Refused when fitting starts: a lit_optim schedule (``ScheduleLR``/``PlateauLR``) sharing its optimizer with
+    Refused when fitting starts: a second ``SchedulerStepper`` on the Trainer, a lit_optim schedule (``ScheduleLR``/``PlateauLR``) sharing its optimizer with
     any other torch scheduler (``ReduceLROnPlateau``, ``StepLR``, another lit_optim schedule; each would overwrite
     the other's learning rate), and,
     under manual optimization with several optimizers and ``max_steps`` set, a schedule whose length was resolved
@@ -182,6 +182,13 @@ class SchedulerStepper(Callback):
     # ---------------------------------------------------------------- claiming
     def _claim(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._release()
+        steppers = sum(isinstance(c, SchedulerStepper) for c in trainer.callbacks)  # type: ignore[attr-defined]
+        if steppers > 1:
+            raise ValueError(
+                f"The Trainer has {steppers} SchedulerStepper callbacks, and each would step every scheduler. Keep "
+                "one (e.g. not both in `callbacks=[...]` and in a config; `configure_optimizers` adds one only when "
+                "there is none)."
+            )
         self._claims, self._step_counts, self._skipped, self._validated, self._pending = [], {}, {}, False, []
         self._epoch_metrics_before = {}  # a run resumed mid-epoch has no `on_train_epoch_start`: all values are new
         self._trainer = trainer
