@@ -60,10 +60,10 @@ class SchedulerStepper(Callback):
     in its ``SWALR``, ``LearningRateFinder`` runs its own) is not stepped while it is out; configs added during
     the fit are left to Lightning.
 
-    Refused when fitting starts: a second ``SchedulerStepper`` on the Trainer, a lit_optim schedule (``ScheduleLR``/``PlateauLR``) sharing its optimizer with
-    any other torch scheduler (``ReduceLROnPlateau``, ``StepLR``, another lit_optim schedule; each would overwrite
-    the other's learning rate), and,
-    under manual optimization with several optimizers and ``max_steps`` set, a schedule whose length was resolved
+    Refused when fitting starts: a second ``SchedulerStepper`` on the Trainer, a lit_optim schedule
+    (``ScheduleLR``/``PlateauLR``) sharing its optimizer with any other torch scheduler (``ReduceLROnPlateau``,
+    ``StepLR``, another lit_optim schedule; each would overwrite the other's learning rate), and, under manual
+    optimization with several optimizers and ``max_steps`` set, a schedule whose length was resolved
     from the run (``global_step`` counts every optimizer's steps, so no optimizer's own count is known).
 
     The interval of a plain torch scheduler is inferred (see ``infer_interval``); a one-time warning says
