@@ -54,6 +54,16 @@ class TinyModule(L.LightningModule):
         return DataLoader(random_regression_data(self.val_n, self.features, seed=1), batch_size=self.batch_size)
 
 
+def manual_sgd_step(module: L.LightningModule, batch: Any) -> torch.Tensor:
+    """One manual-optimization step of ``module``'s single optimizer on ``batch`` (MSE loss); returns the loss."""
+    opt: Any = module.optimizers()
+    loss = nn.functional.mse_loss(module(batch[0]), batch[1])
+    module.manual_backward(loss)
+    opt.step()
+    opt.zero_grad()
+    return loss
+
+
 # --- fixture models for parameter grouping (lit_optim.param_groups) ---
 
 

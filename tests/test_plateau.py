@@ -25,7 +25,7 @@ from lit_optim import (
 )
 from tests.ddp import run_ddp
 from tests.loggers import MemoryLogger
-from tests.models import TinyModule
+from tests.models import TinyModule, manual_sgd_step
 from tests.trainers import cpu_trainer
 
 # ----------------------------------------------------------------------------- pure semantics vs torch
@@ -326,11 +326,7 @@ def test_rop_in_manual_optimization_needs_a_monitor(make_trainer: Callable[..., 
             self.automatic_optimization = False
 
         def training_step(self, batch: Any, batch_idx: int) -> Any:
-            opt = self.optimizers()
-            loss = torch.nn.functional.mse_loss(self(batch[0]), batch[1])
-            self.manual_backward(loss)
-            opt.step()
-            opt.zero_grad()
+            manual_sgd_step(self, batch)
 
         def configure_optimizers(self) -> Any:
             opt = torch.optim.SGD(self.parameters(), lr=0.1)

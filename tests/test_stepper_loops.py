@@ -62,19 +62,28 @@ class ScheduleAndPlateau(TinyModule):
         schedule = lightning_scheduler_config(opt, SCHEDULE, self.trainer)
         if self.plateau == "torch":
             plateau = {"scheduler": tl.ReduceLROnPlateau(opt, factor=0.5), "monitor": "val_loss"}
+        elif self.plateau == "StepLR":  # any torch scheduler: its decay would be wiped at the next step as well
+            plateau = {"scheduler": tl.StepLR(opt, step_size=1, gamma=0.5), "interval": "epoch"}
         else:
             plateau = plateau_scheduler_config(opt, Plateau("val_loss"), self.trainer)
         return [opt], [schedule, plateau]
 
 
-@pytest.mark.parametrize(("plateau", "name"), [("torch", "ReduceLROnPlateau"), ("lit_optim", "PlateauLR")])
-def test_a_schedule_and_a_plateau_on_one_optimizer_are_refused_at_fit_start(
-    make_trainer: Callable[..., Trainer], plateau: str, name: str
+@pytest.mark.parametrize(
+    ("plateau", "name", "fix"),
+    [
+        ("torch", "ReduceLROnPlateau", r"`Plateau\(monitor=..., warmup=...\)`"),
+        ("lit_optim", "PlateauLR", r"`Plateau\(monitor=..., warmup=...\)`"),
+        ("StepLR", "StepLR", r"Express the whole curve as one lit_optim schedule \(e.g. `Step`, `MultiStep`"),
+    ],
+)
+def test_a_schedule_and_another_scheduler_on_one_optimizer_are_refused_at_fit_start(
+    make_trainer: Callable[..., Trainer], plateau: str, name: str, fix: str
 ) -> None:
     trainer = make_trainer(limit_train_batches=4, max_epochs=2)
     match = (
         rf"ScheduleLR \(lr_scheduler_configs\[0\]\) and {name} \(lr_scheduler_configs\[1\]\) drive the same "
-        r"optimizer \(SGD\).*would be overwritten at the next step.*`Plateau\(monitor=..., warmup=...\)`"
+        rf"optimizer \(SGD\).*would be overwritten at the next step.*{fix}"
     )
     with pytest.raises(ValueError, match=match):
         trainer.fit(ScheduleAndPlateau(plateau))

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim import lr_scheduler as tl
 
 from lit_optim import SchedulerStepper
-from tests.models import TinyModule
+from tests.models import TinyModule, manual_sgd_step
 
 STEPPER = pytest.mark.parametrize("stepper", [False, True], ids=["plain", "stepper"])
 
@@ -169,11 +169,7 @@ class ManualEpochModule(StepLRModule):
         self.automatic_optimization = False
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
-        opt = self.optimizers()
-        loss = torch.nn.functional.mse_loss(self(batch[0]), batch[1])
-        self.manual_backward(loss)
-        opt.step()  # type: ignore[union-attr]
-        opt.zero_grad()  # type: ignore[union-attr]
+        loss = manual_sgd_step(self, batch)
         if self.trainer.is_last_batch:
             self.lr_schedulers().step()  # type: ignore[union-attr]
         return loss
@@ -197,12 +193,7 @@ class ManualEpochEndModule(ManualEpochModule):
     """Steps the scheduler in ``on_train_epoch_end``, after the stepper's own end-of-epoch step."""
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
-        opt = self.optimizers()
-        loss = torch.nn.functional.mse_loss(self(batch[0]), batch[1])
-        self.manual_backward(loss)
-        opt.step()  # type: ignore[union-attr]
-        opt.zero_grad()  # type: ignore[union-attr]
-        return loss
+        return manual_sgd_step(self, batch)
 
     def on_train_epoch_end(self) -> None:
         self.lr_schedulers().step()  # type: ignore[union-attr]
@@ -330,12 +321,7 @@ class ManualPlateau(TinyModule):
         self.automatic_optimization = False
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
-        opt = self.optimizers()
-        loss = torch.nn.functional.mse_loss(self(batch[0]), batch[1])
-        self.manual_backward(loss)
-        opt.step()  # type: ignore[union-attr]
-        opt.zero_grad()  # type: ignore[union-attr]
-        return loss
+        return manual_sgd_step(self, batch)
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.SGD(self.parameters(), lr=0.1)

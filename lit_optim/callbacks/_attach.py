@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, Checkpoint
 
-__all__ = ["ensure_callback"]
+__all__ = ["after_module_hook", "ensure_callback"]
 
 C = TypeVar("C", bound=Callback)
 
@@ -33,3 +34,35 @@ def ensure_callback(trainer: Trainer, cls: type[C]) -> C:
     position = next((i for i, c in enumerate(callbacks) if isinstance(c, Checkpoint)), len(callbacks))
     callbacks.insert(position, new)
     return new
+
+
+def after_module_hook(module: LightningModule, name: str, then: Callable[[], None]) -> Callable[[], None]:
+    """Run ``then()`` right after ``module``'s hook ``name`` each time Lightning calls it; return the undo.
+
+    For what must see what the module's own hook logged, before the monitoring callbacks (checkpoints) run: Lightning
+    calls ``LightningModule.on_train_epoch_end`` after the other callbacks' and before the checkpoint callbacks'.
+
+    Example:
+        >>> from lightning.pytorch import LightningModule
+        >>> module, calls = LightningModule(), []
+        >>> undo = after_module_hook(module, "on_train_epoch_end", lambda: calls.append("then"))
+        >>> module.on_train_epoch_end(); undo(); module.on_train_epoch_end(); calls
+        ['then']
+    """
+    had_own = name in module.__dict__
+    hook = getattr(module, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        result = hook(*args, **kwargs)
+        then()
+        return result
+
+    module.__dict__[name] = wrapped
+
+    def undo() -> None:
+        if had_own:
+            module.__dict__[name] = hook
+        else:
+            module.__dict__.pop(name, None)
+
+    return undo

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lightning.pytorch import LightningModule, Trainer
-from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from lit_optim.callbacks._intervals import Claim
 from lit_optim.schedules.plateau import PlateauLR
@@ -24,16 +24,23 @@ def check_shared_optimizers(claims: list[Claim]) -> None:
         by_optimizer.setdefault(id(getattr(claim.config.scheduler, "optimizer", claim)), []).append(claim)
     for group in by_optimizer.values():
         ours = [c for c in group if isinstance(c.config.scheduler, (ScheduleLR, PlateauLR))]
-        others = [c for c in group if isinstance(c.config.scheduler, ReduceLROnPlateau)]
+        torch_kinds = (LRScheduler, ReduceLROnPlateau)
+        others = [c for c in group if c not in ours and isinstance(c.config.scheduler, torch_kinds)]
         if ours and len(ours) + len(others) > 1:
             a, b = (ours + others)[:2]
             names = f"{type(a.config.scheduler).__name__} (lr_scheduler_configs[{a.index}])"
             names += f" and {type(b.config.scheduler).__name__} (lr_scheduler_configs[{b.index}])"
+            plateau = isinstance(b.config.scheduler, (ReduceLROnPlateau, PlateauLR))
+            fix = (
+                "`Plateau(monitor=..., warmup=...)` reduces on a plateau after a warmup."
+                if plateau
+                else "Express the whole curve as one lit_optim schedule (e.g. `Step`, `MultiStep`, a `Warmup` "
+                "before a decay), or drive this optimizer with torch schedulers only."
+            )
             raise ValueError(
                 f"{names} drive the same optimizer ({type(a.optimizer).__name__}). A lit_optim schedule sets "
                 "every learning rate from its curve at each step, so the other's changes (e.g. each plateau "
-                "reduction) would be overwritten at the next step. Use one scheduler per optimizer: "
-                "`Plateau(monitor=..., warmup=...)` reduces on a plateau after a warmup."
+                f"reduction or decay) would be overwritten at the next step. Use one scheduler per optimizer: {fix}"
             )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from lightning.pytorch import LightningModule, Trainer
@@ -15,7 +15,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lit_optim._validation import check_choice
-from lit_optim.callbacks._attach import ensure_callback
+from lit_optim.callbacks._attach import after_module_hook, ensure_callback
 from lit_optim.callbacks._checks import check_manual_lengths, check_shared_optimizers, warn_unfinished
 from lit_optim.callbacks._intervals import Claim, Interval, infer_interval, progress_of
 from lit_optim.callbacks._plateau import Moment, check_plateau, reduction_count, step_plateaus
@@ -24,6 +24,8 @@ __all__ = ["SchedulerStepper", "ensure_stepper"]
 
 _STEP_COUNT = "lit_optim_step_count"
 _EPOCHS = "lit_optim_epochs"  # training epochs whose end an epoch scheduler has been stepped for
+_LEFT_AT = "lit_optim_left_at"  # an epoch scheduler's progress after the stepper's last step of it
+_YIELDED = "lit_optim_user_stepped"  # an epoch scheduler the user steps by hand (manual optimization)
 _NEVER = sys.maxsize  # Lightning steps a config when (batch_idx + 1) % frequency == 0: never with this.
 
 
@@ -49,16 +51,19 @@ class SchedulerStepper(Callback):
     - plateau schedulers (torch ``ReduceLROnPlateau``, lit_optim ``PlateauLR``) with the monitored value averaged
       over ranks (``strategy.reduce``), so all ranks take the same decision even when the metric was logged
       without ``sync_dist``; ranks that did not log it are left out of the mean. A metric logged by validation
-      steps them after each (non-sanity) validation run; a training metric logged with ``on_epoch=True`` (or any
-      metric in a run without validation) at the end of each training epoch, as plain Lightning does.
+      steps them after each (non-sanity) validation run; a training metric logged with ``on_epoch=True`` or in
+      ``LightningModule.on_train_epoch_end`` (or any metric in a run without validation) at the end of each
+      training epoch, right after the module's ``on_train_epoch_end`` (wrapped during the fit), as plain Lightning
+      does, and before checkpoint callbacks save.
 
     A config that leaves ``trainer.lr_scheduler_configs`` during the fit (``StochasticWeightAveraging`` swaps
     in its ``SWALR``, ``LearningRateFinder`` runs its own) is not stepped while it is out; configs added during
     the fit are left to Lightning.
 
-    Refused when fitting starts: a lit_optim schedule (``ScheduleLR``/``PlateauLR``) sharing its optimizer with a
-    ``ReduceLROnPlateau`` or another lit_optim schedule (each would overwrite the other's learning rate), and,
-    under manual optimization with several optimizers and ``max_steps`` set, a schedule whose length was resolved
+    Refused when fitting starts: a second ``SchedulerStepper`` on the Trainer, a lit_optim schedule
+    (``ScheduleLR``/``PlateauLR``) sharing its optimizer with any other torch scheduler (``ReduceLROnPlateau``,
+    ``StepLR``, another lit_optim schedule; each would overwrite the other's learning rate), and, under manual
+    optimization with several optimizers and ``max_steps`` set, a schedule whose length was resolved
     from the run (``global_step`` counts every optimizer's steps, so no optimizer's own count is known).
 
     The interval of a plain torch scheduler is inferred (see ``infer_interval``); a one-time warning says
@@ -114,6 +119,7 @@ class SchedulerStepper(Callback):
         self.skipped_steps = skipped_steps
         self._claims: list[Claim] = []
         self._handles: list[RemovableHandle] = []
+        self._undo: list[Callable[[], None]] = []  # hooks wrapped on the module during a fit
         self._metrics_before: dict[str, Any] = {}
         self._epoch_metrics_before: dict[str, Any] = {}
         self._warned: set[str] = set()
@@ -146,7 +152,8 @@ class SchedulerStepper(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._flush()
         self._step_epochs(trainer, trainer.current_epoch + 1, at_start=False)
-        self._step_plateaus(trainer, "train_epoch", self._epoch_metrics_before)
+        # training-epoch plateaus step right after `LightningModule.on_train_epoch_end` (see `_claim`), which may log
+        # their metric, and before the checkpoint callbacks save
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -165,12 +172,23 @@ class SchedulerStepper(Callback):
         self._release()
 
     @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._release()  # Lightning calls no `teardown` after an exception: leave the module and configs as they were
+
+    @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._release()
 
     # ---------------------------------------------------------------- claiming
     def _claim(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._release()
+        steppers = sum(isinstance(c, SchedulerStepper) for c in trainer.callbacks)  # type: ignore[attr-defined]
+        if steppers > 1:
+            raise ValueError(
+                f"The Trainer has {steppers} SchedulerStepper callbacks, and each would step every scheduler. Keep "
+                "one (e.g. not both in `callbacks=[...]` and in a config; `configure_optimizers` adds one only when "
+                "there is none)."
+            )
         self._claims, self._step_counts, self._skipped, self._validated, self._pending = [], {}, {}, False, []
         self._epoch_metrics_before = {}  # a run resumed mid-epoch has no `on_train_epoch_start`: all values are new
         self._trainer = trainer
@@ -184,9 +202,13 @@ class SchedulerStepper(Callback):
             scheduler = config.scheduler
             if interval == "epoch":
                 done = getattr(scheduler, _EPOCHS, None)
-                if not isinstance(done, int) or done > trainer.current_epoch:  # a fresh scheduler (or a new run)
+                fresh = not isinstance(done, int) or done > trainer.current_epoch  # a fresh scheduler (or a new run)
+                if fresh:
                     scheduler.__dict__[_EPOCHS] = trainer.current_epoch
-                claim.expected = progress_of(scheduler)
+                    scheduler.__dict__[_LEFT_AT] = progress_of(scheduler)
+                # restored: where the stepper left it, so a hand step saved in the checkpoint is seen as one
+                claim.expected = getattr(scheduler, _LEFT_AT, None)
+                claim.yielded = not fresh and bool(getattr(scheduler, _YIELDED, False))
             elif interval == "step":
                 progress = progress_of(scheduler) or 0
                 # optimizer steps counted towards `frequency`, saved with the scheduler (see _after_optimizer_step)
@@ -201,11 +223,13 @@ class SchedulerStepper(Callback):
             self._claims.append(claim)
         check_shared_optimizers(self._claims)
         check_manual_lengths(self._claims, trainer, pl_module)
+        if any(c.is_plateau for c in self._claims):
+            self._undo.append(after_module_hook(pl_module, "on_train_epoch_end", self._after_module_epoch_end))
         for optimizer in {id(c.optimizer): c.optimizer for c in self._claims if c.interval == "step"}.values():
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
         # A run resumed from a checkpoint taken on an epoch's last step starts at the next epoch without calling
-        # `on_train_epoch_start`: the epoch end it skipped is stepped here.
-        self._step_epochs(trainer, trainer.current_epoch, at_start=True)
+        # `on_train_epoch_start`: the epoch end it skipped is stepped here (unless the user stepped it by hand).
+        self._step_epochs(trainer, trainer.current_epoch, at_start=False)
 
     def _interval(
         self, index: int, scheduler: Any, name: str | None, configured: str, trainer: Trainer, total: float
@@ -237,6 +261,9 @@ class SchedulerStepper(Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for undo in self._undo:
+            undo()
+        self._undo = []
         self._trainer = None
         for claim in self._claims:  # kept until the next fit, so `reductions` can be read after training
             claim.config.frequency = claim.frequency
@@ -294,7 +321,7 @@ class SchedulerStepper(Callback):
                 if (epoch + 1) % claim.frequency == 0:
                     claim.step()
             scheduler.__dict__[_EPOCHS] = max(done, through)
-            claim.expected = progress_of(scheduler)
+            claim.expected = scheduler.__dict__[_LEFT_AT] = progress_of(scheduler)
 
     def _stepped_elsewhere(self, claim: Claim, trainer: Trainer, at_start: bool) -> bool:
         """Whether the user stepped this epoch scheduler too; hand it over, or raise if it was stepped twice."""
@@ -312,13 +339,17 @@ class SchedulerStepper(Callback):
                 "call, or (manual optimization) make it in `training_step` (e.g. `if self.trainer.is_last_batch: "
                 "sch.step()`), where the stepper sees it and leaves the scheduler to you."
             )
-        claim.yielded = True
+        claim.yielded = scheduler.__dict__[_YIELDED] = True  # saved with it: a resumed run leaves it to the user
         self._warn_once(
             f"yielded-{claim.index}",
             f"{name} is stepped by your `training_step` (manual optimization): SchedulerStepper leaves it to you "
             "and no longer steps it.",
         )
         return True
+
+    def _after_module_epoch_end(self) -> None:
+        if self._trainer is not None and self._trainer.training:
+            self._step_plateaus(self._trainer, "train_epoch", self._epoch_metrics_before)
 
     def _step_plateaus(self, trainer: Trainer, moment: Moment, metrics_before: Mapping[str, Any]) -> None:
         plateaus = [c for c in self._claims if c.is_plateau and self._active(c)]
