@@ -564,3 +564,26 @@ def test_refuses_strategies_that_flatten_parameters(name: str) -> None:
     trainer = SimpleNamespace(strategy=cls.__new__(cls))  # the check reads the type only
     with pytest.raises(ValueError, match=rf"cannot measure updates under `{name}`.*ModelParallelStrategy"):
         OptimizerMonitor().on_fit_start(trainer, None)  # type: ignore[arg-type]
+
+
+def test_a_real_gradient_clipping_first_shares_its_norm_on_the_hybrid(
+    make_trainer: Callable[..., L.Trainer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # [GradientClipping(), OptimizerMonitor()] is the documented pairing: it must train, not refuse the 2-norm clipper
+    import lit_optim.callbacks.optimizer_monitor as module
+    from tests.test_hybrid_trainer import HybridGPT
+
+    measured: list[int] = []
+    real = module.grouped_norms
+    monkeypatch.setattr(module, "grouped_norms", lambda *a, **k: measured.append(1) or real(*a, **k))
+    logger, monitor = MemoryLogger(), OptimizerMonitor(log_every_n_steps=2, spike_on=["grad_norm"])
+    clipper = GradientClipping(max_norm=0.5, log_every_n_steps=2)
+    make_trainer(max_steps=4, logger=logger, callbacks=[clipper, monitor]).fit(HybridGPT(scheduler=None))
+    assert measured == []  # the norm was computed once per step, by the clipper
+    ours, theirs = logger.series("optimizer/grad_norm/global"), logger.series("grad_clip/norm")
+    assert len(ours) == 2 and ours == theirs  # the very same pre-clip value, on the same rows
+    assert theirs[0] > 0.5  # the gradients were clipped, yet the monitor logs the pre-clip norm
+    keys = {k for _, m in logger.logged for k in m}
+    assert {"grad_clip/group_norm/muon/decay", "optimizer/update_ratio/muon/decay"} <= keys
+    assert not [k for k in keys if k.startswith("optimizer/grad_norm/") and k != "optimizer/grad_norm/global"]
+    assert monitor.detector("grad_norm").count == 4  # type: ignore[union-attr]

@@ -72,7 +72,8 @@ class GradientClipping(Callback):
     several optimizers the prefix is ``grad_clip/opt{i}/``):
 
     - ``grad_clip/norm``: pre-clip global norm; ``grad_clip/group_norm/{group}``: pre-clip norm of each param group,
-      by its ``name`` (else ``group{i}``; not under FSDP1);
+      by its ``name`` (else ``group{i}``; not under FSDP1); :meth:`pre_clip_norm` hands the global one (on the device)
+      to a callback after this one (``OptimizerMonitor``), so the norm is computed once;
     - ``grad_clip/threshold`` and ``grad_clip/clip_coef`` (norm, percentile, zscore modes);
     - ``grad_clip/clipped``: 1.0 when this step changed the gradients, else 0.0;
       ``grad_clip/clipped_units`` (AGC): number of units rescaled;
@@ -164,6 +165,7 @@ class GradientClipping(Callback):
         self._rules: dict[int, PercentileThreshold | ZScoreThreshold] = {}
         self._pending_rules: dict[int, dict[str, Any]] = {}
         self._agc_excluded: set[int] = set()
+        self._norms: dict[int, Tensor] = {}  # id(optimizer) -> this step's pre-clip global norm
         self._state_key: str | None = None
 
     @property
@@ -197,6 +199,10 @@ class GradientClipping(Callback):
     def threshold_rule(self, optimizer_idx: int = 0) -> PercentileThreshold | ZScoreThreshold | None:
         """The adaptive rule (with its ``history`` / ``stats``) of an optimizer, once it has clipped a step."""
         return self._rules.get(optimizer_idx)
+
+    def pre_clip_norm(self, optimizer: Optimizer) -> Tensor | None:
+        """The pre-clip global norm of ``optimizer``'s gradients this step (a device tensor), or ``None``."""
+        return self._norms.get(id(optimizer))
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -290,6 +296,7 @@ class GradientClipping(Callback):
         if len(trainer.optimizers) > 1:
             step = self._optimizer_steps.get(idx, trainer.global_step // len(trainer.optimizers))
             self._optimizer_steps[idx] = step + 1
+        self._norms.pop(id(optimizer), None)  # never a previous step's norm
         grads = optimizer_grads(optimizer)
         flat = [g for gs in grads for g in gs]
         if not flat:  # `training_step` returned None (or an earlier callback skipped): nothing to measure
@@ -313,6 +320,7 @@ class GradientClipping(Callback):
         if grad_scale is not None:
             total = total / grad_scale
             per_group = None if per_group is None else per_group / grad_scale
+        self._norms[id(optimizer)] = total
         metrics: dict[str, Tensor | float] = {"norm": total}  # only read on logging steps
         if per_group is not None:
             names = group_names(optimizer.param_groups)
