@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import chain, count
 from typing import Any
 
 from lightning.pytorch import Trainer
@@ -25,25 +26,35 @@ def log_metrics(trainer: Trainer, metrics: Mapping[str, float]) -> None:
         logger.log_metrics(values, step=trainer.global_step)
 
 
-def group_names(groups: Sequence[Mapping[str, Any]], known: Sequence[str] = ()) -> list[str]:
-    """A stable, unique name per param group, for logged keys.
+def group_names(
+    groups: Sequence[Mapping[str, Any]], known: Sequence[str] = (), reserved: Sequence[str] = ()
+) -> list[str]:
+    """A stable, unique name per param group, for logged keys: no name equal to or a path prefix of another.
 
-    ``name`` when set and unused, else ``group{i}``, and ``{name}-{i}`` for a repeated name. Every callback names
-    groups this way, so ``lr/<group>`` and ``grad_clip/group_norm/<group>`` agree.
+    ``name`` when set and free, else ``group{i}``; ``{name}-{i}`` for a repeated name, and ``{head}-{i}/{rest}``
+    for a name that is a path prefix of another or has one as its prefix (``a`` next to ``a/b``: ``lr/a`` and
+    ``lr/a/b`` cannot both be files of MLflow's store). Every callback names groups this way, so ``lr/<group>``
+    and ``grad_clip/group_norm/<group>`` agree.
 
-    ``known`` are the names already given to the first groups (groups added later keep the earlier names).
+    ``known`` are the names already given to the first groups (groups added later keep the earlier names);
+    ``reserved`` are names a caller uses itself next to the groups' (``global``).
 
     Example:
-        >>> group_names([{"name": "decay"}, {}, {"name": "decay"}])
-        ['decay', 'group1', 'decay-2']
+        >>> group_names([{"name": "decay"}, {}, {"name": "decay"}, {"name": "decay/head"}])
+        ['decay', 'group1', 'decay-2', 'decay-3/head']
     """
     names = list(known[: len(groups)])
-    used = set(names)
     for i in range(len(names), len(groups)):
         raw = groups[i].get("name")
-        name = str(raw) if raw is not None and str(raw) != "" else f"group{i}"
-        if name in used:
-            name = f"{name}-{i}"
-        used.add(name)
-        names.append(name)
+        base = str(raw) if raw is not None and str(raw) != "" else f"group{i}"
+        head, sep, tail = base.partition("/")
+        taken = [*reserved, *names]
+        suffixed = (f"{head}-{i}{'' if k < 2 else f'-{k}'}{sep}{tail}" for k in count(1))
+        candidates = chain((base, f"{base}-{i}"), suffixed)
+        names.append(next(c for c in candidates if not any(_clash(c, t) for t in taken)))
     return names
+
+
+def _clash(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are the same key path or one is a path prefix of the other."""
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")

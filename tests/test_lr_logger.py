@@ -409,3 +409,19 @@ def test_epoch_interval_resumed_mid_epoch_does_not_log_that_epoch_again(
     assert csv_series(straight, "lr/decay") == expected
     resumed = run("resumed", ckpt=tmp_path / "mid.ckpt")
     assert csv_series(resumed, "lr/decay") == expected[2:]  # epoch 1 was logged before the save
+
+
+def test_group_names_are_unique_and_never_a_path_prefix_of_one_another() -> None:
+    def names(*raw: str, reserved: tuple[str, ...] = ()) -> list[str]:
+        return _group_names([{"name": n} for n in raw], reserved=reserved)
+
+    assert names("a", "a/b") == ["a", "a-1/b"]  # `lr/a` next to `lr/a/b` breaks MLflow's file store
+    assert names("a/b", "a") == ["a/b", "a-1"]
+    assert names("x-2", "x", "x") == ["x-2", "x", "x-2-2"]  # a generated name never takes a given one
+    assert names("global", "global-0", reserved=("global",)) == ["global-0", "global-0-1"]
+    assert names("global/x", "opt0", reserved=("global",)) == ["global-0/x", "opt0"]
+    for raw in (("a", "a/b", "a/b/c", "a"), ("group1", "", "group1/x"), ("global", "global-0", "global/x")):
+        got = names(*raw, reserved=("global",))
+        every = [*got, "global"]
+        assert len(set(every)) == len(every)
+        assert not [(a, b) for a in every for b in every if b.startswith(a + "/")]

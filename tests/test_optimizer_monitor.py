@@ -581,9 +581,27 @@ def test_a_real_gradient_clipping_first_shares_its_norm_on_the_hybrid(
     make_trainer(max_steps=4, logger=logger, callbacks=[clipper, monitor]).fit(HybridGPT(scheduler=None))
     assert measured == []  # the norm was computed once per step, by the clipper
     ours, theirs = logger.series("optimizer/grad_norm/global"), logger.series("grad_clip/norm")
-    assert len(ours) == 2 and ours == theirs  # the very same pre-clip value, on the same rows
+    assert len(ours) == 2
+    assert ours == theirs  # the very same pre-clip value, on the same rows
     assert theirs[0] > 0.5  # the gradients were clipped, yet the monitor logs the pre-clip norm
     keys = {k for _, m in logger.logged for k in m}
     assert {"grad_clip/group_norm/muon/decay", "optimizer/update_ratio/muon/decay"} <= keys
     assert not [k for k in keys if k.startswith("optimizer/grad_norm/") and k != "optimizer/grad_norm/global"]
     assert monitor.detector("grad_norm").count == 4  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("names", [("global", "global-0"), ("a", "a/b"), ("global/x", "opt0")])
+def test_odd_group_names_give_one_key_each_and_no_key_a_path_prefix_of_another(
+    names: tuple[str, str], make_trainer: Callable[..., L.Trainer]
+) -> None:
+    class Odd(TinyModule):
+        def configure_optimizers(self) -> Any:
+            return torch.optim.AdamW([{"params": self.net[0].parameters(), "name": names[0]},
+                                      {"params": self.net[2].parameters(), "name": names[1]}], lr=0.01)
+
+    logger = MemoryLogger()
+    make_trainer(max_steps=1, logger=logger, callbacks=[OptimizerMonitor(log_every_n_steps=1)]).fit(Odd())
+    keys = {k for _, m in logger.logged for k in m if k.startswith("optimizer/update_ratio/")}
+    assert len(keys) == 3  # each group and the global value: none overwrote another
+    every = sorted(k for _, m in logger.logged for k in m)
+    assert not [(a, b) for a in every for b in every if b.startswith(a + "/")]

@@ -85,8 +85,8 @@ class OptimizerMonitor(Callback):
     - ``optimizer/skipped_steps``: steps skipped so far (``action="skip"``).
 
     ``{group}`` is the group's ``name`` (``decay``, ``head/no_decay``), else ``group{i}``, as every lit_optim
-    callback names groups; a group named ``global`` is logged as ``global-{i}``. Update statistics are not logged
-    for a step fp16's ``GradScaler`` skipped.
+    callback names groups, never ``global`` or below it (``global`` is logged as ``global-{i}``; no key is a path
+    prefix of another). Update statistics are not logged for a step fp16's ``GradScaler`` skipped.
 
     Args:
         log_every_n_steps: logging period in optimizer steps (>= 1); ``None`` follows the Trainer's.
@@ -381,7 +381,7 @@ class OptimizerMonitor(Callback):
         if moments is not None:
             total, per_group, present = moments
             metrics.update(group_values("sqrt_v", per_group, total, present))
-        self._write(self._trainer, idx, metrics, names=group_names(optimizer.param_groups))
+        self._write(self._trainer, idx, metrics, names=group_names(optimizer.param_groups, reserved=["global"]))
 
     def _write(
         self, trainer: pl.Trainer, idx: int, metrics: dict[str, Tensor | float], names: list[str] | None = None
