@@ -8,7 +8,7 @@ from typing import Any
 
 from lightning.pytorch import Trainer
 
-__all__ = ["group_names", "log_metrics"]
+__all__ = ["group_names", "is_logging_step", "log_metrics", "optimizer_step"]
 
 
 def log_metrics(trainer: Trainer, metrics: Mapping[str, float]) -> None:
@@ -24,6 +24,25 @@ def log_metrics(trainer: Trainer, metrics: Mapping[str, float]) -> None:
     values = dict(metrics)
     for logger in trainer.loggers:
         logger.log_metrics(values, step=trainer.global_step)
+
+
+def optimizer_step(trainer: Trainer, idx: int, counts: dict[int, int]) -> int:
+    """The index of optimizer ``idx``'s step about to be taken (the logging cadence of per-optimizer callbacks).
+
+    With one optimizer it is ``global_step``; with several, ``global_step`` advances once per step of any of
+    them, so each optimizer's steps are counted in ``counts`` (checkpointed by the callback).
+    """
+    if len(trainer.optimizers) <= 1:
+        return trainer.global_step
+    step = counts.get(idx, trainer.global_step // len(trainer.optimizers))
+    counts[idx] = step + 1
+    return step
+
+
+def is_logging_step(trainer: Trainer, every: int | None, step: int) -> bool:
+    """Whether ``step`` logs: every ``every``-th (``None``: the Trainer's ``log_every_n_steps``), with a logger."""
+    every = int(every or getattr(trainer, "log_every_n_steps", 50) or 0)
+    return bool(trainer.loggers) and every > 0 and (step + 1) % every == 0
 
 
 def group_names(

@@ -15,7 +15,7 @@ from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lit_optim._logging import group_names, log_metrics
+from lit_optim._logging import group_names, is_logging_step, log_metrics, optimizer_step
 from lit_optim._validation import check_choice, check_positive, check_positive_int
 from lit_optim.clipping.functional import (
     check_norm_type,
@@ -290,12 +290,7 @@ class GradientClipping(Callback):
 
     def _clip(self, trainer: pl.Trainer, optimizer: Optimizer) -> None:
         idx = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), 0)
-        # this optimizer's step index (the logging cadence): the global step with one optimizer; with several,
-        # the global step advances once per optimizer step, so each optimizer's steps are counted here
-        step = trainer.global_step
-        if len(trainer.optimizers) > 1:
-            step = self._optimizer_steps.get(idx, trainer.global_step // len(trainer.optimizers))
-            self._optimizer_steps[idx] = step + 1
+        step = optimizer_step(trainer, idx, self._optimizer_steps)
         self._norms.pop(id(optimizer), None)  # never a previous step's norm
         grads = optimizer_grads(optimizer)
         flat = [g for gs in grads for g in gs]
@@ -308,7 +303,7 @@ class GradientClipping(Callback):
             if not getattr(optimizer, "_step_supports_amp_scaling", False):
                 return  # Lightning did not unscale because `training_step` returned None: no step follows
             grad_scale = scaler._get_scale_async()  # a fused optimizer unscales inside its step: divide it out
-        log = self._should_log(trainer, step)
+        log = is_logging_step(trainer, self.log_every_n_steps, step)
         if isinstance(trainer.strategy, FSDPStrategy):
             model: Any = trainer.strategy.model
             total = model.clip_grad_norm_(math.inf, self.norm_type)  # measures only: the factor is 1
@@ -374,10 +369,6 @@ class GradientClipping(Callback):
                 f"(`max_consecutive_skips={self.max_consecutive_skips}`); every one was skipped. Training has "
                 "diverged: lower the learning rate, check the data for inf/nan, or use `precision='bf16-mixed'`."
             )
-
-    def _should_log(self, trainer: pl.Trainer, step: int) -> bool:
-        every = int(self.log_every_n_steps or getattr(trainer, "log_every_n_steps", 50) or 0)
-        return bool(trainer.loggers) and every > 0 and (step + 1) % every == 0
 
     def _log(self, trainer: pl.Trainer, idx: int, metrics: dict[str, Tensor | float]) -> None:
         if self.skip_nonfinite:
