@@ -605,3 +605,24 @@ def test_odd_group_names_give_one_key_each_and_no_key_a_path_prefix_of_another(
     assert len(keys) == 3  # each group and the global value: none overwrote another
     every = sorted(k for _, m in logger.logged for k in m)
     assert not [(a, b) for a in every for b in every if b.startswith(a + "/")]
+
+
+def test_hybrid_values_equal_a_hand_computation_per_group_of_both_halves(
+    make_trainer: Callable[..., L.Trainer]
+) -> None:
+    # Muon's half has a momentum buffer, no exp_avg_sq: sqrt_v covers the AdamW groups (and its global, them only)
+    from tests.test_hybrid_trainer import HybridGPT
+
+    logger, recorder = MemoryLogger(), StepRecorder()
+    monitor = OptimizerMonitor(log_every_n_steps=1, spike_on=())
+    trainer = make_trainer(max_steps=3, accumulate_grad_batches=2, logger=logger, callbacks=[recorder, monitor])
+    trainer.fit(HybridGPT(scheduler=None))
+    names = ["muon/decay", "adamw/decay", "adamw/no_decay"]
+    assert [g["name"] for g in trainer.optimizers[0].param_groups] == names
+    rows = {step: m for step, m in logger.logged if any(k.startswith("optimizer/") for k in m)}
+    assert sorted(rows) == [0, 1, 2]
+    for step, row in rows.items():
+        expected = _expected(recorder.records[step], names)
+        assert "optimizer/sqrt_v/muon/decay" not in row
+        assert set(row) == set(expected)
+        assert row == pytest.approx(expected, rel=2e-5)
