@@ -102,3 +102,11 @@ def test_add_param_group_checks_like_the_build() -> None:
     assert [len(g["params"]) for g in opt.param_groups] == [8, 2, 16]  # nothing was added by a refused call
     opt.add_param_group({"params": nn.Parameter(torch.zeros(3)), "optimizer": "adamw", "initial_lr": 1e-3})
     assert opt.param_groups[-1]["name"] == "adamw/2"
+
+
+def test_bad_fallback_lr_is_named_as_given() -> None:
+    # it was reported as `lr`, the argument the user did not set
+    with pytest.raises(ValueError, match=r"`fallback_lr` must be >= 0 and finite, got -1.0"):
+        configure_optimizers(GPT(), "muon", fallback_lr=-1.0)
+    with pytest.raises(TypeError, match=r"`fallback_lr` must be a number, got '1e-3'"):
+        configure_optimizers(GPT(), "muon", fallback_lr="1e-3")  # type: ignore[arg-type]

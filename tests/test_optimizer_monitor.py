@@ -626,3 +626,9 @@ def test_hybrid_values_equal_a_hand_computation_per_group_of_both_halves(
         assert "optimizer/sqrt_v/muon/decay" not in row
         assert set(row) == set(expected)
         assert row == pytest.approx(expected, rel=2e-5)
+
+
+def test_detector_of_an_unknown_signal_raises_instead_of_returning_none() -> None:
+    with pytest.raises(ValueError, match=r"`signal` must be one of \['grad_norm', 'loss'\], got 'los'. Did you mean"):
+        OptimizerMonitor().detector("los")
+    assert OptimizerMonitor().detector("loss") is None  # a valid signal before training: nothing has run yet

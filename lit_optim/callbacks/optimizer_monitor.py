@@ -188,6 +188,7 @@ class OptimizerMonitor(Callback):
         Values wait on the device until the next logging step (or checkpoint, or the end of fitting); reading
         this flushes them first, which synchronises with the device.
         """
+        check_choice("signal", signal, _SIGNALS)
         tracker = self._trackers.get(optimizer_idx)
         if tracker is None:
             return None
