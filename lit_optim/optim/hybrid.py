@@ -253,8 +253,9 @@ class HybridOptimizer(Optimizer):
         saved = state_dict["param_groups"]
         if len(saved) != len(self.param_groups):
             raise ValueError(
-                f"The state dict has {len(saved)} parameter groups, this HybridOptimizer has "
-                f"{len(self.param_groups)} ({[g['name'] for g in self.param_groups]})."
+                f"The state dict has {len(saved)} parameter groups ({[g.get('name') for g in saved]}), this "
+                f"HybridOptimizer has {len(self.param_groups)} ({[g['name'] for g in self.param_groups]}): it was "
+                "saved with a different grouping or routing. HINT: build the optimizer as in the saved run."
             )
         for index, (mine, theirs) in enumerate(zip(self.param_groups, saved, strict=True)):
             if theirs.get(OPTIMIZER_KEY) != mine[OPTIMIZER_KEY] or theirs.get("name") != mine["name"]:
