@@ -45,8 +45,8 @@ class OptimizerMonitor(Callback):
     - ``param_norm`` :math:`= \|w\|` (before the step);
     - ``grad_norm``: the 2-norm of the gradients the step was given, before any clipping;
     - ``sqrt_v``: the mean of :math:`\sqrt{v}` over the group's elements, :math:`v` being the optimizer's
-      ``exp_avg_sq`` state after the step (the second moment this step divided by; Adam family only, raw, without
-      bias correction); parameters without that state are left out.
+      ``exp_avg_sq`` state after the step (``max_exp_avg_sq`` with AMSGrad: what this step divided by; Adam
+      family only, raw, without bias correction); parameters without that state are left out.
 
     The ``global`` entries are the same quantities over all groups together (norms of the concatenation).
 
