@@ -211,3 +211,4 @@ def test_bf16_accumulation_and_monitor_resume_bit_identical(
         g["lr"] for g in straight_trainer.optimizers[0].param_groups]
     assert resumed_monitor.state_dict() == straight_monitor.state_dict()
     assert straight_monitor.detector("loss").count + straight_monitor.skipped_steps > 0  # type: ignore[union-attr]
+
