@@ -8,7 +8,8 @@ from typing import Any
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 
-__all__ = ["group_names", "is_path_prefix", "log_metrics", "logging_step", "skip_unused_hooks"]
+__all__ = ["group_names", "is_logging_step", "is_path_prefix", "log_metrics", "logging_step", "optimizer_step",
+           "skip_unused_hooks"]
 
 # hooks Lightning calls on every callback at every training step (or micro-batch)
 _PER_STEP_HOOKS = (
@@ -65,7 +66,9 @@ def _collides(name: str, used: Sequence[str]) -> bool:
     return any(name == u or is_path_prefix(name, u) or is_path_prefix(u, name) for u in used)
 
 
-def group_names(groups: Sequence[Mapping[str, Any]], known: Sequence[str] = ()) -> list[str]:
+def group_names(
+    groups: Sequence[Mapping[str, Any]], known: Sequence[str] = (), reserved: Sequence[str] = ()
+) -> list[str]:
     """A stable, unique name per param group, for logged keys.
 
     ``name`` when set and free, else ``group{i}``. A name is free when it is not used by an earlier group and is
@@ -75,7 +78,9 @@ def group_names(groups: Sequence[Mapping[str, Any]], known: Sequence[str] = ()) 
     give ``decay``, ``decay-1``; ``head/decay``, ``head`` give ``head/decay``, ``head-1``. Every callback names
     groups this way, so ``lr/<group>`` and ``grad_clip/group_norm/<group>`` agree.
 
-    ``known`` are the names already given to the first groups (groups added later keep the earlier names).
+    ``known`` are the names already given to the first groups (groups added later keep the earlier names);
+    ``reserved`` are names a caller logs next to the groups' (``OptimizerMonitor``'s ``global``), which no group
+    may take or sit under.
 
     Examples:
         >>> group_names([{"name": "decay"}, {}, {"name": "decay"}, {"name": "decay/bias"}])
@@ -87,11 +92,31 @@ def group_names(groups: Sequence[Mapping[str, Any]], known: Sequence[str] = ()) 
         name = str(raw).strip("/") if raw is not None else ""
         name = name or f"group{i}"
         candidates = (name, f"{name}-{i}", f"{name.replace('/', '-')}-{i}")
-        chosen = next((c for c in candidates if not _collides(c, names)), None)
-        while chosen is None or _collides(chosen, names):
+        taken = [*reserved, *names]
+        chosen = next((c for c in candidates if not _collides(c, taken)), None)
+        while chosen is None or _collides(chosen, taken):
             chosen = f"{chosen or candidates[-1]}-{i}"
         names.append(chosen)
     return names
+
+
+def optimizer_step(trainer: Trainer, idx: int, counts: dict[int, int]) -> int:
+    """The index of optimizer ``idx``'s step about to be taken (the logging cadence of per-optimizer callbacks).
+
+    With one optimizer it is ``global_step``; with several, ``global_step`` advances once per step of any of
+    them, so each optimizer's steps are counted in ``counts`` (checkpointed by the callback).
+    """
+    if len(trainer.optimizers) <= 1:
+        return trainer.global_step
+    step = counts.get(idx, trainer.global_step // len(trainer.optimizers))
+    counts[idx] = step + 1
+    return step
+
+
+def is_logging_step(trainer: Trainer, every: int | None, step: int) -> bool:
+    """Whether ``step`` logs: every ``every``-th (``None``: the Trainer's ``log_every_n_steps``), with a logger."""
+    every = int(every or getattr(trainer, "log_every_n_steps", 50) or 0)
+    return bool(trainer.loggers) and every > 0 and (step + 1) % every == 0
 
 
 def skip_unused_hooks(callback: Callback) -> None:

@@ -206,7 +206,8 @@ def test_state_dict_round_trips_through_weights_only_load_and_resumes_exactly() 
 def test_load_refuses_a_state_dict_with_another_routing() -> None:
     saved = build_hybrid(GPT()).state_dict()
     other = build_hybrid(GPT(), overrides={"pos_emb.weight": {"optimizer": "muon"}})
-    with pytest.raises(ValueError, match=r"The state dict has 3 parameter groups, this HybridOptimizer has 4"):
+    with pytest.raises(ValueError, match=r"The state dict has 3 parameter groups \(\['muon/decay', 'adamw/decay', "
+                       r"'adamw/no_decay'\]\), this HybridOptimizer has 4 .*different grouping or routing.*HINT"):
         other.load_state_dict(saved)
     with pytest.raises(ValueError, match=r"Group 1 of the state dict is 'adamw/decay' \(owner 'adamw'\) but this "
                        r"optimizer's is 'muon/pos_emb.weight/decay' \(owner 'muon'\).*different routing"):

@@ -82,3 +82,31 @@ def test_bad_fallback_and_label_clashes() -> None:
         build_hybrid(GPT(), overrides={"ln_f.*": {"optimizer": AdamW}})
     opt = build_hybrid(GPT(), fallback=AdamW)  # alone, it is the fallback
     assert type(opt.optimizers["adamw"]) is AdamW
+
+
+def test_add_param_group_checks_like_the_build() -> None:
+    # a group added later (BaseFinetuning's unfreeze) was taken as given: a parameter of the other half was then
+    # stepped by both optimizers, a key the owner ignores was dropped silently, a vector reached Muon
+    opt = build_hybrid(GPT())
+    muon_param = opt.optimizers["muon"].param_groups[0]["params"][0]
+    with pytest.raises(ValueError, match=r"shape \(24, 8\) is already optimized by the inner optimizer 'muon'.*"
+                       r"cannot also go to 'adamw'"):
+        opt.add_param_group({"params": [muon_param], "optimizer": "adamw"})
+    with pytest.raises(ValueError, match=r"Unknown AdamW hyper-parameter 'momentum'.*'adamw/late'"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(3))], "optimizer": "adamw", "name": "late",
+                             "momentum": 0.9})
+    with pytest.raises(ValueError, match=r"shape \(3,\)\) is routed to Muon.*only takes 2-D matrices"):
+        opt.add_param_group({"params": nn.Parameter(torch.zeros(3)), "optimizer": "muon"})
+    with pytest.raises(ValueError, match=r"one of \['adamw', 'muon'\], got 'adam'\. Did you mean 'adamw'\?"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(3))], "optimizer": "adam"})
+    assert [len(g["params"]) for g in opt.param_groups] == [8, 2, 16]  # nothing was added by a refused call
+    opt.add_param_group({"params": nn.Parameter(torch.zeros(3)), "optimizer": "adamw", "initial_lr": 1e-3})
+    assert opt.param_groups[-1]["name"] == "adamw/2"
+
+
+def test_bad_fallback_lr_is_named_as_given() -> None:
+    # it was reported as `lr`, the argument the user did not set
+    with pytest.raises(ValueError, match=r"`fallback_lr` must be >= 0 and finite, got -1.0"):
+        configure_optimizers(GPT(), "muon", fallback_lr=-1.0)
+    with pytest.raises(TypeError, match=r"`fallback_lr` must be a number, got '1e-3'"):
+        configure_optimizers(GPT(), "muon", fallback_lr="1e-3")  # type: ignore[arg-type]

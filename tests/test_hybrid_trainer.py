@@ -183,3 +183,32 @@ def test_fp16_step_skipped_by_the_grad_scaler_skips_both_halves_and_the_schedule
     adam_steps = {float(s["step"]) for s in hybrid.optimizers["adamw"].state.values()}
     assert adam_steps == {4.0}  # AdamW stepped 4 times, not 5
     assert hybrid.param_groups[0]["lr"] == pytest.approx(LR * SCHEDULE.factor(4, 5))
+
+
+def test_bf16_accumulation_and_monitor_resume_bit_identical(
+    make_trainer: Callable[..., Trainer], tmp_path: Path
+) -> None:
+    # bf16 autocast, 2 micro-batches per step, OptimizerMonitor watching both halves: straight == stopped + resumed
+    from lit_optim import OptimizerMonitor
+
+    run = {"max_epochs": 2, "limit_train_batches": 4, "precision": "bf16-mixed", "accumulate_grad_batches": 2}
+
+    def fit(folder: str, ckpt: Path | None = None) -> tuple[HybridGPT, Trainer, OptimizerMonitor]:
+        module, monitor = HybridGPT(), OptimizerMonitor(spike_warmup_steps=1, log_every_n_steps=1)
+        checkpoint = ModelCheckpoint(tmp_path / folder, filename="{epoch}", save_top_k=-1,
+                                     save_on_train_epoch_end=True)
+        trainer = make_trainer(callbacks=[monitor, checkpoint], logger=MemoryLogger(), **run)
+        trainer.fit(module, ckpt_path=ckpt)
+        return module, trainer, monitor
+
+    straight, straight_trainer, straight_monitor = fit("straight")
+    ckpt = (tmp_path / "straight" / "epoch=0.ckpt").rename(tmp_path / "half.ckpt")
+    shutil.rmtree(tmp_path / "straight")  # the resumed run's ModelCheckpoint writes there again
+    resumed, resumed_trainer, resumed_monitor = fit("straight", ckpt)
+    assert resumed_trainer.global_step == straight_trainer.global_step == 4
+    assert_same_weights(resumed.model, straight.model)
+    assert [g["lr"] for g in resumed_trainer.optimizers[0].param_groups] == [
+        g["lr"] for g in straight_trainer.optimizers[0].param_groups]
+    assert resumed_monitor.state_dict() == straight_monitor.state_dict()
+    assert straight_monitor.detector("loss").count + straight_monitor.skipped_steps > 0  # type: ignore[union-attr]
+

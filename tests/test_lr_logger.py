@@ -453,3 +453,16 @@ def test_lbfgs_closure_evaluations_log_once_per_optimizer_step(make_trainer: Mak
     )
     assert CountHook.calls > 3
     assert [step for step, metrics in logger.logged if "lr/all" in metrics] == [0, 1, 2]
+
+
+def test_group_names_are_unique_and_never_a_path_prefix_of_one_another() -> None:
+    def names(*raw: str, reserved: tuple[str, ...] = ()) -> list[str]:
+        return _group_names([{"name": n} for n in raw], reserved=reserved)
+
+    assert names("a/b", "a") == ["a/b", "a-1"]  # `lr/a` next to `lr/a/b` breaks MLflow's file store
+    assert names("global", reserved=("global",))[0] not in ("global",)  # a reserved name is never a group's
+    for raw in (("a", "a/b", "a/b/c", "a"), ("group1", "", "group1/x"), ("global", "global-0", "global/x")):
+        got = names(*raw, reserved=("global",))
+        every = [*got, "global"]
+        assert len(set(every)) == len(every)
+        assert not [(a, b) for a in every for b in every if b.startswith(a + "/")]

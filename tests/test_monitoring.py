@@ -123,3 +123,18 @@ def test_second_moment_means_skip_parameters_without_state() -> None:
     assert per_group[0].item() == pytest.approx(2.0)
     assert total.item() == pytest.approx(2.0)
     assert second_moment_means([[q]], state) is None
+
+
+def test_second_moment_is_the_one_amsgrad_divides_by() -> None:
+    # AdamW(amsgrad=True) divides by sqrt(max_exp_avg_sq), not sqrt(exp_avg_sq): sqrt_v must explain the update
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = torch.optim.AdamW([p], lr=0.1, amsgrad=True)
+    for scale in (10.0, 0.01, 0.01):  # a large gradient, then small ones: v falls below its running maximum
+        p.grad = torch.full((4,), scale)
+        opt.step()
+    v, v_max = opt.state[p]["exp_avg_sq"], opt.state[p]["max_exp_avg_sq"]
+    assert not torch.equal(v, v_max)
+    total, per_group, present = second_moment_means([[p]], opt.state)  # type: ignore[misc]
+    assert present == [True]
+    assert total.item() == pytest.approx(v_max.sqrt().mean().item(), rel=1e-6)
+    assert per_group.tolist() == pytest.approx([v_max.sqrt().mean().item()], rel=1e-6)

@@ -564,3 +564,71 @@ def test_refuses_strategies_that_flatten_parameters(name: str) -> None:
     trainer = SimpleNamespace(strategy=cls.__new__(cls))  # the check reads the type only
     with pytest.raises(ValueError, match=rf"cannot measure updates under `{name}`.*ModelParallelStrategy"):
         OptimizerMonitor().on_fit_start(trainer, None)  # type: ignore[arg-type]
+
+
+def test_a_real_gradient_clipping_first_shares_its_norm_on_the_hybrid(
+    make_trainer: Callable[..., L.Trainer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # [GradientClipping(), OptimizerMonitor()] is the documented pairing: it must train, not refuse the 2-norm clipper
+    import lit_optim.callbacks.optimizer_monitor as module
+    from tests.test_hybrid_trainer import HybridGPT
+
+    measured: list[int] = []
+    real = module.grouped_norms
+    monkeypatch.setattr(module, "grouped_norms", lambda *a, **k: measured.append(1) or real(*a, **k))
+    logger, monitor = MemoryLogger(), OptimizerMonitor(log_every_n_steps=2, spike_on=["grad_norm"])
+    clipper = GradientClipping(max_norm=0.5, log_every_n_steps=2)
+    make_trainer(max_steps=4, logger=logger, callbacks=[clipper, monitor]).fit(HybridGPT(scheduler=None))
+    assert measured == []  # the norm was computed once per step, by the clipper
+    ours, theirs = logger.series("optimizer/grad_norm/global"), logger.series("grad_clip/norm")
+    assert len(ours) == 2
+    assert ours == theirs  # the very same pre-clip value, on the same rows
+    assert theirs[0] > 0.5  # the gradients were clipped, yet the monitor logs the pre-clip norm
+    keys = {k for _, m in logger.logged for k in m}
+    assert {"grad_clip/group_norm/muon/decay", "optimizer/update_ratio/muon/decay"} <= keys
+    assert not [k for k in keys if k.startswith("optimizer/grad_norm/") and k != "optimizer/grad_norm/global"]
+    assert monitor.detector("grad_norm").count == 4  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("names", [("global", "global-0"), ("a", "a/b"), ("global/x", "opt0")])
+def test_odd_group_names_give_one_key_each_and_no_key_a_path_prefix_of_another(
+    names: tuple[str, str], make_trainer: Callable[..., L.Trainer]
+) -> None:
+    class Odd(TinyModule):
+        def configure_optimizers(self) -> Any:
+            return torch.optim.AdamW([{"params": self.net[0].parameters(), "name": names[0]},
+                                      {"params": self.net[2].parameters(), "name": names[1]}], lr=0.01)
+
+    logger = MemoryLogger()
+    make_trainer(max_steps=1, logger=logger, callbacks=[OptimizerMonitor(log_every_n_steps=1)]).fit(Odd())
+    keys = {k for _, m in logger.logged for k in m if k.startswith("optimizer/update_ratio/")}
+    assert len(keys) == 3  # each group and the global value: none overwrote another
+    every = sorted(k for _, m in logger.logged for k in m)
+    assert not [(a, b) for a in every for b in every if b.startswith(a + "/")]
+
+
+def test_hybrid_values_equal_a_hand_computation_per_group_of_both_halves(
+    make_trainer: Callable[..., L.Trainer]
+) -> None:
+    # Muon's half has a momentum buffer, no exp_avg_sq: sqrt_v covers the AdamW groups (and its global, them only)
+    from tests.test_hybrid_trainer import HybridGPT
+
+    logger, recorder = MemoryLogger(), StepRecorder()
+    monitor = OptimizerMonitor(log_every_n_steps=1, spike_on=())
+    trainer = make_trainer(max_steps=3, accumulate_grad_batches=2, logger=logger, callbacks=[recorder, monitor])
+    trainer.fit(HybridGPT(scheduler=None))
+    names = ["muon/decay", "adamw/decay", "adamw/no_decay"]
+    assert [g["name"] for g in trainer.optimizers[0].param_groups] == names
+    rows = {step: m for step, m in logger.logged if any(k.startswith("optimizer/") for k in m)}
+    assert sorted(rows) == [0, 1, 2]
+    for step, row in rows.items():
+        expected = _expected(recorder.records[step], names)
+        assert "optimizer/sqrt_v/muon/decay" not in row
+        assert set(row) == set(expected)
+        assert row == pytest.approx(expected, rel=2e-5)
+
+
+def test_detector_of_an_unknown_signal_raises_instead_of_returning_none() -> None:
+    with pytest.raises(ValueError, match=r"`signal` must be one of \['grad_norm', 'loss'\], got 'los'. Did you mean"):
+        OptimizerMonitor().detector("los")
+    assert OptimizerMonitor().detector("loss") is None  # a valid signal before training: nothing has run yet

@@ -20,19 +20,9 @@ import json, sys
 from pathlib import Path
 import lightning as L
 import torch
-from lightning.pytorch.loggers import Logger
 from lit_optim import OptimizerMonitor
+from tests.loggers import MemoryLogger as Rec  # records on every rank
 from tests.test_optimizer_monitor import LossSpike, StepRecorder, _expected, _named_groups
-
-class Rec(Logger):
-    name, version = "rec", 0
-    def __init__(self):
-        super().__init__()
-        self.logged = []
-    def log_metrics(self, metrics, step=None):
-        self.logged.append([step, dict(metrics)])
-    def log_hyperparams(self, *args, **kwargs):
-        pass
 
 def trainer_kwargs(**kwargs):
     return dict(accelerator="cpu", devices=2, enable_checkpointing=False, enable_progress_bar=False,

@@ -27,11 +27,14 @@ from tests.models import TinyModule
 
 _CONVERSIONS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy")
 _PACKAGE = str(Path(lit_optim.__file__).parent)
+_TORCH_OPTIM = str(Path(torch.optim.__file__).parent)
 
 
 def _called_from_lit_optim() -> bool:
     frame = sys._getframe(2)
     while frame is not None:
+        if frame.f_code.co_filename.startswith(_TORCH_OPTIM):  # a torch optimizer's own step (the hybrid steps them)
+            return False
         if frame.f_code.co_filename.startswith(_PACKAGE):
             return True
         frame = frame.f_back  # type: ignore[assignment]
@@ -188,3 +191,17 @@ def test_schedule_free_stack_is_sync_free_on_cpu(make_trainer: Any, tmp_path: An
     assert on.guarded_steps == 7
     assert switches == [True] * 8
     assert not trainer.optimizers[0].param_groups[0]["train_mode"]  # eval at the end of fit
+
+
+def test_hybrid_with_the_clipper_first_sharing_its_norm_is_sync_free_on_cpu(make_trainer: Any, tmp_path: Any) -> None:
+    # Muon + AdamW, the monitor reusing GradientClipping's pre-clip norm (clipper first): still no sync per step
+    from tests.test_hybrid_trainer import HybridGPT
+
+    on = _GuardOn("cpu")
+    monitor = OptimizerMonitor(log_every_n_steps=1000)  # no spike can be flagged in its 20 warm-up values
+    callbacks = [on, GradientClipping(max_norm=0.5, log_every_n_steps=1000), monitor,
+                 LearningRateLogger(log_every_n_steps=1000), _GuardOff(on)]
+    trainer = make_trainer(max_steps=6, callbacks=callbacks, logger=L.pytorch.loggers.CSVLogger(tmp_path))
+    trainer.fit(HybridGPT(batches=6))
+    assert on.guarded_steps == 5
+    assert monitor.detector("grad_norm").count == 6  # type: ignore[union-attr]

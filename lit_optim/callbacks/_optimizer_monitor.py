@@ -58,20 +58,16 @@ def group_values(
 
 
 def _keys(metrics: dict[str, Tensor | float], names: list[str]) -> list[str]:
-    """Replace ``#i`` by the name of group ``i`` (a group called ``global`` becomes ``global-{i}``)."""
+    """Replace ``#i`` by the name of group ``i`` (from ``group_names(..., reserved=["global"])``)."""
     keys = []
     for key in metrics:
         metric, _, rest = key.partition("/#")
         if rest:
             i = int(rest)
-            name = names[i] if i < len(names) else f"group{i}"
-            keys.append(f"{metric}/{name if name != 'global' else f'global-{i}'}")
-        elif key == "grad_norm":
-            keys.append("grad_norm/global")
+            keys.append(f"{metric}/{names[i] if i < len(names) else f'group{i}'}")
         else:
-            keys.append(key)
+            keys.append("grad_norm/global" if key == "grad_norm" else key)
     return keys
-
 
 
 def host_row(metrics: dict[str, Tensor | float], names: list[str]) -> dict[str, float]:

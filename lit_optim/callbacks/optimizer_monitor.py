@@ -15,7 +15,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lit_optim._distributed import reduce_mean
-from lit_optim._logging import group_names, log_metrics
+from lit_optim._logging import group_names, is_logging_step, log_metrics, optimizer_step
 from lit_optim._validation import check_choice, check_positive, check_positive_int
 from lit_optim.callbacks._optimizer_monitor import check_strategy, group_values, host_row, shared_clipper
 from lit_optim.clipping.functional import still_scaled
@@ -45,8 +45,8 @@ class OptimizerMonitor(Callback):
     - ``param_norm`` :math:`= \|w\|` (before the step);
     - ``grad_norm``: the 2-norm of the gradients the step was given, before any clipping;
     - ``sqrt_v``: the mean of :math:`\sqrt{v}` over the group's elements, :math:`v` being the optimizer's
-      ``exp_avg_sq`` state after the step (the second moment this step divided by; Adam family only, raw, without
-      bias correction); parameters without that state are left out.
+      ``exp_avg_sq`` state after the step (``max_exp_avg_sq`` with AMSGrad: what this step divided by; Adam
+      family only, raw, without bias correction); parameters without that state are left out.
 
     The ``global`` entries are the same quantities over all groups together (norms of the concatenation).
 
@@ -85,8 +85,8 @@ class OptimizerMonitor(Callback):
     - ``optimizer/skipped_steps``: steps skipped so far (``action="skip"``).
 
     ``{group}`` is the group's ``name`` (``decay``, ``head/no_decay``), else ``group{i}``, as every lit_optim
-    callback names groups; a group named ``global`` is logged as ``global-{i}``. Update statistics are not logged
-    for a step fp16's ``GradScaler`` skipped.
+    callback names groups, never ``global`` or below it (``global`` is logged as ``global-{i}``; no key is a path
+    prefix of another). Update statistics are not logged for a step fp16's ``GradScaler`` skipped.
 
     Args:
         log_every_n_steps: logging period in optimizer steps (>= 1); ``None`` follows the Trainer's.
@@ -188,6 +188,7 @@ class OptimizerMonitor(Callback):
         Values wait on the device until the next logging step (or checkpoint, or the end of fitting); reading
         this flushes them first, which synchronises with the device.
         """
+        check_choice("signal", signal, _SIGNALS)
         tracker = self._trackers.get(optimizer_idx)
         if tracker is None:
             return None
@@ -278,10 +279,6 @@ class OptimizerMonitor(Callback):
             self._trackers[idx] = tracker
         return tracker
 
-    def _should_log(self, trainer: pl.Trainer, step: int) -> bool:
-        every = int(self.log_every_n_steps or getattr(trainer, "log_every_n_steps", 50) or 0)
-        return bool(trainer.loggers) and every > 0 and (step + 1) % every == 0
-
     def _before_step(self, trainer: pl.Trainer, optimizer: Optimizer) -> None:
         idx = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), None)
         loss, self._window_loss = self._window_loss, None
@@ -296,10 +293,7 @@ class OptimizerMonitor(Callback):
             )
         if idx is None:
             return
-        step = trainer.global_step
-        if len(trainer.optimizers) > 1:  # each optimizer's own step count, as GradientClipping keeps it
-            step = self._optimizer_steps.get(idx, trainer.global_step // len(trainer.optimizers))
-            self._optimizer_steps[idx] = step + 1
+        step = optimizer_step(trainer, idx, self._optimizer_steps)
         groups = [list(group["params"]) for group in optimizer.param_groups]
         grads = [[p.grad for p in group if p.grad is not None] for group in groups]
         if not any(grads):  # `training_step` returned None, or an earlier callback skipped: no step follows
@@ -309,7 +303,7 @@ class OptimizerMonitor(Callback):
             if not getattr(optimizer, "_step_supports_amp_scaling", False):
                 return  # Lightning did not unscale because `training_step` returned None: no step follows
             grad_scale = scaler._get_scale_async()  # a fused optimizer unscales inside its step
-        log = self._should_log(trainer, step)
+        log = is_logging_step(trainer, self.log_every_n_steps, step)
         metrics: dict[str, Tensor | float] = {}
         total = self._shared_norm(optimizer)
         # a clipper ran first: its pre-clip norm or none (the gradients seen here may already be clipped)
@@ -381,7 +375,7 @@ class OptimizerMonitor(Callback):
         if moments is not None:
             total, per_group, present = moments
             metrics.update(group_values("sqrt_v", per_group, total, present))
-        self._write(self._trainer, idx, metrics, names=group_names(optimizer.param_groups))
+        self._write(self._trainer, idx, metrics, names=group_names(optimizer.param_groups, reserved=["global"]))
 
     def _write(
         self, trainer: pl.Trainer, idx: int, metrics: dict[str, Tensor | float], names: list[str] | None = None

@@ -87,6 +87,8 @@ def second_moment_means(
 ) -> tuple[Tensor, Tensor, list[bool]] | None:
     r"""Mean of :math:`\sqrt{v}` per group and overall, where :math:`v` is ``state[p][key]`` (Adam's ``exp_avg_sq``).
 
+    With AMSGrad (``state[p]["max_" + key]`` present) that running maximum is used: it is what the step divides by.
+
     Parameters without the state entry (no gradient yet, or another optimizer's half of a hybrid) are left out
     of the mean. Returns ``(total, per_group, present)``, where ``present[i]`` says whether group ``i`` had any
     such parameter, or ``None`` when no group had one (SGD).
@@ -100,7 +102,9 @@ def second_moment_means(
     roots: list[list[Tensor]] = []
     sizes: list[int] = []
     for group in groups:
-        values = [state[p][key] for p in group if p in state and isinstance(state[p].get(key), Tensor)]
+        # with amsgrad the step divides by the running maximum of v, so that is the moment that explains it
+        found = (state[p].get(f"max_{key}", state[p].get(key)) for p in group if p in state)
+        values = [v for v in found if isinstance(v, Tensor)]
         roots.append([v.sqrt() for v in values])
         sizes.append(sum(v.numel() for v in values))
     if not any(sizes):

@@ -18,8 +18,9 @@ from typing import Any, overload
 import torch
 from torch.optim import Optimizer
 
-from lit_optim._validation import unknown_key_error
-from lit_optim.optim._routing import OPTIMIZER_KEY
+from lit_optim._validation import did_you_mean, unknown_key_error
+from lit_optim.optim._routing import OPTIMIZER_KEY, check_group_keys, check_matrices
+from lit_optim.optim.optimizers import TORCH_GROUP_KEYS
 
 __all__ = ["HybridOptimizer"]
 
@@ -206,17 +207,37 @@ class HybridOptimizer(Optimizer):
             inner.zero_grad(set_to_none=set_to_none)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group to the inner optimizer named by its ``"optimizer"`` key (e.g. when unfreezing)."""
+        """Add a group to the inner optimizer named by its ``"optimizer"`` key (e.g. when unfreezing).
+
+        The group is checked as at build time: its keys against the owner, Muon's 2-D rule, and no parameter
+        already owned by another inner optimizer (it would be stepped twice).
+        """
         label = param_group.get(OPTIMIZER_KEY)
         if label is None and len(self.optimizers) == 1:
             label = next(iter(self.optimizers))
         if label not in self.optimizers:
+            first = sorted(self.optimizers)[0]
             raise ValueError(
                 f"A group added to a HybridOptimizer needs an 'optimizer' key naming its owner, one of "
-                f"{sorted(self.optimizers)}, got {label!r}. HINT: add_param_group({{'params': ..., 'optimizer': "
-                f"{sorted(self.optimizers)[0]!r}}})."
+                f"{sorted(self.optimizers)}, got {label!r}.{did_you_mean(str(label), self.optimizers)} HINT: "
+                f"add_param_group({{'params': ..., 'optimizer': {first!r}}}) (in a BaseFinetuning's "
+                "`finetune_function`, instead of `unfreeze_and_add_param_group`, which cannot set the key)."
             )
+        params = param_group.get("params", [])
+        params = [params] if isinstance(params, torch.Tensor) else params if isinstance(params, set) else list(params)
+        param_group = {**param_group, "params": params}
+        owners = {id(p): other for other, o in self.optimizers.items() for g in o.param_groups for p in g["params"]}
+        for param in params:
+            if owners.get(id(param), label) != label:
+                raise ValueError(
+                    f"A parameter of shape {tuple(param.shape)} is already optimized by the inner optimizer "
+                    f"{owners[id(param)]!r}; it cannot also go to {label!r} (it would be stepped twice). HINT: add "
+                    "only parameters no group holds yet, e.g. the newly unfrozen ones."
+                )
         inner = self.optimizers[label]
+        checked = {"name": str(len(inner.param_groups)), **param_group}
+        check_group_keys(type(inner), label, {k: v for k, v in checked.items() if k not in TORCH_GROUP_KEYS})
+        check_matrices(type(inner), label, [checked], {id(p): f"#{i} of the added group" for i, p in enumerate(params)})
         inner.add_param_group(param_group)
         refuse_sharded_muon(inner, label)
         self._label_groups()
@@ -232,8 +253,9 @@ class HybridOptimizer(Optimizer):
         saved = state_dict["param_groups"]
         if len(saved) != len(self.param_groups):
             raise ValueError(
-                f"The state dict has {len(saved)} parameter groups, this HybridOptimizer has "
-                f"{len(self.param_groups)} ({[g['name'] for g in self.param_groups]})."
+                f"The state dict has {len(saved)} parameter groups ({[g.get('name') for g in saved]}), this "
+                f"HybridOptimizer has {len(self.param_groups)} ({[g['name'] for g in self.param_groups]}): it was "
+                "saved with a different grouping or routing. HINT: build the optimizer as in the saved run."
             )
         for index, (mine, theirs) in enumerate(zip(self.param_groups, saved, strict=True)):
             if theirs.get(OPTIMIZER_KEY) != mine[OPTIMIZER_KEY] or theirs.get("name") != mine["name"]:

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
-from lit_optim._validation import unknown_key_error
+from lit_optim._validation import check_non_negative, unknown_key_error
 from lit_optim.optim._routing import (
     MATRIX_ONLY,
     OPTIMIZER_KEY,
@@ -101,6 +101,8 @@ def build_hybrid(
     except (ValueError, TypeError) as error:
         raise type(error)(f"`fallback`: {error}") from None
     fallback_kwargs = dict(fallback_kwargs or {})
+    if fallback_lr is not None:
+        check_non_negative("fallback_lr", fallback_lr)  # named as given (param_groups would say `lr`)
     fallback_label = None  # without a split, the fallback is only what an override routes to it
     if split or (fallback_cls is not main and _has(classes, fallback_cls)):
         fallback_label = add_class(classes, fallback_cls)

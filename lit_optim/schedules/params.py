@@ -77,6 +77,13 @@ def _label(key: str, index: int | None) -> str:
     return key if index is None else f"{key}[{index}]"
 
 
+def _excluded(group: dict[str, Any], name: str) -> str:
+    """The exclusion that fits: a hybrid's group excludes its whole inner optimizer (all its groups lack the key)."""
+    owner = group.get("optimizer")
+    return f"the groups of {owner!r} (`exclude=[{owner + '/*'!r}]`)" if isinstance(owner, str) else (
+        f"the group (`exclude=[{name!r}]`)")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ParamSchedule:
     """One param-group hyper-parameter moved from ``start`` to ``end`` along the shape of a schedule.
@@ -281,8 +288,8 @@ class ParamScheduler:
             raise ValueError(
                 f"Param group {name!r} of {self._optimizer_name} has no {key!r} to schedule"
                 f"{f'; for this optimizer write {hint!r}' if hint else ''}. Its keys: {valid}."
-                f"{f' Did you mean {near!r}?' if near else ''} Exclude the group (`exclude=[{name!r}]`) if it "
-                "should not be scheduled."
+                f"{f' Did you mean {near!r}?' if near else ''} Exclude {_excluded(group, name)} if it should not be "
+                "scheduled."
             )
         value = group[key]
         if index is None:
