@@ -14,6 +14,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lit_optim._logging import skip_unused_hooks
 from lit_optim._validation import check_choice
 from lit_optim.callbacks._attach import after_module_hook, ensure_callback
 from lit_optim.callbacks._checks import check_manual_lengths, check_shared_optimizers, warn_unfinished
@@ -124,6 +125,7 @@ class SchedulerStepper(Callback):
         self._epoch_metrics_before: dict[str, Any] = {}
         self._warned: set[str] = set()
         self._step_counts: dict[int, int] = {}
+        skip_unused_hooks(self)  # Lightning skips the per-step hooks the stepper does not use
         self._skipped: dict[int, int] = {}  # optimizer steps without gradients in this fit, by id(optimizer)
         self._validated = False
         self._trainer: Trainer | None = None  # during a fit
