@@ -25,7 +25,6 @@ subtracted from the others, leaving what each stack adds:
 
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _loop import warmup_cosine_lambda
 from _timing import print_json, print_table, quiet
 
 from lit_optim import Cosine, GradientClipping, LearningRateLogger, ScheduleLR, SchedulerStepper, param_groups
@@ -131,14 +131,7 @@ class MLP(L.LightningModule):
         if self.kind == "lit_optim":
             scheduler: Any = ScheduleLR(optimizer, Cosine(warmup="10%"), total_steps=total)
         else:
-            warmup = max(1, total // 10)
-
-            def factor(step: int) -> float:
-                if step < warmup:
-                    return (step + 1) / warmup
-                return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
-
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            scheduler = warmup_cosine_lambda(optimizer, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def train_dataloader(self) -> DataLoader:

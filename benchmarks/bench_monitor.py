@@ -20,7 +20,6 @@ post-hook, per non-logging and per logging step, reported in microseconds and as
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _loop import LoopTimer, NullLogger
+from _loop import LoopTimer, NullLogger, rotated_samples
 from _models import TinyTransformer
 from _timing import interleaved_medians, print_json, print_table, quiet
 
@@ -86,18 +85,11 @@ def _hook_seconds(log_every: int, steps: int, repeats: int, root: str, **kwargs:
 
 def run(quick: bool = False) -> dict[str, float]:
     steps, repeats = (40, 3) if quick else (300, 12)
-    kinds = ["bare", "quiet", "logging"]
-    samples: dict[str, list[float]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory() as root:
-        for kind in kinds:  # warm-up: imports, allocator, first-call costs
-            _fit(kind, 10, root)
-        for rep in range(repeats):
-            for kind in kinds[rep % 3 :] + kinds[: rep % 3]:
-                samples[kind].append(_fit(kind, steps, root))
+        medians = rotated_samples(lambda kind, n: _fit(kind, n, root), ["bare", "quiet", "logging"], steps, repeats)
         quiet_hooks = _hook_seconds(10**6, 100 if quick else 1000, repeats, root)
         loss_only_hooks = _hook_seconds(10**6, 100 if quick else 1000, repeats, root, spike_on=["loss"])
         logging_hooks = _hook_seconds(1, 20 if quick else 100, repeats, root)
-    medians = {kind: statistics.median(values) for kind, values in samples.items()}
     bare_ms = 1000 * medians["bare"] / steps
     rows: list[dict[str, object]] = [
         {"run": kind, "steps": steps, "median s": seconds, "ms/step": 1000 * seconds / steps,

@@ -16,8 +16,6 @@ Every run logs to a ``CSVLogger`` every 50 steps. Ratios: ``stack_vs_builtin`` =
 
 from __future__ import annotations
 
-import math
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +27,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _loop import LoopTimer
+from _loop import LoopTimer, rotated_samples, warmup_cosine_lambda
 from _models import TinyTransformer
 from _timing import print_json, print_table, quiet
 
@@ -42,15 +40,7 @@ def _bare(module: L.LightningModule) -> Any:
 
 def _builtin(module: L.LightningModule) -> Any:
     optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3, weight_decay=0.1)
-    total = int(module.trainer.estimated_stepping_batches)
-    warmup = max(1, total // 10)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scheduler = warmup_cosine_lambda(optimizer, int(module.trainer.estimated_stepping_batches))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
@@ -80,16 +70,8 @@ def _fit(kind: str, steps: int, root: str) -> float:
 
 def run(quick: bool = False) -> dict[str, float]:
     steps, repeats = (60, 3) if quick else (300, 12)
-    kinds = ["bare", "builtin", "stack"]
-    samples: dict[str, list[float]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory() as root:
-        for kind in kinds:  # warm-up: imports, allocator, first-call costs
-            _fit(kind, 10, root)
-        for rep in range(repeats):
-            # rotate the order so that no configuration always runs first (or right after the same one)
-            for kind in kinds[rep % 3 :] + kinds[: rep % 3]:
-                samples[kind].append(_fit(kind, steps, root))
-    medians = {kind: statistics.median(values) for kind, values in samples.items()}
+        medians = rotated_samples(lambda kind, n: _fit(kind, n, root), ["bare", "builtin", "stack"], steps, repeats)
     rows: list[dict[str, object]] = [
         {"run": kind, "steps": steps, "median s": seconds, "ms/step": 1000 * seconds / steps}
         for kind, seconds in medians.items()
