@@ -17,7 +17,15 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_optim import Cosine, GradientClipping, HybridOptimizer, LearningRateLogger, ScheduleLR, configure_optimizers
+from lit_optim import (
+    Cosine,
+    GradientClipping,
+    HybridOptimizer,
+    LearningRateLogger,
+    OptimizerMixin,
+    ScheduleLR,
+    configure_optimizers,
+)
 from tests.loggers import MemoryLogger
 from tests.models import GPT
 from tests.test_hybrid import assert_same_weights, hand_built
@@ -212,3 +220,31 @@ def test_bf16_accumulation_and_monitor_resume_bit_identical(
     assert resumed_monitor.state_dict() == straight_monitor.state_dict()
     assert straight_monitor.detector("loss").count + straight_monitor.skipped_steps > 0  # type: ignore[union-attr]
 
+
+
+class MixinHybridGPT(OptimizerMixin, HybridGPT):
+    """The hybrid GPT configured from its hparams, with its own fallback lr."""
+
+    def __init__(self, optimizer: str = "muon", lr: float = LR, fallback_lr: float = LR / 5) -> None:
+        super().__init__(batches=16, scheduler=None)
+        self.save_hyperparameters()
+
+    def configure_optimizers(self) -> Any:
+        return OptimizerMixin.configure_optimizers(self)
+
+
+def test_applied_range_test_keeps_the_fallback_ratio_in_the_hparams(make_trainer: Callable[..., Trainer]) -> None:
+    from lit_optim import LRRangeTest
+
+    model = MixinHybridGPT()
+    test = LRRangeTest(min_lr=1e-4, max_lr=0.1, num_steps=12, rule="minimum", skip_end=1)
+    make_trainer(max_steps=1, callbacks=[test]).fit(model)
+    assert test.result is not None
+    assert test.result.suggestion is not None
+    factor = test.result.lr_to_configure / LR
+    assert model.hparams["lr"] == test.result.lr_to_configure
+    # the AdamW half stays at its ratio: rebuilding from the hparams gives the lrs the run used
+    assert model.hparams["fallback_lr"] == pytest.approx(LR / 5 * factor, rel=1e-12)
+    groups = model.trainer.optimizers[0].param_groups
+    fallback = [g["lr"] for g in groups if g["name"].startswith("adamw/")]
+    assert fallback == pytest.approx([model.hparams["fallback_lr"]] * len(fallback), rel=1e-9)
