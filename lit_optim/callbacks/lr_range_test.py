@@ -227,7 +227,7 @@ class LRRangeTest(Callback):
                     noted = f"; hparams['lr'] set to {result.lr_to_configure!r}"
                     fallback = hparams.get("fallback_lr")  # a hybrid's other half keeps its ratio in the hparams too
                     if isinstance(fallback, (int, float)) and not isinstance(fallback, bool) and configured:
-                        hparams["fallback_lr"] = fallback * result.lr_to_configure / configured
+                        hparams["fallback_lr"] = fallback * float(hparams["lr"]) / configured
                         noted += f", hparams['fallback_lr'] to {hparams['fallback_lr']!r}"
                 rank_zero_info(f"LRRangeTest: base lr set to {result.suggestion!r} (was {base_lr!r}){noted}.")
 
