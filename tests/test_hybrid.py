@@ -329,3 +329,21 @@ def test_layer_decay_and_frozen_parameters_route_per_layer() -> None:
     assert lrs["muon/layer_01/decay"] == 0.025
     assert lrs["muon/layer_02/decay"] == 0.05
     assert lrs["adamw/layer_00/decay"] == 0.0125
+
+
+def test_state_writes_reach_the_owning_inner_optimizer() -> None:
+    from lit_optim import build_hybrid
+    from tests.models import GPT
+
+    hybrid = build_hybrid(GPT(), "muon", lr=0.02, weight_decay=0.1)
+    muon, adamw = hybrid.optimizers["muon"], hybrid.optimizers["adamw"]
+    matrix = muon.param_groups[0]["params"][0]
+    vector = adamw.param_groups[-1]["params"][0]
+    assert matrix not in muon.state
+    hybrid.state[matrix]["note"] = 1.0  # a parameter with no state yet: created where its owner keeps it
+    hybrid.state[vector] = {"note": 2.0}
+    assert muon.state[matrix] == {"note": 1.0}
+    assert adamw.state[vector] == {"note": 2.0}
+    assert hybrid.state[matrix] is muon.state[matrix]
+    with pytest.raises(KeyError, match=r"No inner optimizer of this HybridOptimizer holds the parameter \(3,\)"):
+        hybrid.state[torch.nn.Parameter(torch.zeros(3))]

@@ -151,11 +151,12 @@ class HybridOptimizer(Optimizer):
 
     @property
     def state(self) -> defaultdict[torch.Tensor, Any]:
-        """Every inner optimizer's per-parameter state (the same per-parameter dicts, so edits reach them)."""
-        merged: defaultdict[torch.Tensor, Any] = defaultdict(dict)
-        for inner in self.optimizers.values():
-            merged.update(inner.state)
-        return merged
+        """Every inner optimizer's per-parameter state (the same per-parameter dicts, so edits reach them).
+
+        Writes go through too: ``hybrid.state[p]`` for a parameter with no state yet creates it in the inner
+        optimizer that owns ``p``, as torch's own ``optimizer.state[p]`` does.
+        """
+        return _StateView(self.optimizers)
 
     @state.setter
     def state(self, value: Any) -> None:
@@ -289,3 +290,28 @@ def _same(a: Any, b: Any) -> bool:
         return bool(a == b)
     except (TypeError, ValueError, RuntimeError):
         return False
+
+
+class _StateView(defaultdict):  # type: ignore[type-arg]
+    """The inner optimizers' states as one mapping, writing new entries into the owning optimizer's state."""
+
+    def __init__(self, optimizers: Mapping[str, Optimizer]) -> None:
+        super().__init__(dict)
+        self._owners = {id(p): inner for inner in optimizers.values() for g in inner.param_groups for p in g["params"]}
+        for inner in optimizers.values():
+            dict.update(self, inner.state)
+
+    def _owner(self, param: torch.Tensor) -> Optimizer:
+        owner = self._owners.get(id(param))
+        if owner is None:
+            raise KeyError(f"No inner optimizer of this HybridOptimizer holds the parameter {tuple(param.shape)}.")
+        return owner
+
+    def __missing__(self, param: torch.Tensor) -> Any:
+        value = self._owner(param).state[param]  # created there (torch's state is a defaultdict(dict))
+        dict.__setitem__(self, param, value)
+        return value
+
+    def __setitem__(self, param: torch.Tensor, value: Any) -> None:
+        self._owner(param).state[param] = value
+        dict.__setitem__(self, param, value)
