@@ -12,6 +12,7 @@ from torch import nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lit_optim._distributed import attached_trainer
 from lit_optim._validation import closest_match
 from lit_optim.callbacks.schedule_free import ensure_schedule_free_mode
 from lit_optim.optim._overrides import _any_torch_hyperparameter
@@ -169,7 +170,7 @@ def _attach_schedule_free_mode(module: nn.Module, optimizer: Optimizer, schedule
         message = schedule_warning(spec if isinstance(spec, Plateau) else as_schedule(spec), type(optimizer))
         if message is not None:
             rank_zero_warn(message, category=RuntimeWarning)
-    trainer = module._trainer if isinstance(module, LightningModule) else None
+    trainer = attached_trainer(module)
     if trainer is not None:
         ensure_schedule_free_mode(trainer)
 
@@ -194,8 +195,7 @@ def scheduler_config(
             not a known schedule.
     """
     scheduler = spec_from_config(scheduler)  # LightningCLI's / a checkpoint's {"class_path": ..., "init_args": ...}
-    # `LightningModule.trainer` raises outside a fit; plain modules have none.
-    trainer = module._trainer if isinstance(module, LightningModule) else None
+    trainer = attached_trainer(module)
     params = as_param_schedules(params) if params is not None else {}
     if isinstance(scheduler, Plateau):
         if params:

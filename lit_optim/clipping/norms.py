@@ -219,12 +219,7 @@ def clip_by_coef_(tensors: Sequence[Tensor], coef: Tensor, foreach: bool | None 
     if not locals_:
         return
     for (device, _), (bucket, _) in _buckets(locals_).items():
-        scale = coef.to(device)
-        if _use_foreach(foreach, device):
-            torch._foreach_mul_(bucket, scale)
-        else:
-            for t in bucket:
-                t.mul_(scale)
+        plain_scale_(bucket, coef.to(device), foreach)
 
 
 @torch.no_grad()

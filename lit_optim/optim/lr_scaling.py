@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.parsing import lightning_getattr, lightning_has
 from torch import nn
 from torch.optim import Optimizer
 
+from lit_optim._distributed import attached_trainer
 from lit_optim._logging import log_metrics
 from lit_optim._validation import check_choice, check_positive, check_positive_int
 
@@ -110,7 +111,7 @@ class BatchScaling:
         record = self.record()
         for group in optimizer.param_groups:
             group[GROUP_KEY] = dict(record)
-        trainer = module._trainer if isinstance(module, LightningModule) else None
+        trainer = attached_trainer(module)
         resuming = trainer is not None and trainer.ckpt_path is not None
         rank_zero_info(f"lit_optim: {self.describe()}" + (" (a checkpoint is being restored)" if resuming else ""))
         if trainer is not None and not resuming:
@@ -160,7 +161,7 @@ def resolve_batch_scaling(
             f"`lr_scaling={rule!r}` needs `reference_batch_size`: the global batch size your lr was tuned for."
         )
     check_positive_int("reference_batch_size", reference_batch_size)
-    trainer = module._trainer if isinstance(module, LightningModule) else None
+    trainer = attached_trainer(module)
     if trainer is None or not isinstance(module, LightningModule):
         raise ValueError(
             f"`lr_scaling={rule!r}` reads the global batch size from the Trainer, but the module is not attached "
