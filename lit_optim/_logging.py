@@ -8,8 +8,7 @@ from typing import Any
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 
-__all__ = ["group_names", "is_logging_step", "is_path_prefix", "log_metrics", "logging_step", "optimizer_step",
-           "skip_unused_hooks"]
+__all__ = ["group_names", "is_logging_step", "is_path_prefix", "log_metrics", "logging_step", "skip_unused_hooks"]
 
 # hooks Lightning calls on every callback at every training step (or micro-batch)
 _PER_STEP_HOOKS = (
@@ -98,19 +97,6 @@ def group_names(
             chosen = f"{chosen or candidates[-1]}-{i}"
         names.append(chosen)
     return names
-
-
-def optimizer_step(trainer: Trainer, idx: int, counts: dict[int, int]) -> int:
-    """The index of optimizer ``idx``'s step about to be taken (the logging cadence of per-optimizer callbacks).
-
-    With one optimizer it is ``global_step``; with several, ``global_step`` advances once per step of any of
-    them, so each optimizer's steps are counted in ``counts`` (checkpointed by the callback).
-    """
-    if len(trainer.optimizers) <= 1:
-        return trainer.global_step
-    step = counts.get(idx, trainer.global_step // len(trainer.optimizers))
-    counts[idx] = step + 1
-    return step
 
 
 def is_logging_step(trainer: Trainer, every: int | None, step: int) -> bool:

@@ -15,7 +15,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lit_optim._distributed import reduce_mean
-from lit_optim._logging import group_names, is_logging_step, log_metrics, optimizer_step
+from lit_optim._logging import group_names, is_logging_step, log_metrics, logging_step
 from lit_optim._validation import check_choice, check_positive, check_positive_int
 from lit_optim.callbacks._optimizer_monitor import check_strategy, group_values, host_row, shared_clipper
 from lit_optim.clipping.functional import still_scaled
@@ -71,9 +71,10 @@ class OptimizerMonitor(Callback):
     optimizer step**, the documented price of acting on it; the spike is then written at its own row. The values
     are global (rank-averaged loss, global norm), so every rank takes the same decision.
 
-    **Logged keys**, through ``trainer.loggers`` at ``step=trainer.global_step`` (the optimizer step's index, the
-    rows ``GradientClipping`` and ``LearningRateLogger`` use), on every ``log_every_n_steps``-th step, i.e. where
-    ``(step + 1) % log_every_n_steps == 0``. With several optimizers each key gets ``opt{i}/`` after ``optimizer/``.
+    **Logged keys**, through ``trainer.loggers`` at Lightning's logging step (the row of ``self.log``,
+    ``GradientClipping`` and ``LearningRateLogger``; ``trainer.global_step`` with one optimizer), on every
+    ``log_every_n_steps``-th step, i.e. where ``(step + 1) % log_every_n_steps == 0``. With several optimizers
+    each key gets ``opt{i}/`` after ``optimizer/``.
 
     - ``optimizer/update_ratio/{group}``, ``optimizer/update_ratio/global``;
     - ``optimizer/update_rms/{group}``, ``optimizer/update_rms/global``;
@@ -161,7 +162,6 @@ class OptimizerMonitor(Callback):
         self._pending_counts: dict[str, int] = {}  # spikes not yet logged, from a checkpoint
         self._consecutive: dict[int, int] = {}
         self._skipped_steps = 0
-        self._optimizer_steps: dict[int, int] = {}
         self._window_loss: Tensor | None = None
         self._pending: dict[int, tuple[int, Any, dict[str, Any]]] = {}  # id(optimizer) -> (index, snapshot, ...)
         self._handles: list[RemovableHandle] = []
@@ -248,7 +248,6 @@ class OptimizerMonitor(Callback):
             "spike_counts": {**self._pending_counts, **counts},
             "consecutive": dict(self._consecutive),
             "skipped_steps": self._skipped_steps,
-            "optimizer_steps": dict(self._optimizer_steps),
         }
 
     @override
@@ -258,7 +257,6 @@ class OptimizerMonitor(Callback):
         self._pending_counts = {str(k): int(v) for k, v in state_dict.get("spike_counts", {}).items()}
         self._consecutive = {int(k): int(v) for k, v in state_dict.get("consecutive", {}).items()}
         self._skipped_steps = int(state_dict.get("skipped_steps", 0))
-        self._optimizer_steps = {int(k): int(v) for k, v in state_dict.get("optimizer_steps", {}).items()}
 
     # -- internals -------------------------------------------------------------------------------------------
 
@@ -293,7 +291,7 @@ class OptimizerMonitor(Callback):
             )
         if idx is None:
             return
-        step = optimizer_step(trainer, idx, self._optimizer_steps)
+        step = logging_step(trainer)  # the row GradientClipping, LearningRateLogger and `self.log` use
         groups = [list(group["params"]) for group in optimizer.param_groups]
         grads = [[p.grad for p in group if p.grad is not None] for group in groups]
         if not any(grads):  # `training_step` returned None, or an earlier callback skipped: no step follows
